@@ -1,0 +1,168 @@
+"""Command-line front ends (`scripts/*.py` are thin shims over these).
+
+Every bad argument exits with code 2 and a one-line message, as argparse does.
+"""
+
+import argparse
+import sys
+
+from kerasae import registry
+from kerasae import train as train_lib
+
+# flag -> (model kwarg, the family it applies to, or None for all)
+_MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", "vae"),
+                "beta": ("beta", "vae"), "k": ("num_importance_samples", "vae")}
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _float(low, low_open):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if value != value or value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _image_size(text):
+    parts = text.lower().split("x")
+    try:
+        size = tuple(int(p) for p in (parts * 2 if len(parts) == 1 else parts))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTH or SIZE (e.g. 64x64 or 64), got {text!r}")
+    return size
+
+
+def _noise(text):
+    from kerasae.models.dae import NOISE_TYPES
+
+    kind, _, level = text.partition(":")
+    if kind not in NOISE_TYPES:
+        raise argparse.ArgumentTypeError(f"noise type must be one of {', '.join(NOISE_TYPES)}, got {kind!r}")
+    try:
+        value = float(level) if level else 0.5
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"noise level must be a number, got {level!r}") from None
+    if not (value > 0 and (kind == "gaussian" or value < 1)):
+        raise argparse.ArgumentTypeError(
+            f"noise level must be > 0{'' if kind == 'gaussian' else ' and < 1'} for {kind}, got {level!r}")
+    return kind, value
+
+
+def build_train_parser():
+    p = argparse.ArgumentParser(prog="train.py", description="Train a kerasae autoencoder with model.fit.")
+    p.add_argument("--arch", choices=sorted(registry.DEFAULT_PRESETS),
+                   help="model family; picks its default preset (%s)" %
+                   ", ".join(f"{k}: {v}" for k, v in registry.DEFAULT_PRESETS.items()))
+    p.add_argument("--preset", help="any registered preset (see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist",
+                   help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR or npz:FILE (default: mnist)")
+    g.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
+    g.add_argument("--image-size", type=_image_size, help="resize images to HxW (images:DIR, tfds)")
+    g.add_argument("--color-mode", choices=["grayscale", "rgb"], help="convert images to 1 or 3 channels")
+    g.add_argument("--max-train-samples", type=_positive_int, help="use only the first N training images")
+    g.add_argument("--max-test-samples", type=_positive_int, help="use only the first N test images")
+    g.add_argument("--validation-size", type=_non_negative_int,
+                   help="images held out of the training set for validation (default: min(5000, 10%%))")
+    g = p.add_argument_group("model")
+    g.add_argument("--latent-dim", type=_positive_int, help="size of the code / latent z")
+    g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="VAE decoder likelihood")
+    g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
+    g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
+    g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
+                   help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
+    g.add_argument("--init-from", metavar="MODEL.keras", help="fine-tune a saved model instead of a new one")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, default=train_lib.TrainConfig.epochs)
+    g.add_argument("--batch-size", type=_positive_int, default=train_lib.TrainConfig.batch_size,
+                   help="global batch size (split across replicas)")
+    g.add_argument("--learning-rate", type=_float(0.0, True), default=train_lib.TrainConfig.learning_rate)
+    g.add_argument("--lr-schedule", choices=train_lib.LR_SCHEDULES, default="cosine")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="run directory (default: runs/PRESET)")
+    g.add_argument("--strategy", choices=["auto", "default", "mirrored"], default="auto",
+                   help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default)")
+    g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
+    g.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    g.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
+    return p
+
+
+def config_from_args(parser, args):
+    """Turn parsed flags into a TrainConfig; inconsistent flags are usage errors."""
+    preset = args.preset or registry.DEFAULT_PRESETS[args.arch or "vae"]
+    if preset not in registry.PRESETS:
+        parser.error(f"unknown preset {preset!r}; valid presets: {', '.join(registry.PRESETS)}")
+    family = registry.get_preset(preset).family
+    if args.arch and args.preset and family != args.arch:
+        parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
+    overrides = {}
+    for flag, (kwarg, needs) in _MODEL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if needs and family != needs:
+            parser.error(f"--{flag.replace('_', '-')} applies to {needs} presets, not {preset} ({family})")
+        overrides[kwarg] = value
+    if args.noise is not None:
+        if family != "dae":
+            parser.error(f"--noise applies to dae presets, not {preset} ({family})")
+        overrides["noise_type"], overrides["noise_level"] = args.noise
+    if args.init_from and overrides:
+        parser.error("--init-from takes the architecture from the saved model; drop the model flags")
+    return train_lib.TrainConfig(
+        preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
+        image_size=args.image_size, color_mode=args.color_mode, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, validation_size=args.validation_size,
+        max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples, seed=args.seed,
+        out=args.out, strategy=args.strategy, cpu_replicas=args.cpu_replicas, init_from=args.init_from,
+        steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
+        verbose="auto" if args.verbose is None else args.verbose)
+
+
+def print_presets(out=sys.stdout):
+    for name, preset in registry.PRESETS.items():
+        print(f"{name:18s} {preset.family:4s} {preset.description}", file=out)
+
+
+def train_main(argv=None):
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        print_presets()
+        return 0
+    config = config_from_args(parser, args)
+    try:
+        prepared = train_lib.prepare(config)
+    except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
+        parser.error(" ".join(str(err).split()))
+    result = train_lib.fit(config, *prepared)
+    test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
+    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
+    print(f"run directory: {result.run_dir}")
+    return 0

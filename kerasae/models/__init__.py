@@ -1,0 +1,8 @@
+"""kerasae's model classes (all `keras.Model` subclasses, serializable as "kerasae>Name")."""
+
+from kerasae.models.ae import Autoencoder
+from kerasae.models.base import BaseAutoencoder
+from kerasae.models.dae import DenoisingAutoencoder
+from kerasae.models.vae import VAE
+
+__all__ = ["Autoencoder", "BaseAutoencoder", "DenoisingAutoencoder", "VAE"]

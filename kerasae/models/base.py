@@ -1,0 +1,200 @@
+"""What every kerasae model shares: its config, input checks, random draws and one training step.
+
+A model's `__init__` arguments *are* its config (`get_config` returns them), so
+`Model.from_config(model.get_config())` rebuilds it exactly and `.keras` files need no
+custom objects beyond the registered classes. Subclasses only say how to turn a batch
+into per-example loss terms (`compute_terms`); the base class turns those into a
+distribution-correct gradient step and `keras.metrics.Mean` trackers.
+"""
+
+import numbers
+
+from kerasae import _backend  # noqa: F401
+import keras
+import tensorflow as tf
+
+from kerasae import layers as stacks
+
+#: The one registration decorator: every model class is serializable as "kerasae>Name".
+register = keras.saving.register_keras_serializable(package="kerasae")
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_number(name, value, low=None, high=None, *, low_open=False, high_open=False):
+    """A real number in [low, high] (ends open where asked); a clear ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low if low is not None else '-inf'}, "
+                         f"{high if high is not None else 'inf'}{hi}, got {value!r}")
+    return float(value)
+
+
+def _int_tuple(name, values, allow_empty=True):
+    values = tuple(values)
+    if not allow_empty and not values:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+
+
+def normal(shape, seed=None):
+    """Standard normal draws: fresh each step (stateful op) or reproducible (int seed).
+
+    Stateful TF ops, not `keras.random` with seed=None: the latter bakes one constant
+    seed into a traced graph, so every training step would reuse the same noise.
+    """
+    if seed is None:
+        return tf.random.normal(shape)
+    return tf.random.stateless_normal(shape, seed=[int(seed), 0])
+
+
+def uniform(shape, seed=None):
+    """U[0, 1) draws, seeded like `normal`."""
+    if seed is None:
+        return tf.random.uniform(shape)
+    return tf.random.stateless_uniform(shape, seed=[int(seed), 1])
+
+
+class BaseAutoencoder(keras.Model):
+    """Encoder/decoder pair over images [B, H, W, C] in [0, 1].
+
+    Args:
+        image_shape: (H, W, C) of the images; MLP stacks flatten inside.
+        latent_dim: size of the code z.
+        arch: "mlp" or "conv".
+        hidden_units: Dense widths of the encoder (the decoder mirrors them). For conv
+            models, Dense layers after the convolutions.
+        filters: Conv2D filters per stride-2 stage (conv only).
+        activation: hidden activation.
+    """
+
+    family = None  # "ae", "dae" or "vae": the CLI's --arch
+
+    def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
+                 filters=(32, 64), activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = _int_tuple("image_shape", image_shape, allow_empty=False)
+        if len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (height, width, channels), got {tuple(image_shape)!r}")
+        self.latent_dim = check_positive_int("latent_dim", latent_dim)
+        self.arch = check_choice("arch", arch, stacks.ARCHS)
+        self.hidden_units = _int_tuple("hidden_units", hidden_units)
+        self.filters = _int_tuple("filters", filters, allow_empty=arch != "conv")
+        self.activation = activation
+        keras.activations.get(activation)  # fail now, with Keras' message, on an unknown name
+
+    def _build_networks(self, encoder_output_dim, code_activation=None):
+        """Create the encoder/decoder stacks and metric trackers (after subclass attributes are set)."""
+        common = dict(hidden_units=self.hidden_units, filters=self.filters if self.arch == "conv" else (),
+                      activation=self.activation)
+        self.encoder = stacks.build_encoder(self.arch, self.image_shape, encoder_output_dim,
+                                            output_activation=code_activation, **common)
+        self.decoder = stacks.build_decoder(self.arch, self.image_shape, self.latent_dim, **common)
+        self._trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
+        self.build((None, *self.image_shape))
+
+    def build(self, input_shape):
+        # The stacks are built at construction (they start with keras.Input); only mark this model built.
+        self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(image_shape=list(self.image_shape), latent_dim=self.latent_dim, arch=self.arch,
+                      hidden_units=list(self.hidden_units), filters=list(self.filters),
+                      activation=self.activation)
+        return config
+
+    # ---- inputs -------------------------------------------------------------------------
+
+    def check_images(self, x, name="x"):
+        """Return x as a float tensor, or raise a clear error on a wrong dtype, rank or shape."""
+        if not tf.is_tensor(x):
+            x = tf.convert_to_tensor(x)
+        if not x.dtype.is_floating:
+            raise TypeError(f"{name} must be floating-point images in [0, 1], got dtype {x.dtype.name}; "
+                            "scale integer pixels with x / 255")
+        expected = (None, *self.image_shape)
+        given = tuple(x.shape)
+        if len(given) != 4 or any(g is not None and g != e for g, e in zip(given[1:], expected[1:])):
+            raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, self.image_shape))}] "
+                             f"(rank 4, NHWC), got shape {list(given)}")
+        return tf.cast(x, self.compute_dtype)
+
+    def check_codes(self, z, name="z"):
+        if not tf.is_tensor(z):
+            z = tf.convert_to_tensor(z)
+        if not z.dtype.is_floating:
+            raise TypeError(f"{name} must be floating-point codes, got dtype {z.dtype.name}")
+        if z.shape.rank != 2 or (z.shape[1] is not None and z.shape[1] != self.latent_dim):
+            raise ValueError(f"{name} must have shape [batch, {self.latent_dim}], got shape {list(z.shape)}")
+        return tf.cast(z, self.compute_dtype)
+
+    # ---- public API shared by all models ---------------------------------------------------
+
+    def call(self, x, training=False):
+        return self.reconstruct(x, training=training)
+
+    def decode_logits(self, z, training=False):
+        return tf.cast(self.decoder(self.check_codes(z), training=training), tf.float32)
+
+    def decode(self, z, training=False):
+        """Codes [B, latent_dim] -> mean images [B, H, W, C] in [0, 1]."""
+        return tf.sigmoid(self.decode_logits(z, training=training))
+
+    def sample(self, n, seed=None):
+        """Draw n codes from N(0, I) and decode them to mean images.
+
+        For a plain AE this shows how poorly its code space matches the prior.
+        """
+        n = check_positive_int("n", n)
+        return self.decode(normal([n, self.latent_dim], seed))
+
+    # ---- training -------------------------------------------------------------------------
+
+    metric_names = ("loss",)
+
+    def compute_terms(self, x, training=False):
+        """Per-example loss terms {name: [B] float32}, including "loss", for a batch x."""
+        raise NotImplementedError
+
+    @property
+    def metrics(self):
+        return list(self._trackers)
+
+    def _update_metrics(self, terms):
+        for tracker in self._trackers:
+            tracker.update_state(terms[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self._trackers}
+
+    def train_step(self, data):
+        x = keras.utils.unpack_x_y_sample_weight(data)[0]
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True)
+            # Sum over the local batch divided by the *global* batch size: under
+            # tf.distribute the optimizer sums gradients across replicas.
+            loss = tf.nn.compute_average_loss(terms["loss"])
+            if self.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
+            scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16
+        grads = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._update_metrics(terms)
+
+    def test_step(self, data):
+        x = keras.utils.unpack_x_y_sample_weight(data)[0]
+        return self._update_metrics(self.compute_terms(x, training=False))

@@ -1,0 +1,56 @@
+"""The denoising autoencoder (Vincent et al. 2008): corrupt the input, reconstruct the clean one."""
+
+import tensorflow as tf
+
+from kerasae.models.ae import Autoencoder
+from kerasae.models.base import check_choice, check_number, normal, register, uniform
+
+NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
+
+
+@register
+class DenoisingAutoencoder(Autoencoder):
+    """An `Autoencoder` whose encoder sees a corrupted input during training only.
+
+    The target is always the clean input; validation, `reconstruct` and `encode` use the
+    input as given. `corrupt(x, seed)` is public so evaluation can make the same noise.
+
+    Args (beyond `Autoencoder`'s):
+        noise_type: "gaussian" (add N(0, level^2), clip to [0, 1]), "masking" (zero each
+            pixel with probability level) or "salt_and_pepper" (set each pixel with
+            probability level to 0 or 1, equally likely).
+        noise_level: the std or probability above.
+    """
+
+    family = "dae"
+
+    def __init__(self, noise_type="gaussian", noise_level=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.noise_type = check_choice("noise_type", noise_type, NOISE_TYPES)
+        if noise_type == "gaussian":
+            self.noise_level = check_number("noise_level", noise_level, low=0.0, low_open=True)
+        else:
+            self.noise_level = check_number("noise_level", noise_level, 0.0, 1.0, low_open=True, high_open=True)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(noise_type=self.noise_type, noise_level=self.noise_level)
+        return config
+
+    def corrupt(self, x, seed=None):
+        """Corrupted copy of images x; a fresh draw per call, or a reproducible one for an int seed."""
+        x = tf.cast(self.check_images(x), tf.float32)
+        shape = tf.shape(x)
+        if self.noise_type == "gaussian":
+            noisy = tf.clip_by_value(x + self.noise_level * normal(shape, seed), 0.0, 1.0)
+        elif self.noise_type == "masking":
+            noisy = x * tf.cast(uniform(shape, seed) >= self.noise_level, x.dtype)
+        else:
+            u = uniform(shape, seed)
+            hit = u < self.noise_level
+            salt = tf.cast(u < self.noise_level / 2, x.dtype)  # half the hits are salt (1), half pepper (0)
+            noisy = tf.where(hit, salt, x)
+        return tf.cast(noisy, self.compute_dtype)
+
+    def encoder_input(self, x, training):
+        return self.corrupt(x) if training else x

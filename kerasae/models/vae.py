@@ -1,0 +1,147 @@
+"""The variational autoencoder (Kingma & Welling 2014) and its importance-weighted bound (Burda et al. 2015)."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from kerasae import losses
+from kerasae.models.base import BaseAutoencoder, check_choice, check_number, check_positive_int, register
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+GAUSSIAN_SCALES = ("pixel", "shared", "fixed")
+
+
+@register
+class VAE(BaseAutoencoder):
+    """q(z|x) = N(mean, diag exp(log_var)), prior p(z) = N(0, I), decoder p(x|z).
+
+    Args (beyond `BaseAutoencoder`'s):
+        likelihood: "bernoulli" (binary pixels; train on dynamically binarized data) or
+            "gaussian" (real pixels in [0, 1]; mean = sigmoid(decoder logits)).
+        gaussian_scale: the Gaussian decoder's std: "pixel" (learned per pixel), "shared"
+            (one learned scalar) or "fixed" (`fixed_scale`).
+        fixed_scale: the std when gaussian_scale="fixed".
+        min_scale: floor added to a learned std, so constant pixels (MNIST's border)
+            cannot drive the likelihood to infinity.
+        beta: weight of the KL term (beta-VAE); 1 gives the ELBO.
+        num_importance_samples: k. k = 1 trains on the ELBO (analytic KL); k > 1 on the
+            IWAE bound with k samples.
+
+    Metrics (nats per example): `loss` (the training objective), `reconstruction_loss`
+    (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (analytic KL(q || p)) and
+    `elbo` (-reconstruction_loss - kl, whatever beta is).
+    """
+
+    family = "vae"
+    metric_names = ("loss", "reconstruction_loss", "kl", "elbo")
+
+    def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
+                 filters=(32, 64), activation="relu", likelihood="bernoulli", gaussian_scale="shared",
+                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, **kwargs):
+        super().__init__(image_shape=image_shape, latent_dim=latent_dim, arch=arch, hidden_units=hidden_units,
+                         filters=filters, activation=activation, **kwargs)
+        self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
+        self.gaussian_scale = check_choice("gaussian_scale", gaussian_scale, GAUSSIAN_SCALES)
+        self.fixed_scale = check_number("fixed_scale", fixed_scale, low=0.0, low_open=True)
+        self.min_scale = check_number("min_scale", min_scale, low=0.0)
+        self.beta = check_number("beta", beta, low=0.0)
+        self.num_importance_samples = check_positive_int("num_importance_samples", num_importance_samples)
+        self._raw_scale = None
+        if self.likelihood == "gaussian" and self.gaussian_scale != "fixed":
+            init = max(0.1, 2 * self.min_scale)  # std at the start; learned from there (softplus keeps it > 0)
+            self._raw_scale = self.add_weight(
+                name="decoder_scale", shape=self.image_shape if self.gaussian_scale == "pixel" else (),
+                initializer=keras.initializers.Constant(math.log(math.expm1(init - self.min_scale))))
+        self._build_networks(2 * self.latent_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(likelihood=self.likelihood, gaussian_scale=self.gaussian_scale,
+                      fixed_scale=self.fixed_scale, min_scale=self.min_scale, beta=self.beta,
+                      num_importance_samples=self.num_importance_samples)
+        return config
+
+    @property
+    def binary_data(self):
+        """True when the model expects binary pixels (train on dynamically binarized data)."""
+        return self.likelihood == "bernoulli"
+
+    # ---- distributions ---------------------------------------------------------------------
+
+    def encode(self, x, training=False):
+        """Images -> (mean, log_var) of q(z|x), each [B, latent_dim]; log_var is the natural log of the variance."""
+        h = tf.cast(self.encoder(self.check_images(x), training=training), tf.float32)
+        mean, log_var = tf.split(h, 2, axis=-1)
+        return mean, log_var
+
+    def posterior(self, x, training=False):
+        """q(z|x) as a `tfp.distributions.MultivariateNormalDiag`."""
+        return losses.diagonal_gaussian(*self.encode(x, training=training))
+
+    def prior(self):
+        return losses.standard_normal(self.latent_dim)
+
+    def decoder_scale(self):
+        """The Gaussian decoder's std, broadcast to the image shape (float32)."""
+        if self.likelihood != "gaussian":
+            raise ValueError("decoder_scale() is defined for likelihood='gaussian' only")
+        if self._raw_scale is None:
+            scale = tf.constant(self.fixed_scale, tf.float32)
+        else:
+            scale = tf.nn.softplus(tf.cast(self._raw_scale, tf.float32)) + self.min_scale
+        return tf.broadcast_to(scale, self.image_shape)
+
+    def likelihood_from_logits(self, logits):
+        if self.likelihood == "bernoulli":
+            return losses.bernoulli_likelihood(logits)
+        return losses.gaussian_likelihood(tf.sigmoid(tf.cast(logits, tf.float32)), self.decoder_scale())
+
+    def decoder_distribution(self, z, training=False):
+        """p(x|z) as a TFP distribution with image-shaped events."""
+        return self.likelihood_from_logits(self.decode_logits(z, training=training))
+
+    def reconstruct(self, x, training=False):
+        """The mean of p(x|z) at z = the posterior mean (deterministic)."""
+        mean, _ = self.encode(x, training=training)
+        return self.decode(mean, training=training)
+
+    def score(self, x):
+        """Per-example anomaly score, nats: -log p(x | z=mean) + KL(q(z|x) || p(z)).
+
+        The negative ELBO with its expectation replaced by the posterior mean, so it is
+        deterministic (one input, one score).
+        """
+        mean, log_var = self.encode(x)
+        x = tf.cast(self.check_images(x), tf.float32)
+        kl = losses.kl_divergence(losses.diagonal_gaussian(mean, log_var), self.prior())
+        return kl - self.decoder_distribution(mean).log_prob(x)
+
+    # ---- training --------------------------------------------------------------------------
+
+    def _log_weights(self, x, k, training=False):
+        """Draw k samples z ~ q(z|x); return q, p, z [k, B, D] and log p(x|z) [k, B]."""
+        mean, log_var = self.encode(x, training=training)
+        x = tf.cast(self.check_images(x), tf.float32)
+        q, p = losses.diagonal_gaussian(mean, log_var), self.prior()
+        z = q.sample(k)  # reparameterized
+        logits = self.decoder(tf.cast(tf.reshape(z, [-1, self.latent_dim]), self.compute_dtype), training=training)
+        # Row i*B + b of the flattened samples belongs to example b: tile x to match.
+        log_px_z = tf.reshape(self.likelihood_from_logits(logits).log_prob(tf.tile(x, [k, 1, 1, 1])), [k, -1])
+        return q, p, z, log_px_z
+
+    def importance_weighted_bound(self, x, k):
+        """The IWAE bound on log p(x) with k samples, per example (nats; k=1: a one-sample ELBO)."""
+        q, p, z, log_px_z = self._log_weights(x, check_positive_int("k", k))
+        return losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z))
+
+    def compute_terms(self, x, training=False):
+        k = self.num_importance_samples
+        q, p, z, log_px_z = self._log_weights(x, k, training=training)
+        kl = losses.kl_divergence(q, p)
+        reconstruction = -tf.reduce_mean(log_px_z, axis=0)
+        if k == 1:
+            loss = reconstruction + self.beta * kl
+        else:
+            loss = -losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z), self.beta)
+        return {"loss": loss, "reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl)}

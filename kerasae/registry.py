@@ -1,0 +1,113 @@
+"""Presets are data: a name maps to a model class and the keyword arguments it is built with.
+
+Adding a preset is one `register_preset` line; it then gets the CLI (`--preset`), the
+standard test contract and export for free.
+"""
+
+import dataclasses
+import inspect
+
+from kerasae.models import VAE, Autoencoder, BaseAutoencoder, DenoisingAutoencoder
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    cls: type
+    kwargs: dict
+    description: str
+
+    @property
+    def family(self):
+        return self.cls.family
+
+
+PRESETS: dict[str, Preset] = {}
+
+#: The preset `--arch FAMILY` picks.
+DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp"}
+
+
+def register_preset(name, cls, description, **kwargs):
+    if name in PRESETS:
+        raise ValueError(f"preset {name!r} is already registered")
+    check_keywords(cls, kwargs)
+    PRESETS[name] = Preset(name, cls, kwargs, description)
+
+
+def list_presets(family=None):
+    """Names of the registered presets, optionally of one family ("ae", "dae", "vae")."""
+    return [name for name, p in PRESETS.items() if family is None or p.family == family]
+
+
+def get_preset(name):
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def valid_keywords(cls):
+    """Every constructor argument of `cls`, including those it forwards to its bases."""
+    names = {"name"}
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
+                         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
+        if klass is BaseAutoencoder:
+            break
+    return sorted(names)
+
+
+def check_keywords(cls, kwargs):
+    valid = valid_keywords(cls)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown keyword(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(valid)}")
+
+
+def preset_kwargs(name, **overrides):
+    """The constructor kwargs of preset `name` with `overrides` applied (checked)."""
+    preset = get_preset(name)
+    check_keywords(preset.cls, overrides)
+    return {**preset.kwargs, **overrides}
+
+
+def build(name, **overrides):
+    """Build preset `name`, e.g. `build("vae-mlp", latent_dim=16, image_shape=(32, 32, 3))`."""
+    return get_preset(name).cls(**preset_kwargs(name, **overrides))
+
+
+_MLP = dict(arch="mlp", hidden_units=(512, 256))
+_CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
+
+register_preset("ae-mlp-seed", Autoencoder,
+                "The classic deep MLP autoencoder 784-512-256-128-32-2-32-128-256-512-784 (2-D code).",
+                arch="mlp", hidden_units=(512, 256, 128, 32), latent_dim=2)
+register_preset("ae-shallow", Autoencoder, "Shallow AE: one Dense layer each way, 784-32-784.",
+                arch="mlp", hidden_units=(), latent_dim=32)
+register_preset("ae-conv", Autoencoder, "Convolutional AE: conv 32-64 (stride 2), 16-D code.", **_CONV, latent_dim=16)
+register_preset("ae-sparse", Autoencoder, "Sparse AE: 784-512-128 with an L1 penalty on a ReLU code.",
+                arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="relu",
+                sparsity="l1", sparsity_weight=1e-2)
+register_preset("ae-sparse-kl", Autoencoder,
+                "Sparse AE: 784-512-128 sigmoid code pulled to a mean activation of 0.05 by a KL penalty.",
+                arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="sigmoid",
+                sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05)
+register_preset("ae-contractive", Autoencoder,
+                "Contractive AE: 784-512-64 sigmoid code, penalty on the encoder Jacobian's Frobenius norm.",
+                arch="mlp", hidden_units=(512,), latent_dim=64, code_activation="sigmoid", contractive_weight=1e-2)
+register_preset("dae-mlp", DenoisingAutoencoder, "Denoising MLP AE 784-512-256-64, gaussian noise std 0.5.",
+                **_MLP, latent_dim=64, noise_type="gaussian", noise_level=0.5)
+register_preset("dae-conv", DenoisingAutoencoder, "Denoising conv AE, conv 32-64, 32-D code, gaussian noise std 0.5.",
+                **_CONV, latent_dim=32, noise_type="gaussian", noise_level=0.5)
+register_preset("vae-mlp", VAE, "MLP VAE 784-512-256-32, Bernoulli decoder (dynamically binarized data).",
+                **_MLP, latent_dim=32, likelihood="bernoulli")
+register_preset("vae-mlp-2d", VAE, "MLP VAE with a 2-D latent, Bernoulli decoder: for latent plots and manifolds.",
+                **_MLP, latent_dim=2, likelihood="bernoulli")
+register_preset("vae-conv", VAE, "Convolutional VAE, conv 32-64, 32-D latent, Bernoulli decoder.",
+                **_CONV, latent_dim=32, likelihood="bernoulli")
+register_preset("vae-mlp-gaussian", VAE,
+                "MLP VAE 784-512-256-32 with a Gaussian decoder (learned shared std) on intensities in [0, 1].",
+                **_MLP, latent_dim=32, likelihood="gaussian", gaussian_scale="shared")
+register_preset("iwae-mlp", VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
+                **_MLP, latent_dim=32, likelihood="bernoulli", num_importance_samples=5)

@@ -1,0 +1,351 @@
+"""Train a kerasae model with `model.fit` under a tf.distribute strategy, into a run directory.
+
+A run directory holds:
+    config.json     what was asked (TrainConfig) and the model's full config
+    model.keras     the final model (written atomically at the end)
+    best.keras      the best model on validation loss (ModelCheckpoint)
+    metrics.json    test metrics in nats per example, wall time, versions
+    history.csv     one row per epoch (train and validation metrics)
+    logs/           TensorBoard: scalars (train/, validation/) and images (images/)
+    backup/         BackupAndRestore state while training; gone when a run completes
+    figures/        reconstructions.png, samples.png, latent.png (2-D codes only)
+
+Rerunning the same command after an interruption resumes from the last completed epoch.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from kerasae import _backend  # noqa: F401
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasae import data as data_lib
+from kerasae import distribute, plots, registry
+from kerasae.models.base import check_choice, check_number, check_positive_int
+
+#: Seed of the fixed binarization of validation and test images for Bernoulli models.
+TEST_BINARIZATION_SEED = 0
+LR_SCHEDULES = ("cosine", "constant")
+_IGNORED_FOR_COMPAT = ("verbose",)  # fields that may change between reruns into the same --out
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; `scripts/train.py` flags map one to one.
+
+    `batch_size` is the *global* batch: under a strategy with R replicas each replica
+    gets batch_size / R examples per step.
+    """
+
+    preset: str = "vae-mlp"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # overrides of the preset's kwargs
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    image_size: tuple | None = None
+    color_mode: str | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    validation_size: int | None = None  # None: min(5000, 10% of the training images)
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    seed: int = 0
+    out: str | None = None  # None: runs/<preset>
+    strategy: str = "auto"
+    cpu_replicas: int | None = None
+    init_from: str | None = None
+    steps_per_execution: int = 1
+    jit_compile: bool = False
+    verbose: str | int = "auto"
+
+    def __post_init__(self):
+        if self.out is None:
+            self.out = os.path.join("runs", self.preset if self.init_from is None else "finetune")
+        if self.image_size is not None:
+            self.image_size = tuple(self.image_size)
+
+    def validate(self):
+        """Raise ValueError naming the first bad field; checks the model kwargs by building nothing."""
+        if self.init_from is None:
+            registry.preset_kwargs(self.preset, **self.model_kwargs)
+        elif self.model_kwargs:
+            raise ValueError("init_from takes the architecture from the saved model; drop the model overrides "
+                             f"{sorted(self.model_kwargs)}")
+        elif not Path(self.init_from).is_file():
+            raise ValueError(f"init_from: no such model file {self.init_from!r}")
+        for name in ("epochs", "batch_size", "steps_per_execution"):
+            check_positive_int(name, getattr(self, name))
+        for name in ("max_train_samples", "max_test_samples", "cpu_replicas"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if self.validation_size is not None and (isinstance(self.validation_size, bool) or self.validation_size < 0):
+            raise ValueError(f"validation_size must be >= 0, got {self.validation_size!r}")
+        check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("strategy", self.strategy, distribute.STRATEGIES)
+        if self.strategy == "default" and self.cpu_replicas and self.cpu_replicas > 1:
+            raise ValueError("cpu_replicas > 1 needs strategy 'mirrored' or 'auto'")
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    run_dir: Path
+    history: list  # one dict per epoch, from history.csv (covers resumed runs too)
+    metrics: dict
+
+
+# ---- files ------------------------------------------------------------------------------------
+
+def write_json(path, obj):
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, (tuple, Path)):
+        return list(obj) if isinstance(obj, tuple) else str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def save_model_atomic(model, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def library_versions():
+    import tensorflow_probability as tfp
+
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "tensorflow_probability": tfp.__version__, "numpy": np.__version__}
+
+
+def prepare_run_dir(config):
+    """Create the run directory, refusing one that holds a run with a different config."""
+    run_dir = Path(config.out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"out: cannot write to run directory {str(run_dir)!r} ({err.strerror})") from err
+    wanted = {k: v for k, v in json.loads(json.dumps(config.to_json(), default=_json_default)).items()
+              if k not in _IGNORED_FOR_COMPAT}
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        try:
+            previous = json.loads(config_path.read_text()).get("train", {})
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"out: {config_path} is not a kerasae run config; use another --out") from err
+        differing = sorted(k for k in set(wanted) | set(previous)
+                           if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k))
+        if differing:
+            raise ValueError(f"out: {str(run_dir)!r} holds a run with a different config (differs in: "
+                             f"{', '.join(differing)}); choose another --out or delete that directory")
+    return run_dir
+
+
+def _trim_history(history_path, backup_dir):
+    """Keep history rows of epochs the backup has completed; start afresh when there is no backup."""
+    meta = backup_dir / "training_metadata.json"
+    if not history_path.exists():
+        return
+    if not meta.exists():
+        history_path.unlink()
+        return
+    resume_epoch = int(json.loads(meta.read_text())["epoch"])
+    with open(history_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    with open(history_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["epoch"]) < resume_epoch)
+
+
+def read_history(history_path):
+    if not Path(history_path).exists():
+        return []
+    with open(history_path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+# ---- callbacks --------------------------------------------------------------------------------
+
+class ImageSummaries(keras.callbacks.Callback):
+    """Each epoch, log to TensorBoard reconstructions of fixed images and samples from fixed prior draws."""
+
+    def __init__(self, log_dir, images, num_samples=16, seed=0):
+        super().__init__()
+        self.images = tf.constant(images, tf.float32)
+        self.num_samples = num_samples
+        self.seed = seed
+        self.log_dir = str(log_dir)
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        recon = plots.reconstruction_grid(self.images.numpy(), self.model.reconstruct(self.images).numpy())
+        samples = plots.image_grid(self.model.sample(self.num_samples, seed=self.seed).numpy(), 4)
+        with self._writer.as_default(step=epoch):
+            tf.summary.image("reconstructions", recon[None], description="top: inputs, bottom: reconstructions")
+            tf.summary.image("samples", samples[None], description="decoded draws z ~ N(0, I), fixed across epochs")
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def _build_model(config, image_shape, strategy):
+    with strategy.scope():
+        if config.init_from:
+            model = keras.saving.load_model(config.init_from, compile=False, safe_mode=True)
+            if tuple(model.image_shape) != tuple(image_shape):
+                raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
+                                 f"but the dataset has {tuple(image_shape)}")
+        else:
+            model = registry.build(config.preset, image_shape=image_shape, **config.model_kwargs)
+        return model
+
+
+def _compile(model, config, steps_per_epoch, strategy):
+    lr = config.learning_rate
+    if config.lr_schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, config.epochs * steps_per_epoch),
+                                                    alpha=0.05)
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=config.steps_per_execution,
+                      jit_compile=config.jit_compile)
+
+
+def evaluation_images(model, x):
+    """What a model is evaluated on: a fixed binarization for Bernoulli models, else x itself."""
+    if getattr(model, "binary_data", False):
+        return data_lib.binarize(x, seed=TEST_BINARIZATION_SEED)
+    return x
+
+
+def prepare(config):
+    """Validate the config, load the data and build the model: everything that can fail on bad input.
+
+    Raises ValueError (data errors included) before any training starts, so a CLI can
+    turn it into a usage error.
+    """
+    config.validate()
+    distribute.configure_cpu_replicas(config.cpu_replicas)
+    keras.utils.set_random_seed(config.seed)
+    run_dir = prepare_run_dir(config)
+    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                                 color_mode=config.color_mode)
+    data = data.take(config.max_train_samples, config.max_test_samples)
+    val_size = config.validation_size
+    if val_size is None:
+        val_size = min(5000, len(data.x_train) // 10)
+    if val_size >= len(data.x_train):
+        raise ValueError(f"validation_size {val_size} leaves no training images (have {len(data.x_train)})")
+    strategy = distribute.get_strategy(config.strategy)
+    model = _build_model(config, data.image_shape, strategy)
+    return run_dir, data, val_size, strategy, model
+
+
+def train(config=None, **kwargs):
+    """Train per `config` (or TrainConfig(**kwargs)) and write the run directory; returns a TrainResult."""
+    config = config or TrainConfig(**kwargs)
+    return fit(config, *prepare(config))
+
+
+def fit(config, run_dir, data, val_size, strategy, model):
+    """The training half of `train`: fit, evaluate on the test split, write every output."""
+    start = time.time()
+    x_train, x_val = data_lib.split_validation(data.x_train, val_size)
+    binary = getattr(model, "binary_data", False)
+    train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed)
+    val_ds = data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size) if len(x_val) else None
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    _compile(model, config, steps_per_epoch, strategy)
+
+    config_json = {"train": config.to_json(), "model": {"class": type(model).__name__, "config": model.get_config()},
+                   "preset": None if config.init_from else config.preset, "versions": library_versions()}
+    write_json(run_dir / "config.json", config_json)
+
+    backup_dir, history_path = run_dir / "backup", run_dir / "history.csv"
+    _trim_history(history_path, backup_dir)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, save_best_only=True),
+        keras.callbacks.CSVLogger(str(history_path), append=True),
+        keras.callbacks.TensorBoard(str(run_dir / "logs")),
+        ImageSummaries(run_dir / "logs" / "images", evaluation_images(model, data.x_test[:8])),
+    ]
+    model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose,
+              shuffle=False)  # the pipeline shuffles (seeded)
+    if model.stop_training:  # only TerminateOnNaN stops a run early
+        raise FloatingPointError(f"training diverged (NaN loss); the last good model is {run_dir / 'best.keras'}")
+
+    x_test = evaluation_images(model, data.x_test)
+    test = model.evaluate(data_lib.make_dataset(x_test, config.batch_size), return_dict=True, verbose=0)
+    history = read_history(history_path)
+    metrics = {
+        "test": {k: float(v) for k, v in test.items()},
+        "final_epoch": history[-1] if history else None,
+        "epochs": len(history),
+        "wall_time_s": round(time.time() - start, 2),  # this invocation only (a resumed run restarts the clock)
+        "num_train": len(x_train), "num_validation": len(x_val), "num_test": len(x_test),
+        "dataset": config.dataset,
+        "test_binarization_seed": TEST_BINARIZATION_SEED if binary else None,
+        "units": "nats per example (mse: per pixel)",
+        "replicas": strategy.num_replicas_in_sync,
+        "versions": library_versions(),
+    }
+    save_model_atomic(model, run_dir / "model.keras")
+    write_json(run_dir / "metrics.json", metrics)
+    save_figures(model, x_test, data.y_test, run_dir / "figures")
+    return TrainResult(model=model, run_dir=run_dir, history=history, metrics=metrics)
+
+
+def latent_codes(model, x, batch_size=1000):
+    """Codes of x: z for AEs, the posterior mean for VAEs."""
+    codes = []
+    for i in range(0, len(x), batch_size):
+        z = model.encode(x[i:i + batch_size])
+        codes.append((z[0] if isinstance(z, (tuple, list)) else z).numpy())
+    return np.concatenate(codes)
+
+
+def save_figures(model, x_test, y_test, fig_dir, n=10, seed=0):
+    """reconstructions.png, samples.png and, for a 2-D code, latent.png."""
+    x = x_test[:n]
+    plots.save_image(plots.reconstruction_grid(x, model.reconstruct(x).numpy()), fig_dir / "reconstructions.png",
+                     "test images (top) and reconstructions (bottom)")
+    plots.save_image(plots.image_grid(model.sample(64, seed=seed).numpy(), 8), fig_dir / "samples.png",
+                     "decoded samples z ~ N(0, I)")
+    if model.latent_dim == 2:
+        plots.save_latent_scatter(latent_codes(model, x_test), y_test, fig_dir / "latent.png")

@@ -1,0 +1,41 @@
+"""Shared fixtures. kerasae pins KERAS_BACKEND=tensorflow itself; quiet TF's C++ logs here."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """The first 256 train and 64 test images of the embedded MNIST (real data, fast)."""
+    from kerasae.data import load_mnist
+
+    return load_mnist().take(256, 64)
+
+
+@pytest.fixture(scope="session")
+def mnist_binary(mnist_small):
+    from kerasae.data import binarize
+
+    return binarize(mnist_small.x_train, seed=0)
+
+
+def run_script(name, *args, cwd, timeout=600):
+    """Run scripts/<name> in a fresh interpreter, as a user would; returns the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,86 @@
+"""The standard contract, run over every registered preset.
+
+A new preset gets all of this for free: it builds, trains, serializes, reloads and
+trains on, with the encode/decode shapes the rest of kerasae relies on.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import kerasae
+from kerasae import registry
+
+PRESETS = registry.list_presets()
+
+
+def _batch(model, mnist_small, mnist_binary, n=64):
+    return mnist_binary[:n] if getattr(model, "binary_data", False) else mnist_small.x_train[:n]
+
+
+def _compiled(model, lr=2e-3):
+    model.compile(optimizer=keras.optimizers.Adam(lr))
+    return model
+
+
+def test_every_family_has_presets():
+    assert {registry.get_preset(p).family for p in PRESETS} == {"ae", "dae", "vae"}
+    required = {"ae-mlp-seed", "ae-shallow", "ae-conv", "dae-mlp", "dae-conv", "vae-mlp", "vae-mlp-2d",
+                "vae-conv", "vae-mlp-gaussian", "ae-sparse", "ae-contractive"}
+    assert required <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _compiled(kerasae.build(name))
+    x = _batch(model, mnist_small, mnist_binary)
+
+    # shapes of the public API
+    codes = model.encode(x[:5])
+    z = codes[0] if isinstance(codes, tuple) else codes
+    assert tuple(z.shape) == (5, model.latent_dim)
+    if isinstance(codes, tuple):  # VAE: (mean, log_var)
+        assert tuple(codes[1].shape) == (5, model.latent_dim)
+    assert tuple(model.decode(z).shape) == (5, 28, 28, 1)
+    assert tuple(model.reconstruct(x[:5]).shape) == (5, 28, 28, 1)
+    samples = model.sample(3, seed=1).numpy()
+    assert samples.shape == (3, 28, 28, 1) and 0.0 <= samples.min() and samples.max() <= 1.0
+    assert tuple(model.score(x[:5]).shape) == (5,)
+
+    # a few fit steps on one small batch lower the loss
+    before = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
+    history = model.fit(x, batch_size=32, epochs=8, verbose=0, shuffle=False)
+    after = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
+    assert set(model.metric_names) <= set(history.history)
+    assert np.isfinite(history.history["loss"]).all()
+    assert after["loss"] < before["loss"], (before, after)
+
+    # get_config / from_config: the config is the constructor's arguments
+    config = model.get_config()
+    clone = type(model).from_config(config)
+    assert clone.get_config() == config
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+
+    # .keras round trip gives identical outputs, with the class and its training step back
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model) and loaded.get_config() == config
+    np.testing.assert_array_equal(loaded.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    np.testing.assert_array_equal(loaded.decode(z).numpy(), model.decode(z).numpy())
+
+    # ... and trains on with fit (the optimizer state comes back too)
+    assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) > 0
+    more = loaded.fit(x, batch_size=32, epochs=2, verbose=0, shuffle=False)
+    assert np.isfinite(more.history["loss"]).all()
+    assert not np.allclose(loaded.get_weights()[0], model.get_weights()[0])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_adapts_to_image_shape(name):
+    model = kerasae.build(name, image_shape=(30, 20, 3))
+    x = np.random.default_rng(0).random((2, 30, 20, 3), dtype=np.float32)
+    assert tuple(model.reconstruct(x).shape) == (2, 30, 20, 3)
+    assert tuple(model.sample(2, seed=0).shape) == (2, 30, 20, 3)
