@@ -9,7 +9,7 @@ from kerasae import _backend  # noqa: F401  (pins KERAS_BACKEND=tensorflow befor
 from kerasae.data import DataError, ImageData, load_dataset
 from kerasae.models import VAE, Autoencoder, BaseAutoencoder, DenoisingAutoencoder
 from kerasae.registry import build, get_preset, list_presets, register_preset
-from kerasae.train import TrainConfig, TrainResult, train
+from kerasae.training import TrainConfig, TrainResult, train
 
 __version__ = "0.1.0"
 

@@ -4,10 +4,9 @@ Every bad argument exits with code 2 and a one-line message, as argparse does.
 """
 
 import argparse
-import sys
 
 from kerasae import registry
-from kerasae import train as train_lib
+from kerasae import training as train_lib
 
 # flag -> (model kwarg, the family it applies to, or None for all)
 _MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", "vae"),
@@ -82,7 +81,7 @@ def build_train_parser():
     g.add_argument("--dataset", default="mnist",
                    help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR or npz:FILE (default: mnist)")
     g.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
-    g.add_argument("--image-size", type=_image_size, help="resize images to HxW (images:DIR, tfds)")
+    g.add_argument("--image-size", type=_image_size, help="resize images to HxW (default: keep; images:DIR 64x64)")
     g.add_argument("--color-mode", choices=["grayscale", "rgb"], help="convert images to 1 or 3 channels")
     g.add_argument("--max-train-samples", type=_positive_int, help="use only the first N training images")
     g.add_argument("--max-test-samples", type=_positive_int, help="use only the first N test images")
@@ -145,9 +144,9 @@ def config_from_args(parser, args):
         verbose="auto" if args.verbose is None else args.verbose)
 
 
-def print_presets(out=sys.stdout):
+def print_presets():
     for name, preset in registry.PRESETS.items():
-        print(f"{name:18s} {preset.family:4s} {preset.description}", file=out)
+        print(f"{name:18s} {preset.family:4s} {preset.description}")
 
 
 def train_main(argv=None):

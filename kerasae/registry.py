@@ -88,14 +88,14 @@ register_preset("ae-shallow", Autoencoder, "Shallow AE: one Dense layer each way
 register_preset("ae-conv", Autoencoder, "Convolutional AE: conv 32-64 (stride 2), 16-D code.", **_CONV, latent_dim=16)
 register_preset("ae-sparse", Autoencoder, "Sparse AE: 784-512-128 with an L1 penalty on a ReLU code.",
                 arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="relu",
-                sparsity="l1", sparsity_weight=1e-2)
+                sparsity="l1", sparsity_weight=0.1)
 register_preset("ae-sparse-kl", Autoencoder,
                 "Sparse AE: 784-512-128 sigmoid code pulled to a mean activation of 0.05 by a KL penalty.",
                 arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="sigmoid",
                 sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05)
 register_preset("ae-contractive", Autoencoder,
-                "Contractive AE: 784-512-64 sigmoid code, penalty on the encoder Jacobian's Frobenius norm.",
-                arch="mlp", hidden_units=(512,), latent_dim=64, code_activation="sigmoid", contractive_weight=1e-2)
+                "Contractive AE: 784-512-64, penalty 0.1 * ||dz/dx||_F^2 on the encoder's Jacobian.",
+                arch="mlp", hidden_units=(512,), latent_dim=64, contractive_weight=0.1)
 register_preset("dae-mlp", DenoisingAutoencoder, "Denoising MLP AE 784-512-256-64, gaussian noise std 0.5.",
                 **_MLP, latent_dim=64, noise_type="gaussian", noise_level=0.5)
 register_preset("dae-conv", DenoisingAutoencoder, "Denoising conv AE, conv 32-64, 32-D code, gaussian noise std 0.5.",

@@ -1,0 +1,87 @@
+"""scripts/train.py as a user runs it: outputs per family, and usage errors with exit code 2."""
+
+import json
+
+import keras
+import pytest
+
+from conftest import run_script
+from kerasae import cli
+
+TINY = ["--max-train-samples", "300", "--max-test-samples", "100", "--epochs", "1", "--batch-size", "64",
+        "--verbose", "0"]
+
+
+@pytest.mark.parametrize("arch,model_class", [("ae", "Autoencoder"), ("dae", "DenoisingAutoencoder"), ("vae", "VAE")])
+def test_train_script_writes_a_loadable_run(arch, model_class, tmp_path):
+    proc = run_script("train.py", "--arch", arch, *TINY, "--out", tmp_path / arch, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / arch
+    for name in ("config.json", "metrics.json", "model.keras", "best.keras", "history.csv",
+                 "figures/reconstructions.png", "figures/samples.png"):
+        assert (run / name).is_file(), name
+    assert "run directory:" in proc.stdout
+    model = keras.saving.load_model(run / "model.keras")
+    assert type(model).__name__ == model_class
+    assert json.loads((run / "config.json").read_text())["preset"] == cli.registry.DEFAULT_PRESETS[arch]
+
+
+def test_train_script_usage_error_exits_2(tmp_path):
+    proc = run_script("train.py", "--epochs", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "train.py: error: argument --epochs: must be an integer >= 1, got '0'"
+    assert not (tmp_path / "runs").exists()
+
+
+def _usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.train_main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: ")
+    return last
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--arch", "gan"], "argument --arch: invalid choice: 'gan'"),
+    (["--preset", "vae-huge"], "unknown preset 'vae-huge'; valid presets: ae-mlp-seed"),
+    (["--arch", "vae", "--preset", "ae-shallow"], "--preset ae-shallow is a ae model, not --arch vae"),
+    (["--epochs", "-1"], "argument --epochs: must be an integer >= 1"),
+    (["--batch-size", "zero"], "argument --batch-size: must be an integer >= 1"),
+    (["--latent-dim", "0"], "argument --latent-dim: must be an integer >= 1"),
+    (["--k", "0"], "argument --k: must be an integer >= 1"),
+    (["--beta", "-0.5"], "argument --beta: must be >= 0"),
+    (["--learning-rate", "0"], "argument --learning-rate: must be > 0"),
+    (["--arch", "dae", "--noise", "masking:1.5"], "noise level must be > 0 and < 1 for masking"),
+    (["--arch", "dae", "--noise", "blur:0.1"], "noise type must be one of"),
+    (["--arch", "ae", "--beta", "2"], "--beta applies to vae presets, not ae-mlp-seed"),
+    (["--arch", "vae", "--noise", "gaussian:0.3"], "--noise applies to dae presets"),
+    (["--image-size", "0x5"], "argument --image-size"),
+])
+def test_bad_arguments(argv, message, capsys):
+    assert message in _usage_error(argv, capsys)
+
+
+@pytest.mark.parametrize("dataset,message", [
+    ("bogus:x", "unknown dataset spec 'bogus:x'"),
+    ("idx:/no/such/dir", "/no/such/dir"),
+    ("npz:/no/such/file.npz", "/no/such/file.npz"),
+])
+def test_bad_datasets(dataset, message, capsys, tmp_path):
+    assert message in _usage_error(["--dataset", dataset, "--out", str(tmp_path / "run"), *TINY], capsys)
+
+
+def test_unwritable_out_and_mixed_runs_are_refused(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert "cannot" in _usage_error(["--out", str(blocker / "run"), *TINY], capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"preset": "ae-shallow"}}))
+    assert "holds a run with a different config" in _usage_error(["--out", str(run), *TINY], capsys)
+
+
+def test_list_presets(capsys):
+    assert cli.train_main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in cli.registry.list_presets())

@@ -1,0 +1,109 @@
+"""kerasae.training: the run directory, TensorBoard summaries, resuming and fine-tuning."""
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import kerasae
+from kerasae import training as train_lib
+
+SMALL = dict(epochs=2, batch_size=64, max_train_samples=600, max_test_samples=200, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vae2d"
+    return kerasae.train(preset="vae-mlp-2d", model_kwargs={"hidden_units": [64]}, out=str(out), **SMALL)
+
+
+def _events(log_dir):
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def test_run_directory_holds_every_output(vae_run):
+    run = vae_run.run_dir
+    for name in ("config.json", "metrics.json", "model.keras", "best.keras", "history.csv",
+                 "figures/reconstructions.png", "figures/samples.png", "figures/latent.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # BackupAndRestore cleans up after a completed run
+    metrics = json.loads((run / "metrics.json").read_text())
+    test = metrics["test"]
+    assert set(test) == {"loss", "reconstruction_loss", "kl", "elbo"}
+    assert all(np.isfinite(v) for v in test.values())
+    assert test["elbo"] == pytest.approx(-(test["reconstruction_loss"] + test["kl"]), rel=1e-4)
+    assert (metrics["num_train"], metrics["num_validation"], metrics["num_test"]) == (540, 60, 200)
+    assert metrics["epochs"] == 2 and metrics["test_binarization_seed"] == train_lib.TEST_BINARIZATION_SEED
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "vae-mlp-2d" and config["model"]["class"] == "VAE"
+    assert config["model"]["config"]["hidden_units"] == [64]
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and "val_loss" in rows[0] and "kl" in rows[0]
+    loaded = keras.saving.load_model(run / "model.keras")
+    x = kerasae.data.binarize(kerasae.load_dataset().x_test[:16])
+    np.testing.assert_array_equal(loaded.reconstruct(x).numpy(), vae_run.model.reconstruct(x).numpy())
+
+
+def test_tensorboard_has_scalars_and_images(vae_run):
+    logs = vae_run.run_dir / "logs"
+    train_tags = _events(logs / "train").Tags()["tensors"]
+    assert {"epoch_loss", "epoch_kl", "epoch_elbo", "epoch_reconstruction_loss"} <= set(train_tags)
+    assert "epoch_loss" in _events(logs / "validation").Tags()["tensors"]
+    images = _events(logs / "images")
+    assert {"reconstructions", "samples"} <= set(images.Tags()["tensors"])
+    for tag, shape in (("reconstructions", (2 * 28, 8 * 28)), ("samples", (4 * 28, 4 * 28))):
+        events = images.Tensors(tag)
+        assert [e.step for e in events] == [0, 1]
+        # an image summary is [width, height, PNG bytes...]
+        png = tf.make_ndarray(events[-1].tensor_proto)[2]
+        assert tf.io.decode_png(png).shape[:2] == shape
+
+
+def test_rerun_with_another_config_is_refused(vae_run):
+    config = train_lib.TrainConfig(preset="vae-mlp-2d", model_kwargs={"hidden_units": [64]},
+                                   out=str(vae_run.run_dir), **{**SMALL, "epochs": 3})
+    with pytest.raises(ValueError, match="different config.*epochs"):
+        train_lib.prepare(config)
+
+
+def test_fine_tune_from_a_saved_model(vae_run, tmp_path):
+    result = kerasae.train(init_from=str(vae_run.run_dir / "model.keras"), out=str(tmp_path / "ft"),
+                           **{**SMALL, "epochs": 1})
+    assert type(result.model) is kerasae.VAE and result.model.latent_dim == 2
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["train"]["init_from"].endswith("model.keras") and config["preset"] is None
+    with pytest.raises(ValueError, match="init_from takes the architecture"):
+        train_lib.TrainConfig(init_from=str(vae_run.run_dir / "model.keras"), model_kwargs={"latent_dim": 3}).validate()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
+    kwargs = dict(preset="ae-shallow", out=str(tmp_path / "ae"), **{**SMALL, "epochs": 3})
+    original = train_lib.ImageSummaries.on_epoch_end
+
+    def crash_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise _Crash
+
+    monkeypatch.setattr(train_lib.ImageSummaries, "on_epoch_end", crash_after_second_epoch)
+    with pytest.raises(_Crash):
+        kerasae.train(**kwargs)
+    assert (tmp_path / "ae" / "backup").exists() and not (tmp_path / "ae" / "model.keras").exists()
+    monkeypatch.undo()
+    result = kerasae.train(**kwargs)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    assert result.metrics["epochs"] == 3
+    assert int(result.model.optimizer.iterations.numpy()) == 3 * 9  # 540 images / 64 per step, 3 epochs
+    assert set(result.metrics["test"]) == {"loss", "reconstruction_loss", "mse"}
+    assert not (tmp_path / "ae" / "figures" / "latent.png").exists()  # 32-D code: no scatter plot
