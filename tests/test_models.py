@@ -14,8 +14,8 @@ def test_dae_corrupts_only_in_training(mnist_small, monkeypatch):
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     x = mnist_small.x_train[:64]
     calls = []
-    original = model.corrupt
-    monkeypatch.setattr(model, "corrupt", lambda images, seed=None: calls.append(1) or original(images, seed))
+    original = model._corrupt
+    monkeypatch.setattr(model, "_corrupt", lambda images, noise: calls.append(1) or original(images, noise))
     model.fit(x, batch_size=32, epochs=1, verbose=0)
     assert calls, "the training step never corrupted its input"
     calls.clear()

@@ -67,7 +67,7 @@ class Autoencoder(BaseAutoencoder):
         x = self.check_images(x)
         return losses.reconstruction_error(x, self.decode_logits(self.encoder(x)), self.reconstruction_loss)
 
-    def encoder_input(self, x, training):
+    def encoder_input(self, x, training, step=None):
         """What the encoder sees in a training step (the denoising AE corrupts it)."""
         return x
 
@@ -78,9 +78,9 @@ class Autoencoder(BaseAutoencoder):
         jacobian = tape.batch_jacobian(z, x_in)  # [B, latent, H, W, C]
         return z, tf.reduce_sum(tf.square(tf.cast(jacobian, tf.float32)), axis=[1, 2, 3, 4])
 
-    def compute_terms(self, x, training=False):
+    def compute_terms(self, x, training=False, step=None):
         x = self.check_images(x)
-        x_in = self.encoder_input(x, training)
+        x_in = self.encoder_input(x, training, step)
         penalty = tf.zeros(tf.shape(x)[:1], tf.float32)
         if self.contractive_weight > 0:
             z, frobenius = self._encode_with_jacobian_penalty(x_in, training)

@@ -11,6 +11,7 @@ import numbers
 
 from kerasae import _backend  # noqa: F401
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerasae import layers as stacks
@@ -52,22 +53,32 @@ def _int_tuple(name, values, allow_empty=True):
     return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
-def normal(shape, seed=None):
-    """Standard normal draws: fresh each step (stateful op) or reproducible (int seed).
+_STATEFUL = {"normal": tf.random.normal, "uniform": tf.random.uniform}
+_STATELESS = {"normal": tf.random.stateless_normal, "uniform": tf.random.stateless_uniform}
 
-    Stateful TF ops, not `keras.random` with seed=None: the latter bakes one constant
-    seed into a traced graph, so every training step would reuse the same noise.
+
+def draw(kind, shape, seed=None, step=None, stream=0):
+    """Standard normal or U[0, 1) draws of `shape` ([B, ...]).
+
+    - seed None: fresh draws from stateful TF ops (not `keras.random` with seed=None,
+      which bakes one constant seed into a traced graph: every step would reuse it).
+    - seed int, step None: reproducible draws keyed by (seed, stream).
+    - seed int, step tensor (inside a training step): one draw for the whole *global*
+      batch keyed by (seed, step, stream), of which this replica keeps its own slice. The
+      noise an example gets then does not depend on how the batch is split across
+      replicas, so mirrored training matches single-device training step for step
+      (given equal per-replica batches).
     """
     if seed is None:
-        return tf.random.normal(shape)
-    return tf.random.stateless_normal(shape, seed=[int(seed), 0])
-
-
-def uniform(shape, seed=None):
-    """U[0, 1) draws, seeded like `normal`."""
-    if seed is None:
-        return tf.random.uniform(shape)
-    return tf.random.stateless_uniform(shape, seed=[int(seed), 1])
+        return _STATEFUL[kind](shape)
+    if step is None:
+        return _STATELESS[kind](shape, seed=[int(seed), stream])
+    context = tf.distribute.get_replica_context()
+    replicas, replica = context.num_replicas_in_sync, context.replica_id_in_sync_group
+    local = shape[0]
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 16 + stream])
+    full = _STATELESS[kind](tf.concat([[local * replicas], shape[1:]], axis=0), seed=key)
+    return full[replica * local:(replica + 1) * local]
 
 
 class BaseAutoencoder(keras.Model):
@@ -81,13 +92,20 @@ class BaseAutoencoder(keras.Model):
             models, Dense layers after the convolutions.
         filters: Conv2D filters per stride-2 stage (conv only).
         activation: hidden activation.
+        seed: seed of the training noise (DAE corruption, VAE reparameterization),
+            which is keyed by (seed, step, example): see `draw`. None picks one.
     """
 
     family = None  # "ae", "dae" or "vae": the CLI's --arch
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
-                 filters=(32, 64), activation="relu", **kwargs):
+                 filters=(32, 64), activation="relu", seed=None, **kwargs):
         super().__init__(**kwargs)
+        if seed is None:  # resolved now (from numpy's global state) and kept in the config
+            seed = int(np.random.randint(0, 2**31 - 1))
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.seed = int(seed)
         self.image_shape = _int_tuple("image_shape", image_shape, allow_empty=False)
         if len(self.image_shape) != 3:
             raise ValueError(f"image_shape must be (height, width, channels), got {tuple(image_shape)!r}")
@@ -116,7 +134,7 @@ class BaseAutoencoder(keras.Model):
         config = super().get_config()
         config.update(image_shape=list(self.image_shape), latent_dim=self.latent_dim, arch=self.arch,
                       hidden_units=list(self.hidden_units), filters=list(self.filters),
-                      activation=self.activation)
+                      activation=self.activation, seed=self.seed)
         return config
 
     # ---- inputs -------------------------------------------------------------------------
@@ -162,15 +180,22 @@ class BaseAutoencoder(keras.Model):
         For a plain AE this shows how poorly its code space matches the prior.
         """
         n = check_positive_int("n", n)
-        return self.decode(normal([n, self.latent_dim], seed))
+        return self.decode(draw("normal", [n, self.latent_dim], seed))
 
     # ---- training -------------------------------------------------------------------------
 
     metric_names = ("loss",)
 
-    def compute_terms(self, x, training=False):
-        """Per-example loss terms {name: [B] float32}, including "loss", for a batch x."""
+    def compute_terms(self, x, training=False, step=None):
+        """Per-example loss terms {name: [B] float32}, including "loss", for a batch x.
+
+        `step` (the optimizer's iteration, passed by `train_step`) keys the training noise.
+        """
         raise NotImplementedError
+
+    def training_noise(self, kind, shape, step=None, stream=0):
+        """Noise for a training step: keyed by (self.seed, step) when step is given, else fresh."""
+        return draw(kind, shape, None if step is None else self.seed, step, stream)
 
     @property
     def metrics(self):
@@ -184,7 +209,7 @@ class BaseAutoencoder(keras.Model):
     def train_step(self, data):
         x = keras.utils.unpack_x_y_sample_weight(data)[0]
         with tf.GradientTape() as tape:
-            terms = self.compute_terms(x, training=True)
+            terms = self.compute_terms(x, training=True, step=self.optimizer.iterations)
             # Sum over the local batch divided by the *global* batch size: under
             # tf.distribute the optimizer sums gradients across replicas.
             loss = tf.nn.compute_average_loss(terms["loss"])

@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from kerasae.models.ae import Autoencoder
-from kerasae.models.base import check_choice, check_number, normal, register, uniform
+from kerasae.models.base import check_choice, check_number, draw, register
 
 NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 
@@ -39,18 +39,23 @@ class DenoisingAutoencoder(Autoencoder):
 
     def corrupt(self, x, seed=None):
         """Corrupted copy of images x; a fresh draw per call, or a reproducible one for an int seed."""
+        return self._corrupt(x, lambda kind, shape: draw(kind, shape, seed))
+
+    def _corrupt(self, x, noise):
         x = tf.cast(self.check_images(x), tf.float32)
         shape = tf.shape(x)
         if self.noise_type == "gaussian":
-            noisy = tf.clip_by_value(x + self.noise_level * normal(shape, seed), 0.0, 1.0)
+            noisy = tf.clip_by_value(x + self.noise_level * noise("normal", shape), 0.0, 1.0)
         elif self.noise_type == "masking":
-            noisy = x * tf.cast(uniform(shape, seed) >= self.noise_level, x.dtype)
+            noisy = x * tf.cast(noise("uniform", shape) >= self.noise_level, x.dtype)
         else:
-            u = uniform(shape, seed)
+            u = noise("uniform", shape)
             hit = u < self.noise_level
             salt = tf.cast(u < self.noise_level / 2, x.dtype)  # half the hits are salt (1), half pepper (0)
             noisy = tf.where(hit, salt, x)
         return tf.cast(noisy, self.compute_dtype)
 
-    def encoder_input(self, x, training):
-        return self.corrupt(x) if training else x
+    def encoder_input(self, x, training, step=None):
+        if not training:
+            return x
+        return self._corrupt(x, lambda kind, shape: self.training_noise(kind, shape, step))

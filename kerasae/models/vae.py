@@ -119,12 +119,13 @@ class VAE(BaseAutoencoder):
 
     # ---- training --------------------------------------------------------------------------
 
-    def _log_weights(self, x, k, training=False):
+    def _log_weights(self, x, k, training=False, step=None):
         """Draw k samples z ~ q(z|x); return q, p, z [k, B, D] and log p(x|z) [k, B]."""
         mean, log_var = self.encode(x, training=training)
         x = tf.cast(self.check_images(x), tf.float32)
         q, p = losses.diagonal_gaussian(mean, log_var), self.prior()
-        z = q.sample(k)  # reparameterized
+        eps = self.training_noise("normal", tf.stack([tf.shape(mean)[0], k, self.latent_dim]), step)
+        z = mean + tf.exp(0.5 * log_var) * tf.transpose(eps, [1, 0, 2])  # reparameterized, [k, B, D]
         logits = self.decoder(tf.cast(tf.reshape(z, [-1, self.latent_dim]), self.compute_dtype), training=training)
         # Row i*B + b of the flattened samples belongs to example b: tile x to match.
         log_px_z = tf.reshape(self.likelihood_from_logits(logits).log_prob(tf.tile(x, [k, 1, 1, 1])), [k, -1])
@@ -135,9 +136,9 @@ class VAE(BaseAutoencoder):
         q, p, z, log_px_z = self._log_weights(x, check_positive_int("k", k))
         return losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z))
 
-    def compute_terms(self, x, training=False):
+    def compute_terms(self, x, training=False, step=None):
         k = self.num_importance_samples
-        q, p, z, log_px_z = self._log_weights(x, k, training=training)
+        q, p, z, log_px_z = self._log_weights(x, k, training=training, step=step)
         kl = losses.kl_divergence(q, p)
         reconstruction = -tf.reduce_mean(log_px_z, axis=0)
         if k == 1:
