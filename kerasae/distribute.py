@@ -37,3 +37,8 @@ def get_strategy(name="auto"):
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def mixed_precision_policy():
+    """mixed_float16 where there is a GPU (tensor cores; needs loss scaling), else mixed_bfloat16 (CPU, TPU)."""
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"

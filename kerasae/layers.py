@@ -18,29 +18,33 @@ from keras import layers
 ARCHS = ("mlp", "conv")
 
 
-def _dense_stack(units, activation, prefix):
-    return [layers.Dense(u, activation=activation, name=f"{prefix}_dense_{i}") for i, u in enumerate(units)]
+def _dense_stack(units, activation, prefix, dtype):
+    return [layers.Dense(u, activation=activation, name=f"{prefix}_dense_{i}", dtype=dtype)
+            for i, u in enumerate(units)]
 
 
 def build_encoder(arch, image_shape, output_dim, *, hidden_units=(), filters=(), activation="relu",
-                  output_activation=None, name="encoder"):
+                  output_activation=None, dtype=None, name="encoder"):
     """Images [B, H, W, C] -> features [B, output_dim].
 
     mlp:  flatten -> Dense(hidden_units) -> Dense(output_dim)
     conv: Conv2D(filters, 3, stride 2) per entry -> flatten -> Dense(hidden_units) -> Dense(output_dim)
+
+    `dtype` is the layers' dtype policy: the owning model passes its own, so a mixed-precision
+    model rebuilt from its config gets mixed-precision stacks again.
     """
     stack = [keras.Input(shape=tuple(image_shape), name="x")]
     if arch == "conv":
-        stack += [layers.Conv2D(f, 3, strides=2, padding="same", activation=activation, name=f"enc_conv_{i}")
-                  for i, f in enumerate(filters)]
-    stack.append(layers.Flatten(name="enc_flatten"))
-    stack += _dense_stack(hidden_units, activation, "enc")
-    stack.append(layers.Dense(output_dim, activation=output_activation, name="enc_out"))
+        stack += [layers.Conv2D(f, 3, strides=2, padding="same", activation=activation, name=f"enc_conv_{i}",
+                                dtype=dtype) for i, f in enumerate(filters)]
+    stack.append(layers.Flatten(name="enc_flatten", dtype=dtype))
+    stack += _dense_stack(hidden_units, activation, "enc", dtype)
+    stack.append(layers.Dense(output_dim, activation=output_activation, name="enc_out", dtype=dtype))
     return keras.Sequential(stack, name=name)
 
 
 def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(), activation="relu",
-                  name="decoder"):
+                  dtype=None, name="decoder"):
     """Codes [B, latent_dim] -> logits [B, H, W, C], mirroring `build_encoder`.
 
     The conv decoder upsamples from ceil(H / 2^n) with Conv2DTranspose (stride 2) and
@@ -48,20 +52,22 @@ def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(),
     """
     h, w, c = image_shape
     stack = [keras.Input(shape=(latent_dim,), name="z")]
-    stack += _dense_stack(tuple(reversed(hidden_units)), activation, "dec")
+    stack += _dense_stack(tuple(reversed(hidden_units)), activation, "dec", dtype)
     if arch == "mlp":
-        stack += [layers.Dense(h * w * c, name="dec_out"), layers.Reshape((h, w, c), name="dec_reshape")]
+        stack += [layers.Dense(h * w * c, name="dec_out", dtype=dtype),
+                  layers.Reshape((h, w, c), name="dec_reshape", dtype=dtype)]
         return keras.Sequential(stack, name=name)
 
     scale = 2 ** len(filters)
     h0, w0 = math.ceil(h / scale), math.ceil(w / scale)
     top = filters[-1] if filters else c
-    stack += [layers.Dense(h0 * w0 * top, activation=activation, name="dec_project"),
-              layers.Reshape((h0, w0, top), name="dec_reshape")]
-    stack += [layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation, name=f"dec_deconv_{i}")
-              for i, f in enumerate(reversed(filters))]
-    stack.append(layers.Conv2D(c, 3, padding="same", name="dec_out"))
+    stack += [layers.Dense(h0 * w0 * top, activation=activation, name="dec_project", dtype=dtype),
+              layers.Reshape((h0, w0, top), name="dec_reshape", dtype=dtype)]
+    stack += [layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation, name=f"dec_deconv_{i}",
+                                     dtype=dtype) for i, f in enumerate(reversed(filters))]
+    stack.append(layers.Conv2D(c, 3, padding="same", name="dec_out", dtype=dtype))
     dh, dw = h0 * scale - h, w0 * scale - w
     if dh or dw:
-        stack.append(layers.Cropping2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name="dec_crop"))
+        stack.append(layers.Cropping2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name="dec_crop",
+                                       dtype=dtype))
     return keras.Sequential(stack, name=name)

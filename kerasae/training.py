@@ -64,6 +64,7 @@ class TrainConfig:
     init_from: str | None = None
     steps_per_execution: int = 1
     jit_compile: bool = False
+    mixed_precision: bool = False
     verbose: str | int = "auto"
 
     def __post_init__(self):
@@ -222,6 +223,21 @@ class ImageSummaries(keras.callbacks.Callback):
 # ---- the run ----------------------------------------------------------------------------------
 
 def _build_model(config, image_shape, strategy):
+    """Build (or load) the model in the strategy's scope, under a mixed policy if asked.
+
+    The policy is set only while the model is made: its layers keep it (and save it), and
+    the process-wide default stays as the caller had it. Losses stay float32 regardless.
+    """
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(distribute.mixed_precision_policy())
+    try:
+        return _make_model(config, image_shape, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _make_model(config, image_shape, strategy):
     with strategy.scope():
         if config.init_from:
             model = keras.saving.load_model(config.init_from, compile=False, safe_mode=True)

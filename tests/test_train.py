@@ -107,3 +107,29 @@ def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     assert int(result.model.optimizer.iterations.numpy()) == 3 * 9  # 540 images / 64 per step, 3 epochs
     assert set(result.metrics["test"]) == {"loss", "reconstruction_loss", "mse"}
     assert not (tmp_path / "ae" / "figures" / "latent.png").exists()  # 32-D code: no scatter plot
+
+
+def test_mixed_precision_keeps_losses_float32(tmp_path):
+    result = kerasae.train(preset="vae-mlp", mixed_precision=True, out=str(tmp_path / "mp"),
+                           **{**SMALL, "epochs": 1})
+    model = result.model
+    assert model.encoder.layers[0].dtype_policy.name == "mixed_bfloat16"  # no GPU here: bfloat16
+    assert model.encoder.layers[0].compute_dtype == "bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process default is left alone
+    terms = model.compute_terms(kerasae.data.binarize(kerasae.load_dataset().x_test[:8]))
+    assert all(t.dtype == tf.float32 for t in terms.values())
+    assert all(np.isfinite(v) for v in result.metrics["test"].values())
+    reloaded = keras.saving.load_model(result.run_dir / "model.keras")
+    assert reloaded.encoder.layers[0].compute_dtype == "bfloat16"
+
+
+def test_float16_gets_a_loss_scale_optimizer(mnist_small):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = kerasae.build("ae-shallow")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    history = model.fit(mnist_small.x_train[:128], batch_size=32, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and history.history["loss"][1] < history.history["loss"][0]

@@ -119,7 +119,7 @@ class BaseAutoencoder(keras.Model):
     def _build_networks(self, encoder_output_dim, code_activation=None):
         """Create the encoder/decoder stacks and metric trackers (after subclass attributes are set)."""
         common = dict(hidden_units=self.hidden_units, filters=self.filters if self.arch == "conv" else (),
-                      activation=self.activation)
+                      activation=self.activation, dtype=self.dtype_policy)
         self.encoder = stacks.build_encoder(self.arch, self.image_shape, encoder_output_dim,
                                             output_activation=code_activation, **common)
         self.decoder = stacks.build_decoder(self.arch, self.image_shape, self.latent_dim, **common)
