@@ -165,23 +165,22 @@ def prepare_run_dir(config):
     return run_dir
 
 
-def _trim_history(history_path, backup_dir):
-    """Keep history rows of epochs the backup has completed; start afresh when there is no backup."""
+def _prepare_history(history_path, backup_dir):
+    """Return the epoch a backup resumes from (0: none), keeping only history rows before it."""
     meta = backup_dir / "training_metadata.json"
+    resume_epoch = int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
     if not history_path.exists():
-        return
-    if not meta.exists():
-        history_path.unlink()
-        return
-    resume_epoch = int(json.loads(meta.read_text())["epoch"])
+        return resume_epoch
     with open(history_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows:
-        return
+    if resume_epoch == 0 or not rows:
+        history_path.unlink()  # a fresh run starts a fresh history
+        return resume_epoch
     with open(history_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if int(r["epoch"]) < resume_epoch)
+    return resume_epoch
 
 
 def read_history(history_path):
@@ -192,6 +191,40 @@ def read_history(history_path):
 
 
 # ---- callbacks --------------------------------------------------------------------------------
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose saved state is never half-written.
+
+    Keras' version overwrites `latest.weights.h5` and then the metadata in place, so a
+    kill during a save can leave corrupt weights or weights one epoch ahead of their
+    metadata. Here each save writes a new weights file (temp name, then rename), then
+    atomically replaces the metadata that names it, then removes older weights: whenever
+    the process dies, the metadata points at a complete file of the epoch it records.
+    """
+
+    def _save_model(self):
+        backup = Path(self.backup_dir)
+        backup.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        tmp = backup / f".tmp-{os.getpid()}-{name}"
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, backup / name)
+        write_json(self._training_metadata_path,
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
+        for stale in backup.glob("*.weights.h5"):
+            if stale.name != name:
+                stale.unlink()
+
+    def _load_model(self):
+        meta = Path(self._training_metadata_path)
+        if not meta.exists():
+            return
+        state = json.loads(meta.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # so its slots load too
+        self.model.load_weights(Path(self.backup_dir) / state["weights"])
+        self.model._initial_epoch = state["epoch"]
+
 
 class ImageSummaries(keras.callbacks.Callback):
     """Each epoch, log to TensorBoard reconstructions of fixed images and samples from fixed prior draws."""
@@ -310,12 +343,14 @@ def fit(config, run_dir, data, val_size, strategy, model):
     write_json(run_dir / "config.json", config_json)
 
     backup_dir, history_path = run_dir / "backup", run_dir / "history.csv"
-    _trim_history(history_path, backup_dir)
+    resumed_from = _prepare_history(history_path, backup_dir)
+    if resumed_from and config.verbose != 0:
+        print(f"Resuming from {backup_dir} after epoch {resumed_from}")
     (run_dir / "figures").mkdir(exist_ok=True)
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        AtomicBackupAndRestore(str(backup_dir)),
         keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.CSVLogger(str(history_path), append=True),
         keras.callbacks.TensorBoard(str(run_dir / "logs")),
@@ -333,6 +368,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
         "test": {k: float(v) for k, v in test.items()},
         "final_epoch": history[-1] if history else None,
         "epochs": len(history),
+        "resumed_from_epoch": resumed_from,
         "wall_time_s": round(time.time() - start, 2),  # this invocation only (a resumed run restarts the clock)
         "num_train": len(x_train), "num_validation": len(x_val), "num_test": len(x_test),
         "dataset": config.dataset,

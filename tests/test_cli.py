@@ -1,5 +1,6 @@
 """scripts/train.py as a user runs it: outputs per family, and usage errors with exit code 2."""
 
+import csv
 import json
 
 import keras
@@ -85,3 +86,43 @@ def test_list_presets(capsys):
     assert cli.train_main(["--list-presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in cli.registry.list_presets())
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_then_rerun_resumes(tmp_path):
+    """kill -9 of scripts/train.py after its second epoch has begun; the same command again resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "run"
+    argv = [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "vae-mlp", "--max-train-samples", "8000",
+            "--max-test-samples", "200", "--epochs", "4", "--verbose", "0", "--out", str(out)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    meta = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (meta.exists() and json.loads(meta.read_text())["epoch"] >= 1) and proc.poll() is None:
+        assert time.time() < deadline, "no epoch finished in time"
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(meta.read_text())["epoch"]
+    assert 1 <= killed_at < 4 and not (out / "model.keras").exists()
+
+    rerun = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    with open(out / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3]  # every epoch once: none lost, none repeated
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["resumed_from_epoch"] == killed_at
+    model = keras.saving.load_model(out / "model.keras")
+    assert int(model.optimizer.iterations.numpy()) == 4 * 57  # 7200 training images / batch 128 per epoch
+    assert not (out / "backup").exists()

@@ -103,7 +103,7 @@ def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     monkeypatch.undo()
     result = kerasae.train(**kwargs)
     assert [row["epoch"] for row in result.history] == [0, 1, 2]
-    assert result.metrics["epochs"] == 3
+    assert result.metrics["epochs"] == 3 and result.metrics["resumed_from_epoch"] == 2
     assert int(result.model.optimizer.iterations.numpy()) == 3 * 9  # 540 images / 64 per step, 3 epochs
     assert set(result.metrics["test"]) == {"loss", "reconstruction_loss", "mse"}
     assert not (tmp_path / "ae" / "figures" / "latent.png").exists()  # 32-D code: no scatter plot
