@@ -4,8 +4,9 @@ Every bad argument exits with code 2 and a one-line message, as argparse does.
 """
 
 import argparse
+import sys
 
-from kerasae import registry
+from kerasae import distribute, registry
 from kerasae import training as train_lib
 
 # flag -> (model kwarg, the family it applies to, or None for all)
@@ -103,8 +104,9 @@ def build_train_parser():
     g.add_argument("--lr-schedule", choices=train_lib.LR_SCHEDULES, default="cosine")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="run directory (default: runs/PRESET)")
-    g.add_argument("--strategy", choices=["auto", "default", "mirrored"], default="auto",
-                   help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default)")
+    g.add_argument("--strategy", choices=list(distribute.STRATEGIES), default="auto",
+                   help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default; multiworker reads "
+                   "TF_CONFIG; tpu reads TPU_NAME)")
     g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
     g.add_argument("--steps-per-execution", type=_positive_int, default=1)
     g.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
@@ -163,8 +165,13 @@ def train_main(argv=None):
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
         parser.error(" ".join(str(err).split()))
-    result = train_lib.fit(config, *prepared)
+    try:
+        result = train_lib.fit(config, *prepared)
+    except (train_lib.WorkerLostError, FloatingPointError) as err:
+        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
+    print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
     return 0

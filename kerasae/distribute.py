@@ -1,9 +1,20 @@
-"""Choosing a tf.distribute strategy, and splitting the CPU into replicas for testing it without GPUs."""
+"""Choosing a tf.distribute strategy, and splitting the CPU into replicas for testing it without GPUs.
+
+Keras 3's `model.fit` runs the default, mirrored and TPU strategies. It does not run
+`MultiWorkerMirroredStrategy` (keras-team/keras#20585), so `kerasae.training` drives that
+one with its own loop over `strategy.run(model.train_step)`: the same training step.
+"""
+
+import json
+import os
 
 from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+
+#: Seconds a collective op may wait for a peer before failing: a dead worker must not hang the others.
+COLLECTIVE_TIMEOUT_S = 120
 
 
 def configure_cpu_replicas(n):
@@ -27,16 +38,60 @@ def configure_cpu_replicas(n):
 def get_strategy(name="auto"):
     """auto: MirroredStrategy over all GPUs when there are two or more, else the default strategy.
 
-    mirrored: MirroredStrategy over the GPUs, or over the logical CPUs when there is no
-    GPU (see `configure_cpu_replicas`).
+    mirrored: MirroredStrategy over the GPUs, or over the logical CPUs when there is no GPU
+    (see `configure_cpu_replicas`). multiworker: MultiWorkerMirroredStrategy configured by
+    the TF_CONFIG environment variable (create it first thing: it must precede other TF
+    work). tpu: TPUStrategy on the TPU named by $TPU_NAME (default: the local one).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {name!r}")
+    if name == "multiworker":
+        return _multi_worker()
+    if name == "tpu":
+        return _tpu()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def _multi_worker():
+    try:
+        cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+    except (KeyError, ValueError, TypeError) as err:
+        raise ValueError("strategy 'multiworker' needs the TF_CONFIG environment variable: "
+                         '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", '
+                         '"index": I}}') from err
+    if not isinstance(cluster, dict) or not cluster:
+        raise ValueError(f"TF_CONFIG has no usable cluster: {cluster!r}")
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _tpu():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError) as err:
+        raise ValueError(f"strategy 'tpu': no TPU could be reached ({err})") from err
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files: the chief, or worker 0 of a cluster without one."""
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    if resolver.task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def mixed_precision_policy():

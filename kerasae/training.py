@@ -15,6 +15,7 @@ Rerunning the same command after an interruption resumes from the last completed
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -165,22 +166,25 @@ def prepare_run_dir(config):
     return run_dir
 
 
-def _prepare_history(history_path, backup_dir):
-    """Return the epoch a backup resumes from (0: none), keeping only history rows before it."""
-    meta = backup_dir / "training_metadata.json"
-    resume_epoch = int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
+def backup_epoch(backup_dir):
+    """The epoch a run in `backup_dir` resumes from (0: no backup)."""
+    meta = Path(backup_dir) / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
+
+
+def _trim_history(history_path, resume_epoch):
+    """Keep the history rows of epochs before `resume_epoch`; a fresh run starts a fresh history."""
     if not history_path.exists():
-        return resume_epoch
+        return
     with open(history_path, newline="") as f:
         rows = list(csv.DictReader(f))
     if resume_epoch == 0 or not rows:
-        history_path.unlink()  # a fresh run starts a fresh history
-        return resume_epoch
+        history_path.unlink()
+        return
     with open(history_path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if int(r["epoch"]) < resume_epoch)
-    return resume_epoch
 
 
 def read_history(history_path):
@@ -202,7 +206,14 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     the process dies, the metadata points at a complete file of the epoch it records.
     """
 
+    def __init__(self, backup_dir, save=True):
+        # save=False: a multi-worker non-chief restores from the chief's backup, never writes it.
+        super().__init__(backup_dir, delete_checkpoint=save)
+        self.save = save
+
     def _save_model(self):
+        if not self.save:
+            return
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch}.weights.h5"
@@ -307,6 +318,7 @@ def prepare(config):
     """
     config.validate()
     distribute.configure_cpu_replicas(config.cpu_replicas)
+    strategy = distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
     keras.utils.set_random_seed(config.seed)
     run_dir = prepare_run_dir(config)
     data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
@@ -317,7 +329,6 @@ def prepare(config):
         val_size = min(5000, len(data.x_train) // 10)
     if val_size >= len(data.x_train):
         raise ValueError(f"validation_size {val_size} leaves no training images (have {len(data.x_train)})")
-    strategy = distribute.get_strategy(config.strategy)
     model = _build_model(config, data.image_shape, strategy)
     return run_dir, data, val_size, strategy, model
 
@@ -338,31 +349,43 @@ def fit(config, run_dir, data, val_size, strategy, model):
     steps_per_epoch = -(-len(x_train) // config.batch_size)
     _compile(model, config, steps_per_epoch, strategy)
 
-    config_json = {"train": config.to_json(), "model": {"class": type(model).__name__, "config": model.get_config()},
-                   "preset": None if config.init_from else config.preset, "versions": library_versions()}
-    write_json(run_dir / "config.json", config_json)
-
+    chief = distribute.is_chief(strategy)  # only the chief writes files
+    if chief:
+        config_json = {"train": config.to_json(), "preset": None if config.init_from else config.preset,
+                       "model": {"class": type(model).__name__, "config": model.get_config()},
+                       "versions": library_versions()}
+        write_json(run_dir / "config.json", config_json)
     backup_dir, history_path = run_dir / "backup", run_dir / "history.csv"
-    resumed_from = _prepare_history(history_path, backup_dir)
+    resumed_from = backup_epoch(backup_dir)
+    if chief:
+        _trim_history(history_path, resumed_from)
+        (run_dir / "figures").mkdir(exist_ok=True)
     if resumed_from and config.verbose != 0:
         print(f"Resuming from {backup_dir} after epoch {resumed_from}")
-    (run_dir / "figures").mkdir(exist_ok=True)
-    monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        AtomicBackupAndRestore(str(backup_dir)),
-        keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), monitor=monitor, save_best_only=True),
-        keras.callbacks.CSVLogger(str(history_path), append=True),
-        keras.callbacks.TensorBoard(str(run_dir / "logs")),
-        ImageSummaries(run_dir / "logs" / "images", evaluation_images(model, data.x_test[:8])),
-    ]
-    model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks, verbose=config.verbose,
-              shuffle=False)  # the pipeline shuffles (seeded)
-    if model.stop_training:  # only TerminateOnNaN stops a run early
+    callbacks = [keras.callbacks.TerminateOnNaN(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
+    if chief:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
+                                            monitor="val_loss" if val_ds is not None else "loss"),
+            keras.callbacks.CSVLogger(str(history_path), append=True),
+            keras.callbacks.TensorBoard(str(run_dir / "logs")),
+            ImageSummaries(run_dir / "logs" / "images", evaluation_images(model, data.x_test[:8])),
+        ]
+    custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
+    if custom_loop:
+        loop_fit(model, strategy, train_ds, config.epochs, val_ds, callbacks, config.verbose)
+    else:
+        model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+                  verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded)
+    if model.stop_training:  # only a NaN loss stops a run early
         raise FloatingPointError(f"training diverged (NaN loss); the last good model is {run_dir / 'best.keras'}")
 
     x_test = evaluation_images(model, data.x_test)
-    test = model.evaluate(data_lib.make_dataset(x_test, config.batch_size), return_dict=True, verbose=0)
+    test_ds = data_lib.make_dataset(x_test, config.batch_size)
+    if custom_loop:
+        test = loop_evaluate(model, strategy, test_ds)
+    else:
+        test = model.evaluate(test_ds, return_dict=True, verbose=0)
     history = read_history(history_path)
     metrics = {
         "test": {k: float(v) for k, v in test.items()},
@@ -375,12 +398,108 @@ def fit(config, run_dir, data, val_size, strategy, model):
         "test_binarization_seed": TEST_BINARIZATION_SEED if binary else None,
         "units": "nats per example (mse: per pixel)",
         "replicas": strategy.num_replicas_in_sync,
+        "weights_sha256": weights_digest(model),
         "versions": library_versions(),
     }
-    save_model_atomic(model, run_dir / "model.keras")
-    write_json(run_dir / "metrics.json", metrics)
-    save_figures(model, x_test, data.y_test, run_dir / "figures")
+    if chief:
+        save_model_atomic(model, run_dir / "model.keras")
+        write_json(run_dir / "metrics.json", metrics)
+        save_figures(model, x_test, data.y_test, run_dir / "figures")
     return TrainResult(model=model, run_dir=run_dir, history=history, metrics=metrics)
+
+
+def weights_digest(model):
+    """sha256 of the model's weights: equal digests mean bit-identical weights (across workers, reruns)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
+
+
+# ---- the loop for strategies model.fit cannot drive --------------------------------------------
+
+class WorkerLostError(RuntimeError):
+    """A peer worker died or stopped answering during multi-worker training."""
+
+
+def _replicated(model, strategy, step):
+    @tf.function
+    def run(batch):
+        strategy.run(step, args=(batch,))
+
+    return run
+
+
+def _logs(model, prefix=""):
+    return {prefix + m.name: float(m.result()) for m in model.metrics}  # a collective read: every worker calls it
+
+
+def loop_evaluate(model, strategy, dataset, prefix=""):
+    """model.evaluate for multi-worker: the model's own test_step over the sharded dataset."""
+    model.reset_metrics()
+    step = _replicated(model, strategy, model.test_step)
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        step(batch)
+    return _logs(model, prefix)
+
+
+def loop_fit(model, strategy, dataset, epochs, validation_data=None, callbacks=(), verbose="auto"):
+    """model.fit for MultiWorkerMirroredStrategy: `strategy.run(model.train_step)` per batch.
+
+    The same training step, callbacks (BackupAndRestore, CSVLogger, TensorBoard...) and
+    History as fit. A dead peer surfaces as WorkerLostError within the collective timeout.
+    """
+    steps = int(dataset.cardinality())
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
+        verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps if steps > 0 else None)
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)  # outside tf.function: creates its variables once
+    train_step = _replicated(model, strategy, model.train_step)
+    batches = strategy.experimental_distribute_dataset(dataset)
+    model.stop_training, model._initial_epoch = False, None
+    logs = {}
+    try:
+        callback_list.on_train_begin()
+        initial_epoch = model._initial_epoch or 0
+        _check_workers_agree(strategy, initial_epoch)
+        for epoch in range(initial_epoch, epochs):
+            model.reset_metrics()
+            callback_list.on_epoch_begin(epoch)
+            for i, batch in enumerate(batches):
+                callback_list.on_train_batch_begin(i)
+                train_step(batch)
+                callback_list.on_train_batch_end(i, {})
+            logs = _logs(model)
+            if validation_data is not None:
+                logs.update(loop_evaluate(model, strategy, validation_data, prefix="val_"))
+            if not np.isfinite(logs["loss"]):
+                model.stop_training = True
+                break
+            callback_list.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as err:
+        raise WorkerLostError(
+            f"a peer worker died or stopped answering ({type(err).__name__}); restart every worker with the "
+            "same command to resume from the last completed epoch") from err
+    return model.history
+
+
+def _check_workers_agree(strategy, initial_epoch):
+    """Every worker must resume from the same epoch, else their steps would not line up."""
+    # all values equal  <=>  n * sum(v^2) == sum(v)^2  (ReduceOp has only SUM and MEAN)
+    @tf.function
+    def reduce():
+        per_replica = strategy.run(lambda: tf.constant([1, initial_epoch, initial_epoch**2], tf.int64))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    n, total, squares = reduce().numpy().tolist()
+    if n * squares != total * total:
+        raise ValueError(f"workers would resume from different epochs (this one from {initial_epoch}): every "
+                         "worker must read the chief's backup, so put --out on storage they all share")
 
 
 def latent_codes(model, x, batch_size=1000):

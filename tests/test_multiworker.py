@@ -1,0 +1,93 @@
+"""Multi-worker training: two worker processes on 127.0.0.1, configured by TF_CONFIG, through scripts/train.py."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+TINY = ["--max-train-samples", "1024", "--max-test-samples", "256", "--verbose", "2"]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _launch(workers, index, args, cwd):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), "--strategy", "multiworker", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cluster():
+    return [f"127.0.0.1:{p}" for p in _free_ports(2)]
+
+
+def _digest(stdout):
+    return next(line.split(": ")[1] for line in stdout.splitlines() if line.startswith("weights sha256: "))
+
+
+def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path):
+    workers = _cluster()
+    outs = [tmp_path / "chief", tmp_path / "worker1"]
+    procs = [_launch(workers, i, ["--preset", "ae-shallow", *TINY, "--epochs", "2", "--out", outs[i]], tmp_path)
+             for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    assert _digest(results[0][0]) == _digest(results[1][0])  # bit-identical weights on both workers
+    for name in ("config.json", "metrics.json", "model.keras", "best.keras", "history.csv", "figures/samples.png"):
+        assert (outs[0] / name).is_file(), name
+    assert [p for p in outs[1].rglob("*")] == []  # the non-chief wrote nothing
+    metrics = json.loads((outs[0] / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["epochs"] == 2
+    assert metrics["weights_sha256"] == _digest(results[0][0])
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_the_other_clearly_and_a_rerun_resumes(tmp_path):
+    workers = _cluster()
+    out = tmp_path / "run"  # shared by both workers, as --out must be for resuming
+    args = ["--preset", "vae-mlp", "--max-train-samples", "6000", "--max-test-samples", "256", "--epochs", "4",
+            "--verbose", "2", "--out", str(out)]
+    chief, worker = (_launch(workers, i, args, tmp_path) for i in range(2))
+    meta = out / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (meta.exists() and json.loads(meta.read_text())["epoch"] >= 1):
+        assert time.time() < deadline and chief.poll() is None, "no epoch finished in time"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.kill(worker.pid, signal.SIGKILL)
+    killed = time.time()
+    worker.communicate()
+    _, err = chief.communicate(timeout=300)
+    assert chief.returncode == 1, err[-3000:]
+    assert time.time() - killed < 150  # no hang: within the collective timeout
+    assert "a peer worker died or stopped answering" in err.strip().splitlines()[-1]
+    resume_at = json.loads(meta.read_text())["epoch"]
+    assert 1 <= resume_at < 4 and not (out / "model.keras").exists()
+
+    workers = _cluster()
+    procs = [_launch(workers, i, args, tmp_path) for i in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (stdout, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+        assert f"after epoch {resume_at}" in stdout
+    assert _digest(results[0][0]) == _digest(results[1][0])
+    with open(out / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == resume_at
