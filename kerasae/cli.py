@@ -4,9 +4,13 @@ Every bad argument exits with code 2 and a one-line message, as argparse does.
 """
 
 import argparse
+import json
 import sys
+import warnings
+from pathlib import Path
 
 from kerasae import distribute, registry
+from kerasae import export as export_lib
 from kerasae import training as train_lib
 
 # flag -> (model kwarg, the family it applies to, or None for all)
@@ -108,11 +112,14 @@ def build_train_parser():
                    help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default; multiworker reads "
                    "TF_CONFIG; tpu reads TPU_NAME)")
     g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
-    g.add_argument("--steps-per-execution", type=_positive_int, default=1)
+    g.add_argument("--steps-per-execution", type=_positive_int, default=train_lib.TrainConfig.steps_per_execution,
+                   help="training steps per tf.function call (default: %(default)s)")
     g.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
     g.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
+    g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
+    g.add_argument("--export-dir", default="exported", help="where --export writes (default: exported)")
     return p
 
 
@@ -161,6 +168,11 @@ def train_main(argv=None):
         print_presets()
         return 0
     config = config_from_args(parser, args)
+    if args.export is not None:
+        try:
+            export_lib.check_name(args.export)
+        except ValueError as err:
+            parser.error(f"--export: {err}")
     try:
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
@@ -174,4 +186,82 @@ def train_main(argv=None):
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
+    if args.export is not None and distribute.is_chief(prepared[3]):
+        version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
+        print(f"exported: {version_dir}")
+    return 0
+
+
+# ---- scripts/export.py ------------------------------------------------------------------------
+
+def build_export_parser():
+    p = argparse.ArgumentParser(
+        prog="export.py", description="Export a kerasae run (or .keras file) as a SavedModel plus TFLite files, "
+        "or verify an export (--verify PATH).")
+    p.add_argument("source", nargs="?", metavar="RUN_DIR_or_MODEL.keras", help="what to export")
+    p.add_argument("--name", help="export name: files go to EXPORT_DIR/NAME/VERSION and EXPORT_DIR/NAME/tflite")
+    p.add_argument("--export-dir", default="exported", help="(default: exported)")
+    p.add_argument("--version", type=_positive_int, help="integer version (default: the next one, from 1)")
+    p.add_argument("--tflite", default=",".join(export_lib.VARIANTS), type=_variants,
+                   help=f"comma-separated TFLite variants, or 'none' (default: {','.join(export_lib.VARIANTS)})")
+    p.add_argument("--representative-data", metavar="FILE.npz",
+                   help="images to calibrate int8 on (array x, x_train or images); default: the run's training data")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--strict-parity", action="store_true",
+                   help="fail if a TFLite file misses its parity bound (default: keep it, flagged)")
+    p.add_argument("--verify", metavar="PATH", help="check an export's files against its manifest and exit 0/1")
+    return p
+
+
+def _variants(text):
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return export_lib.check_variants(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def export_main(argv=None):
+    parser = build_export_parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        if args.source or args.name:
+            parser.error("--verify PATH takes no RUN_DIR or --name")
+        if not Path(args.verify).exists():
+            parser.error(f"--verify: {args.verify} does not exist")
+        problems = export_lib.verify(args.verify)
+        for problem in problems:
+            print(f"FAIL {problem}")
+        if not problems:
+            print(f"OK {args.verify}")
+        return 1 if problems else 0
+    if not args.source:
+        parser.error("give a RUN_DIR or MODEL.keras to export (or --verify PATH)")
+    if not args.name:
+        parser.error("--name is required")
+    try:
+        export_lib.check_name(args.name)
+        if not Path(args.source).exists():
+            raise FileNotFoundError(f"{args.source} does not exist")
+        warnings.simplefilter("ignore", export_lib.ParityWarning)  # printed below, from the manifest
+        version_dir = export_lib.export_run(args.source, args.name, export_dir=args.export_dir, version=args.version,
+                                            tflite=args.tflite, representative_data=args.representative_data,
+                                            overwrite=args.overwrite, strict_parity=args.strict_parity)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: a usage error
+        parser.error(" ".join(str(err).split()))
+    except export_lib.ExportError as err:
+        print(f"export.py: export failed: {err}", file=sys.stderr)
+        return 1
+    manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
+    print(f"SavedModel: {version_dir}  (signatures: {', '.join(manifest['signatures'])})")
+    tflite = manifest["tflite"] or {"files": {}, "skipped": {}}
+    for file_name, entry in sorted(tflite["files"].items()):
+        metric = export_lib.PARITY_TOLERANCES[entry["variant"]][0]
+        diffs = ", ".join(f"{k} {d[metric]:.2g}" for k, d in sorted(entry["parity"].items()))
+        print(f"  tflite/{file_name:28s} {entry['bytes'] / 1024:8.1f} KiB  {metric} vs SavedModel: {diffs}")
+    for file_name, reason in sorted(tflite["skipped"].items()):
+        print(f"  skipped {file_name}: {reason}")
+    for file_name, reason in sorted(tflite.get("out_of_tolerance", {}).items()):
+        print(f"  WARNING {file_name} is outside its parity bound: {reason} (kept; flagged in the manifest)")
     return 0

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import distribute, plots, registry
+from kerasae.files import json_text, library_versions, write_json
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
 #: Seed of the fixed binarization of validation and test images for Bernoulli models.
@@ -63,7 +63,7 @@ class TrainConfig:
     strategy: str = "auto"
     cpu_replicas: int | None = None
     init_from: str | None = None
-    steps_per_execution: int = 1
+    steps_per_execution: int = 16  # several steps per tf.function call: ~2x samples/s on CPU for the MLP VAE
     jit_compile: bool = False
     mixed_precision: bool = False
     verbose: str | int = "auto"
@@ -110,34 +110,11 @@ class TrainResult:
 
 # ---- files ------------------------------------------------------------------------------------
 
-def write_json(path, obj):
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, (tuple, Path)):
-        return list(obj) if isinstance(obj, tuple) else str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
-
-
 def save_model_atomic(model, path):
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def library_versions():
-    import tensorflow_probability as tfp
-
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tensorflow_probability": tfp.__version__, "numpy": np.__version__}
 
 
 def prepare_run_dir(config):
@@ -150,7 +127,7 @@ def prepare_run_dir(config):
         probe.unlink()
     except OSError as err:
         raise ValueError(f"out: cannot write to run directory {str(run_dir)!r} ({err.strerror})") from err
-    wanted = {k: v for k, v in json.loads(json.dumps(config.to_json(), default=_json_default)).items()
+    wanted = {k: v for k, v in json.loads(json_text(config.to_json())).items()
               if k not in _IGNORED_FOR_COMPAT}
     config_path = run_dir / "config.json"
     if config_path.exists():

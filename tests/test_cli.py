@@ -15,7 +15,8 @@ TINY = ["--max-train-samples", "300", "--max-test-samples", "100", "--epochs", "
 
 @pytest.mark.parametrize("arch,model_class", [("ae", "Autoencoder"), ("dae", "DenoisingAutoencoder"), ("vae", "VAE")])
 def test_train_script_writes_a_loadable_run(arch, model_class, tmp_path):
-    proc = run_script("train.py", "--arch", arch, *TINY, "--out", tmp_path / arch, cwd=tmp_path)
+    export = ["--export", f"{arch}-tiny", "--export-dir", tmp_path / "exported"] if arch == "vae" else []
+    proc = run_script("train.py", "--arch", arch, *TINY, "--out", tmp_path / arch, *export, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / arch
     for name in ("config.json", "metrics.json", "model.keras", "best.keras", "history.csv",
@@ -25,6 +26,12 @@ def test_train_script_writes_a_loadable_run(arch, model_class, tmp_path):
     model = keras.saving.load_model(run / "model.keras")
     assert type(model).__name__ == model_class
     assert json.loads((run / "config.json").read_text())["preset"] == cli.registry.DEFAULT_PRESETS[arch]
+    if export:  # --export NAME: a verified SavedModel + TFLite export straight after training
+        from kerasae import export as export_lib
+
+        assert f"exported: {tmp_path / 'exported' / 'vae-tiny' / '1'}" in proc.stdout
+        assert export_lib.verify(tmp_path / "exported" / "vae-tiny") == []
+        assert (tmp_path / "exported" / "vae-tiny" / "tflite" / "decode.int8.tflite").is_file()
 
 
 def test_train_script_usage_error_exits_2(tmp_path):
@@ -58,6 +65,7 @@ def _usage_error(argv, capsys):
     (["--arch", "ae", "--beta", "2"], "--beta applies to vae presets, not ae-mlp-seed"),
     (["--arch", "vae", "--noise", "gaussian:0.3"], "--noise applies to dae presets"),
     (["--image-size", "0x5"], "argument --image-size"),
+    (["--export", "../escape"], "--export: name must be"),
 ])
 def test_bad_arguments(argv, message, capsys):
     assert message in _usage_error(argv, capsys)

@@ -72,8 +72,9 @@ class VAE(BaseAutoencoder):
     def encode(self, x, training=False):
         """Images -> (mean, log_var) of q(z|x), each [B, latent_dim]; log_var is the natural log of the variance."""
         h = tf.cast(self.encoder(self.check_images(x), training=training), tf.float32)
-        mean, log_var = tf.split(h, 2, axis=-1)
-        return mean, log_var
+        # two slices, not tf.split: a split with an unused half (reconstruct needs only the mean)
+        # makes the TFLite int8 converter leave SPLIT in float32
+        return h[:, :self.latent_dim], h[:, self.latent_dim:]
 
     def posterior(self, x, training=False):
         """q(z|x) as a `tfp.distributions.MultivariateNormalDiag`."""
