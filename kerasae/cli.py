@@ -115,6 +115,8 @@ def build_train_parser():
     g.add_argument("--steps-per-execution", type=_positive_int, default=train_lib.TrainConfig.steps_per_execution,
                    help="training steps per tf.function call (default: %(default)s)")
     g.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    g.add_argument("--deterministic", action="store_true",
+                   help="TF op determinism (with --seed): the same command gives bit-identical weights")
     g.add_argument("--mixed-precision", action="store_true",
                    help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
@@ -152,7 +154,7 @@ def config_from_args(parser, args):
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples, seed=args.seed,
         out=args.out, strategy=args.strategy, cpu_replicas=args.cpu_replicas, init_from=args.init_from,
         steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, deterministic=args.deterministic,
         verbose="auto" if args.verbose is None else args.verbose)
 
 

@@ -66,6 +66,7 @@ class TrainConfig:
     steps_per_execution: int = 16  # several steps per tf.function call: ~2x samples/s on CPU for the MLP VAE
     jit_compile: bool = False
     mixed_precision: bool = False
+    deterministic: bool = False  # TF op determinism: bit-identical reruns (slower on GPU)
     verbose: str | int = "auto"
 
     def __post_init__(self):
@@ -296,7 +297,9 @@ def prepare(config):
     config.validate()
     distribute.configure_cpu_replicas(config.cpu_replicas)
     strategy = distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: weights, shuffling, binarization
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     run_dir = prepare_run_dir(config)
     data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                                  color_mode=config.color_mode)

@@ -134,3 +134,17 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path):
     model = keras.saving.load_model(out / "model.keras")
     assert int(model.optimizer.iterations.numpy()) == 4 * 57  # 7200 training images / batch 128 per epoch
     assert not (out / "backup").exists()
+
+
+def test_deterministic_runs_give_identical_weights(tmp_path):
+    digests = []
+    for run in ("a", "b"):
+        proc = run_script("train.py", "--preset", "dae-mlp", "--deterministic", "--seed", "7", *TINY, "--epochs", "2",
+                          "--out", tmp_path / run, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        digests.append(json.loads((tmp_path / run / "metrics.json").read_text())["weights_sha256"])
+        assert f"weights sha256: {digests[-1]}" in proc.stdout
+    assert digests[0] == digests[1]
+    other = run_script("train.py", "--preset", "dae-mlp", "--deterministic", "--seed", "8", *TINY, "--epochs", "2",
+                       "--out", tmp_path / "c", cwd=tmp_path)
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["weights_sha256"] != digests[0]

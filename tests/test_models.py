@@ -157,3 +157,18 @@ def test_wrong_inputs_get_clear_errors():
         model.decode(np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         model.sample(0)
+
+
+def test_bad_values_get_clear_errors():
+    model = kerasae.build("vae-mlp", hidden_units=(16,), latent_dim=4)
+    x = np.full((2, 28, 28, 1), 0.5, np.float32)
+    for bad, match in ((np.nan, "x contains NaN or Inf"), (np.inf, "x contains NaN or Inf"),
+                       (1.5, r"pixel values in \[0, 1\], found values in \[0.5, 1.5\]"),
+                       (-0.1, r"found values in \[-0.1, 0.5\]")):
+        x_bad = x.copy()
+        x_bad[1, 3, 4, 0] = bad
+        for method in (model.reconstruct, model.encode, model.score):
+            with pytest.raises(ValueError, match=match):
+                method(x_bad)
+    with pytest.raises(ValueError, match="z contains NaN or Inf"):
+        model.decode(np.array([[0.0, np.nan, 0.0, 0.0]], np.float32))

@@ -81,6 +81,11 @@ def draw(kind, shape, seed=None, step=None, stream=0):
     return full[replica * local:(replica + 1) * local]
 
 
+def _check_finite(t, name):
+    if not bool(tf.reduce_all(tf.math.is_finite(t))):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
 class BaseAutoencoder(keras.Model):
     """Encoder/decoder pair over images [B, H, W, C] in [0, 1].
 
@@ -151,6 +156,11 @@ class BaseAutoencoder(keras.Model):
         if len(given) != 4 or any(g is not None and g != e for g, e in zip(given[1:], expected[1:])):
             raise ValueError(f"{name} must have shape [batch, {', '.join(map(str, self.image_shape))}] "
                              f"(rank 4, NHWC), got shape {list(given)}")
+        if tf.executing_eagerly():  # concrete values (inside a traced step they are symbolic: no check)
+            _check_finite(x, name)
+            low, high = float(tf.reduce_min(x)), float(tf.reduce_max(x))
+            if x.shape[0] and (low < 0.0 or high > 1.0):
+                raise ValueError(f"{name} must hold pixel values in [0, 1], found values in [{low:g}, {high:g}]")
         return tf.cast(x, self.compute_dtype)
 
     def check_codes(self, z, name="z"):
@@ -160,6 +170,8 @@ class BaseAutoencoder(keras.Model):
             raise TypeError(f"{name} must be floating-point codes, got dtype {z.dtype.name}")
         if z.shape.rank != 2 or (z.shape[1] is not None and z.shape[1] != self.latent_dim):
             raise ValueError(f"{name} must have shape [batch, {self.latent_dim}], got shape {list(z.shape)}")
+        if tf.executing_eagerly():
+            _check_finite(z, name)
         return tf.cast(z, self.compute_dtype)
 
     # ---- public API shared by all models ---------------------------------------------------
