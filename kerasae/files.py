@@ -1,5 +1,6 @@
 """Small file helpers shared by training and export: atomic JSON, hashes, library versions."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,16 +26,26 @@ def json_text(obj):
     return json.dumps(obj, indent=2, sort_keys=True, default=_default) + "\n"
 
 
-def write_json(path, obj):
-    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
-    write_text_atomic(path, json_text(obj))
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """Yield a temporary path next to `path`; when the block succeeds, rename it onto `path`.
 
-
-def write_text_atomic(path, text):
+    A reader sees the old file or the new one, never half of one; a failed write leaves no
+    temporary file behind. `suffix` keeps the extension a writer insists on (".keras").
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, obj):
+    """Write JSON atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json_text(obj))
 
 
 def sha256_file(path):

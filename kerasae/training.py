@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import distribute, plots, registry
-from kerasae.files import json_text, library_versions, write_json
+from kerasae.files import atomic_path, json_text, library_versions, write_json
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
 #: Seed of the fixed binarization of validation and test images for Bernoulli models.
@@ -112,10 +112,8 @@ class TrainResult:
 # ---- files ------------------------------------------------------------------------------------
 
 def save_model_atomic(model, path):
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the extension
+        model.save(tmp)
 
 
 def prepare_run_dir(config):
@@ -195,9 +193,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch}.weights.h5"
-        tmp = backup / f".tmp-{os.getpid()}-{name}"
-        self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, backup / name)
+        with atomic_path(backup / name, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         write_json(self._training_metadata_path,
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
         for stale in backup.glob("*.weights.h5"):
