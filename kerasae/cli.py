@@ -188,7 +188,7 @@ def train_main(argv=None):
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
-    if args.export is not None and distribute.is_chief(prepared[3]):
+    if args.export is not None and distribute.is_chief(prepared.strategy):
         version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
         print(f"exported: {version_dir}")
     return 0

@@ -20,6 +20,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from kerasae import _backend  # noqa: F401
 import keras
@@ -99,6 +100,16 @@ class TrainConfig:
 
     def to_json(self):
         return dataclasses.asdict(self)
+
+
+class Prepared(NamedTuple):
+    """What `prepare` made, in the order `fit` takes it."""
+
+    run_dir: Path
+    data: data_lib.ImageData
+    val_size: int
+    strategy: tf.distribute.Strategy
+    model: keras.Model
 
 
 @dataclasses.dataclass
@@ -307,7 +318,7 @@ def prepare(config):
     if val_size >= len(data.x_train):
         raise ValueError(f"validation_size {val_size} leaves no training images (have {len(data.x_train)})")
     model = _build_model(config, data.image_shape, strategy)
-    return run_dir, data, val_size, strategy, model
+    return Prepared(run_dir, data, val_size, strategy, model)
 
 
 def train(config=None, **kwargs):
