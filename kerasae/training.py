@@ -183,6 +183,34 @@ def read_history(history_path):
 
 # ---- callbacks --------------------------------------------------------------------------------
 
+def weights_finite(model):
+    return all(np.isfinite(w).all() for w in model.get_weights())
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite loss (per step) or weight (per epoch), and remember it.
+
+    Goes first in the callback list: the backup and the figures then see the flag and leave
+    the last good state alone, and `fit` reports the divergence instead of writing NaNs.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = False
+
+    def _stop(self):
+        self.diverged = self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs and "loss" in logs and not np.isfinite(float(logs["loss"])):
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        losses = [float(v) for k, v in (logs or {}).items() if k.endswith("loss")]
+        if not (np.isfinite(losses).all() and weights_finite(self.model)):
+            self._stop()
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose saved state is never half-written.
 
@@ -199,7 +227,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.save = save
 
     def _save_model(self):
-        if not self.save:
+        if not self.save or self.model.stop_training:  # stopped: diverged (DivergenceGuard); keep the last good
             return
         backup = Path(self.backup_dir)
         backup.mkdir(parents=True, exist_ok=True)
@@ -211,6 +239,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         for stale in backup.glob("*.weights.h5"):
             if stale.name != name:
                 stale.unlink()
+
+    def on_train_end(self, logs=None):
+        if not self.model.stop_training:  # a diverged run keeps its last good backup
+            super().on_train_end(logs)
 
     def _load_model(self):
         meta = Path(self._training_metadata_path)
@@ -238,6 +270,8 @@ class ImageSummaries(keras.callbacks.Callback):
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # diverged: nothing meaningful to show
+            return
         recon = plots.reconstruction_grid(self.images.numpy(), self.model.reconstruct(self.images).numpy())
         samples = plots.image_grid(self.model.sample(self.num_samples, seed=self.seed).numpy(), 4)
         with self._writer.as_default(step=epoch):
@@ -350,7 +384,8 @@ def fit(config, run_dir, data, val_size, strategy, model):
         (run_dir / "figures").mkdir(exist_ok=True)
     if resumed_from and config.verbose != 0:
         print(f"Resuming from {backup_dir} after epoch {resumed_from}")
-    callbacks = [keras.callbacks.TerminateOnNaN(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
+    guard = DivergenceGuard()
+    callbacks = [guard, AtomicBackupAndRestore(str(backup_dir), save=chief)]
     if chief:
         callbacks += [
             keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
@@ -365,8 +400,12 @@ def fit(config, run_dir, data, val_size, strategy, model):
     else:
         model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
                   verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded)
-    if model.stop_training:  # only a NaN loss stops a run early
-        raise FloatingPointError(f"training diverged (NaN loss); the last good model is {run_dir / 'best.keras'}")
+    if guard.diverged or model.stop_training:
+        kept = [str(p) for p in (run_dir / "best.keras", backup_dir) if p.exists()]
+        raise FloatingPointError("training diverged (non-finite loss or weights); "
+                                 + (f"the last good state is kept in {' and '.join(kept)}" if kept
+                                    else "it did so before any epoch completed")
+                                 + "; try a lower --learning-rate (in a new --out)")
 
     x_test = evaluation_images(model, data.x_test)
     test_ds = data_lib.make_dataset(x_test, config.batch_size)

@@ -133,3 +133,30 @@ def test_float16_gets_a_loss_scale_optimizer(mnist_small):
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     history = model.fit(mnist_small.x_train[:128], batch_size=32, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all() and history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_divergence_stops_cleanly_and_keeps_the_last_good_state(tmp_path, monkeypatch):
+    out = tmp_path / "diverge"
+    original = train_lib.DivergenceGuard.on_train_batch_end
+    epochs = []
+
+    def poison_in_second_epoch(self, batch, logs=None):  # a good epoch 0, then the weights blow up
+        if len(epochs) == 2:
+            self.model.set_weights([w * np.nan for w in self.model.get_weights()])
+        original(self, batch, logs)
+
+    monkeypatch.setattr(train_lib.DivergenceGuard, "on_epoch_begin", lambda self, epoch, logs=None: epochs.append(epoch),
+                        raising=False)
+    monkeypatch.setattr(train_lib.DivergenceGuard, "on_train_batch_end", poison_in_second_epoch)
+    with pytest.raises(FloatingPointError, match="diverged.*last good state is kept in .*best.keras and .*backup"):
+        kerasae.train(preset="ae-shallow", out=str(out), **{**SMALL, "epochs": 3})
+    assert not (out / "model.keras").exists() and not (out / "metrics.json").exists()
+    assert train_lib.backup_epoch(out / "backup") == 1  # the backup of epoch 0, not the poisoned epoch 1
+    good = keras.saving.load_model(out / "best.keras")
+    assert train_lib.weights_finite(good)
+
+
+def test_a_nan_loss_stops_at_once(tmp_path):
+    with pytest.raises(FloatingPointError, match="diverged"):
+        kerasae.train(preset="vae-mlp-gaussian", learning_rate=1e4, lr_schedule="constant", out=str(tmp_path / "x"),
+                      **{**SMALL, "epochs": 3})
