@@ -368,6 +368,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     binary = getattr(model, "binary_data", False)
     train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed)
     val_ds = data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size) if len(x_val) else None
+    x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
     steps_per_epoch = -(-len(x_train) // config.batch_size)
     _compile(model, config, steps_per_epoch, strategy)
 
@@ -392,7 +393,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                             monitor="val_loss" if val_ds is not None else "loss"),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
-            ImageSummaries(run_dir / "logs" / "images", evaluation_images(model, data.x_test[:8])),
+            ImageSummaries(run_dir / "logs" / "images", x_test[:8]),
         ]
     custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
     if custom_loop:
@@ -407,7 +408,6 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                     else "it did so before any epoch completed")
                                  + "; try a lower --learning-rate (in a new --out)")
 
-    x_test = evaluation_images(model, data.x_test)
     test_ds = data_lib.make_dataset(x_test, config.batch_size)
     if custom_loop:
         test = loop_evaluate(model, strategy, test_ds)

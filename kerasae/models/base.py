@@ -145,7 +145,11 @@ class BaseAutoencoder(keras.Model):
     # ---- inputs -------------------------------------------------------------------------
 
     def check_images(self, x, name="x"):
-        """Return x as a float tensor, or raise a clear error on a wrong dtype, rank or shape."""
+        """Return x as a float32 tensor, or raise a clear error on a wrong dtype, rank, shape or value.
+
+        float32 even under a mixed policy: losses use it as the target; the layers cast
+        their inputs to their own compute dtype.
+        """
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(x)
         if not x.dtype.is_floating:
@@ -161,7 +165,7 @@ class BaseAutoencoder(keras.Model):
             low, high = float(tf.reduce_min(x)), float(tf.reduce_max(x))
             if x.shape[0] and (low < 0.0 or high > 1.0):
                 raise ValueError(f"{name} must hold pixel values in [0, 1], found values in [{low:g}, {high:g}]")
-        return tf.cast(x, self.compute_dtype)
+        return tf.cast(x, tf.float32)
 
     def check_codes(self, z, name="z"):
         if not tf.is_tensor(z):
@@ -172,7 +176,7 @@ class BaseAutoencoder(keras.Model):
             raise ValueError(f"{name} must have shape [batch, {self.latent_dim}], got shape {list(z.shape)}")
         if tf.executing_eagerly():
             _check_finite(z, name)
-        return tf.cast(z, self.compute_dtype)
+        return tf.cast(z, tf.float32)
 
     # ---- public API shared by all models ---------------------------------------------------
 

@@ -42,7 +42,7 @@ class DenoisingAutoencoder(Autoencoder):
         return self._corrupt(x, lambda kind, shape: draw(kind, shape, seed))
 
     def _corrupt(self, x, noise):
-        x = tf.cast(self.check_images(x), tf.float32)
+        x = self.check_images(x)
         shape = tf.shape(x)
         if self.noise_type == "gaussian":
             noisy = tf.clip_by_value(x + self.noise_level * noise("normal", shape), 0.0, 1.0)
@@ -53,7 +53,7 @@ class DenoisingAutoencoder(Autoencoder):
             hit = u < self.noise_level
             salt = tf.cast(u < self.noise_level / 2, x.dtype)  # half the hits are salt (1), half pepper (0)
             noisy = tf.where(hit, salt, x)
-        return tf.cast(noisy, self.compute_dtype)
+        return noisy
 
     def encoder_input(self, x, training, step=None):
         if not training:

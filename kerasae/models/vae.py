@@ -71,7 +71,11 @@ class VAE(BaseAutoencoder):
 
     def encode(self, x, training=False):
         """Images -> (mean, log_var) of q(z|x), each [B, latent_dim]; log_var is the natural log of the variance."""
-        h = tf.cast(self.encoder(self.check_images(x), training=training), tf.float32)
+        return self._posterior_params(self.check_images(x), training)
+
+    def _posterior_params(self, x, training=False):
+        """encode() for an x already through check_images (checked once per call)."""
+        h = tf.cast(self.encoder(x, training=training), tf.float32)
         # two slices, not tf.split: a split with an unused half (reconstruct needs only the mean)
         # makes the TFLite int8 converter leave SPLIT in float32
         return h[:, :self.latent_dim], h[:, self.latent_dim:]
@@ -113,8 +117,8 @@ class VAE(BaseAutoencoder):
         The negative ELBO with its expectation replaced by the posterior mean, so it is
         deterministic (one input, one score).
         """
-        mean, log_var = self.encode(x)
-        x = tf.cast(self.check_images(x), tf.float32)
+        x = self.check_images(x)
+        mean, log_var = self._posterior_params(x)
         kl = losses.kl_divergence(losses.diagonal_gaussian(mean, log_var), self.prior())
         return kl - self.decoder_distribution(mean).log_prob(x)
 
@@ -122,12 +126,12 @@ class VAE(BaseAutoencoder):
 
     def _log_weights(self, x, k, training=False, step=None):
         """Draw k samples z ~ q(z|x); return q, p, z [k, B, D] and log p(x|z) [k, B]."""
-        mean, log_var = self.encode(x, training=training)
-        x = tf.cast(self.check_images(x), tf.float32)
+        x = self.check_images(x)
+        mean, log_var = self._posterior_params(x, training)
         q, p = losses.diagonal_gaussian(mean, log_var), self.prior()
         eps = self.training_noise("normal", tf.stack([tf.shape(mean)[0], k, self.latent_dim]), step)
         z = mean + tf.exp(0.5 * log_var) * tf.transpose(eps, [1, 0, 2])  # reparameterized, [k, B, D]
-        logits = self.decoder(tf.cast(tf.reshape(z, [-1, self.latent_dim]), self.compute_dtype), training=training)
+        logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
         # Row i*B + b of the flattened samples belongs to example b: tile x to match.
         log_px_z = tf.reshape(self.likelihood_from_logits(logits).log_prob(tf.tile(x, [k, 1, 1, 1])), [k, -1])
         return q, p, z, log_px_z
