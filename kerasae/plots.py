@@ -58,3 +58,75 @@ def save_latent_scatter(z, labels, path, title="Test-set codes"):
     ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def save_panels(panels, path, cols=None, suptitle=None):
+    """Image grids side by side: panels = [(title, grid), ...]."""
+    plt = _figure()
+    cols = cols or len(panels)
+    rows = -(-len(panels) // cols)
+    h, w = panels[0][1].shape[:2]
+    width = min(8.0, max(3.0, w / 40))  # inches per panel, sized to the grid so stacked strips stay tight
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, (width * h / w + 0.4) * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (title, grid) in zip(axes.flat, panels):
+        grid = np.clip(grid, 0.0, 1.0)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0)
+        ax.set_title(title, fontsize=10)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_latent_scatters(panels, labels, path):
+    """2-D codes of several models side by side, coloured by label: panels = [(title, z [N, 2]), ...]."""
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, z) in zip(axes[0], panels):
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="tab10", s=1.5, rasterized=True)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("z[0]")
+        ax.set_ylabel("z[1]")
+    fig.colorbar(points, ax=list(axes[0]), label="digit")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_rate_distortion(rows, path):
+    """PSNR (dB) against bytes per image (log scale); rows carry method, bytes_per_image, psnr_db."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    jpeg = sorted((r for r in rows if r["method"].startswith("JPEG")), key=lambda r: r["bytes_per_image"])
+    if jpeg:
+        ax.plot([r["bytes_per_image"] for r in jpeg], [r["psnr_db"] for r in jpeg], "o-", label="JPEG (Pillow)")
+    for r in rows:
+        if r["method"].startswith("JPEG"):
+            continue
+        lossless = r["method"] == "PNG"
+        ax.scatter(r["bytes_per_image"], min(r["psnr_db"], 60.0), marker="^" if lossless else "s", s=40,
+                   label=r["method"] + (" (lossless, shown at 60 dB)" if lossless else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (AE: code only; decoder shared)")
+    ax.set_ylabel("PSNR vs original (dB)")
+    ax.set_title("Rate-distortion on MNIST test images")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_curves(curves, path, ylabel, title):
+    """Learning curves: curves = {label: (epochs, values)}."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -211,6 +211,17 @@ class DivergenceGuard(keras.callbacks.Callback):
             self._stop()
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Add `epoch_time_s` (training + validation wall time of the epoch) to the logs, hence history.csv."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_time_s"] = time.perf_counter() - self._start
+
+
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose saved state is never half-written.
 
@@ -386,7 +397,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if resumed_from and config.verbose != 0:
         print(f"Resuming from {backup_dir} after epoch {resumed_from}")
     guard = DivergenceGuard()
-    callbacks = [guard, AtomicBackupAndRestore(str(backup_dir), save=chief)]
+    callbacks = [guard, EpochTimer(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
     if chief:
         callbacks += [
             keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,

@@ -8,6 +8,18 @@ from kerasae.models.base import check_choice, check_number, draw, register
 NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 
 
+def apply_noise(x, noise_type, level, noise):
+    """Corrupt float32 images x with `noise(kind, shape)` draws ("normal" or "uniform") per NOISE_TYPES."""
+    shape = tf.shape(x)
+    if noise_type == "gaussian":
+        return tf.clip_by_value(x + level * noise("normal", shape), 0.0, 1.0)
+    if noise_type == "masking":
+        return x * tf.cast(noise("uniform", shape) >= level, x.dtype)
+    u = noise("uniform", shape)
+    salt = tf.cast(u < level / 2, x.dtype)  # half the hits are salt (1), half pepper (0)
+    return tf.where(u < level, salt, x)
+
+
 @register
 class DenoisingAutoencoder(Autoencoder):
     """An `Autoencoder` whose encoder sees a corrupted input during training only.
@@ -42,18 +54,7 @@ class DenoisingAutoencoder(Autoencoder):
         return self._corrupt(x, lambda kind, shape: draw(kind, shape, seed))
 
     def _corrupt(self, x, noise):
-        x = self.check_images(x)
-        shape = tf.shape(x)
-        if self.noise_type == "gaussian":
-            noisy = tf.clip_by_value(x + self.noise_level * noise("normal", shape), 0.0, 1.0)
-        elif self.noise_type == "masking":
-            noisy = x * tf.cast(noise("uniform", shape) >= self.noise_level, x.dtype)
-        else:
-            u = noise("uniform", shape)
-            hit = u < self.noise_level
-            salt = tf.cast(u < self.noise_level / 2, x.dtype)  # half the hits are salt (1), half pepper (0)
-            noisy = tf.where(hit, salt, x)
-        return noisy
+        return apply_noise(self.check_images(x), self.noise_type, self.noise_level, noise)
 
     def encoder_input(self, x, training, step=None):
         if not training:

@@ -27,6 +27,10 @@ class VAE(BaseAutoencoder):
         beta: weight of the KL term (beta-VAE); 1 gives the ELBO.
         num_importance_samples: k. k = 1 trains on the ELBO (analytic KL); k > 1 on the
             IWAE bound with k samples.
+        kl_warmup_steps: ramp the KL weight linearly from 0 to `beta` over this many
+            training steps (Sønderby et al. 2016): early on the decoder learns to use z
+            before the KL pushes unused units to the prior, so more units stay active.
+            0: no warm-up. Evaluation always uses `beta`.
 
     Metrics (nats per example): `loss` (the training objective), `reconstruction_loss`
     (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (analytic KL(q || p)) and
@@ -38,7 +42,7 @@ class VAE(BaseAutoencoder):
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
                  filters=(32, 64), activation="relu", likelihood="bernoulli", gaussian_scale="shared",
-                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, **kwargs):
+                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, kl_warmup_steps=0, **kwargs):
         super().__init__(image_shape=image_shape, latent_dim=latent_dim, arch=arch, hidden_units=hidden_units,
                          filters=filters, activation=activation, **kwargs)
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
@@ -47,6 +51,9 @@ class VAE(BaseAutoencoder):
         self.min_scale = check_number("min_scale", min_scale, low=0.0)
         self.beta = check_number("beta", beta, low=0.0)
         self.num_importance_samples = check_positive_int("num_importance_samples", num_importance_samples)
+        if isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, int) or kl_warmup_steps < 0:
+            raise ValueError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
+        self.kl_warmup_steps = kl_warmup_steps
         self._raw_scale = None
         if self.likelihood == "gaussian" and self.gaussian_scale != "fixed":
             init = max(0.1, 2 * self.min_scale)  # std at the start; learned from there (softplus keeps it > 0)
@@ -59,7 +66,7 @@ class VAE(BaseAutoencoder):
         config = super().get_config()
         config.update(likelihood=self.likelihood, gaussian_scale=self.gaussian_scale,
                       fixed_scale=self.fixed_scale, min_scale=self.min_scale, beta=self.beta,
-                      num_importance_samples=self.num_importance_samples)
+                      num_importance_samples=self.num_importance_samples, kl_warmup_steps=self.kl_warmup_steps)
         return config
 
     @property
@@ -141,13 +148,21 @@ class VAE(BaseAutoencoder):
         q, p, z, log_px_z = self._log_weights(x, check_positive_int("k", k))
         return losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z))
 
+    def kl_weight(self, step=None):
+        """The KL weight at training step `step`: `beta`, ramped up from 0 during warm-up."""
+        if step is None or not self.kl_warmup_steps:
+            return self.beta
+        progress = tf.cast(step + 1, tf.float32) / float(self.kl_warmup_steps)
+        return self.beta * tf.minimum(1.0, progress)
+
     def compute_terms(self, x, training=False, step=None):
         k = self.num_importance_samples
         q, p, z, log_px_z = self._log_weights(x, k, training=training, step=step)
         kl = losses.kl_divergence(q, p)
         reconstruction = -tf.reduce_mean(log_px_z, axis=0)
+        beta = self.kl_weight(step if training else None)
         if k == 1:
-            loss = reconstruction + self.beta * kl
+            loss = reconstruction + beta * kl
         else:
-            loss = -losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z), self.beta)
+            loss = -losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z), beta)
         return {"loss": loss, "reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl)}

@@ -1,0 +1,314 @@
+"""Evaluation: the numbers behind kerasae's claims, in nats, dB and bytes.
+
+Conventions (so every figure is reproducible and comparable with the literature):
+- Bernoulli models are scored on a fixed stochastic binarization of the test images
+  (`training.evaluation_images`, seed `TEST_BINARIZATION_SEED`): the dynamic
+  binarization protocol of Burda et al. (2015) with the test set binarized once.
+- Likelihoods are in nats per image; MSE is per pixel; PSNR is per image, averaged, in dB
+  with peak 1.0 (pixels in [0, 1]).
+"""
+
+import io
+import json
+import math
+from pathlib import Path
+
+from kerasae import _backend  # noqa: F401
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasae import data as data_lib
+from kerasae import losses
+from kerasae import training as train_lib
+from kerasae.files import write_json
+from kerasae.models.base import check_positive_int, draw
+from kerasae.models.dae import apply_noise
+
+#: Burda et al.'s active-unit threshold on Cov_x(E_q[z_d | x]).
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def load_model(run_dir):
+    """The run's best model on validation (best.keras), else its final one; Keras safe mode."""
+    run_dir = Path(run_dir)
+    path = run_dir / "best.keras" if (run_dir / "best.keras").exists() else run_dir / "model.keras"
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def run_data(run_dir):
+    """The run's dataset (same slice as in training): (ImageData, training images without validation)."""
+    train = json.loads((Path(run_dir) / "config.json").read_text())["train"]
+    config = train_lib.TrainConfig(**train)
+    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                                 color_mode=config.color_mode).take(config.max_train_samples, config.max_test_samples)
+    val = config.validation_size if config.validation_size is not None else min(5000, len(data.x_train) // 10)
+    return data, data_lib.split_validation(data.x_train, val)[0]
+
+
+def _batches(x, batch_size):
+    for i in range(0, len(x), batch_size):
+        yield i, x[i:i + batch_size]
+
+
+def _map(fn, x, batch_size=1000):
+    return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
+
+
+def psnr(x, x_hat):
+    """Per-image PSNR in dB (peak 1.0); inf where an image is reproduced exactly."""
+    x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
+    mse = ((x - x_hat) ** 2).reshape(len(x), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(1.0 / mse)
+
+
+def reconstruction_metrics(x, x_hat):
+    """MSE per pixel, binary cross-entropy per image (nats; targets = x) and mean PSNR."""
+    x, x_hat = np.asarray(x, np.float64), np.clip(np.asarray(x_hat, np.float64), 1e-7, 1 - 1e-7)
+    bce = -(x * np.log(x_hat) + (1 - x) * np.log1p(-x_hat)).reshape(len(x), -1).sum(axis=1)
+    return {"mse_per_pixel": float(((x - x_hat) ** 2).mean()), "bce_per_image": float(bce.mean()),
+            "psnr_db": float(np.mean(psnr(x, x_hat)))}
+
+
+def codes(model, x, batch_size=1000):
+    """The code of each image: z for AEs, the posterior mean for VAEs."""
+    return train_lib.latent_codes(model, x, batch_size)
+
+
+def reconstruct(model, x, batch_size=1000):
+    return _map(model.reconstruct, x, batch_size)
+
+
+# ---- VAEs -------------------------------------------------------------------------------------
+
+def _log_weights_fn(model):
+    """A compiled (x, eps [s, B, D]) -> log p(x, z_s) - log q(z_s | x) [s, B] for s samples."""
+
+    @tf.function(reduce_retracing=True)
+    def log_weights(x, eps):
+        mean, log_var = model._posterior_params(x)
+        z = mean + tf.exp(0.5 * log_var) * eps
+        s, d = tf.shape(eps)[0], model.latent_dim
+        logits = model.decoder(tf.reshape(z, [-1, d]))
+        log_px_z = tf.reshape(model.likelihood_from_logits(logits).log_prob(tf.tile(x, [s, 1, 1, 1])), [s, -1])
+        q = losses.diagonal_gaussian(mean, log_var)
+        return log_px_z + model.prior().log_prob(z) - q.log_prob(z)
+
+    return log_weights
+
+
+def importance_weighted_nll(model, x, k=5000, batch_size=100, samples_per_chunk=500, seed=0, progress=True):
+    """-log p(x) estimated by the IWAE bound with k samples, per example, plus the k-sample ELBO.
+
+    Memory stays bounded: samples are drawn `samples_per_chunk` at a time for
+    `batch_size` images (a decoder batch of their product), and the log-sum-exp over all
+    k runs in float64. The draws are seeded (stateless, keyed by batch and chunk).
+    Returns (nll [N], elbo [N]): elbo is the mean log weight, an unbiased k-sample
+    estimate of the ELBO.
+    """
+    k = check_positive_int("k", k)
+    x = model.check_images(x).numpy()
+    log_weights = _log_weights_fn(model)
+    chunk = min(k, samples_per_chunk)
+    nll, elbo = np.empty(len(x)), np.empty(len(x))
+    bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
+    for b, (start, xb) in enumerate(_batches(x, batch_size)):
+        parts = []
+        for c, lo in enumerate(range(0, k, chunk)):
+            s = min(chunk, k - lo)
+            eps = tf.random.stateless_normal([s, len(xb), model.latent_dim], seed=[seed, b * 100003 + c])
+            parts.append(log_weights(tf.constant(xb), eps).numpy().astype(np.float64))
+        lw = np.concatenate(parts)  # [k, B]
+        top = lw.max(axis=0)
+        nll[start:start + len(xb)] = -(top + np.log(np.exp(lw - top).mean(axis=0)))
+        elbo[start:start + len(xb)] = lw.mean(axis=0)
+        if bar is not None:
+            bar.add(len(xb))
+    return nll, elbo
+
+
+def posterior_statistics(model, x, batch_size=1000):
+    """Active units and KL(q || p) per latent dimension, averaged over x (nats)."""
+    means, log_vars = [], []
+    for _, xb in _batches(x, batch_size):
+        m, lv = model.encode(xb)
+        means.append(m.numpy())
+        log_vars.append(lv.numpy())
+    mean, log_var = np.concatenate(means).astype(np.float64), np.concatenate(log_vars).astype(np.float64)
+    kl = 0.5 * (mean**2 + np.exp(log_var) - 1.0 - log_var)  # analytic, per dimension
+    activity = mean.var(axis=0)
+    return {"active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
+            "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+            "activity_per_dim": activity.round(5).tolist(),
+            "kl_per_dim": kl.mean(axis=0).round(5).tolist(),
+            "kl": float(kl.sum(axis=1).mean())}
+
+
+def evaluate_vae(model, x_test, k=5000, progress=True, seed=0):
+    """Test ELBO, NLL (IWAE bound, k samples), active units and KL per dimension, in nats."""
+    x = train_lib.evaluation_images(model, x_test)
+    nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress)
+    return {"nll": float(nll.mean()), "nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1
+            else None, "elbo": float(elbo.mean()), "k": k, "num_images": len(x),
+            **posterior_statistics(model, x),
+            "reconstruction": reconstruction_metrics(x, reconstruct(model, x))}
+
+
+# ---- AEs, DAEs and PCA --------------------------------------------------------------------------
+
+def evaluate_autoencoder(model, x_test):
+    """Reconstruction MSE, binary cross-entropy and PSNR of the (clean) test images."""
+    return reconstruction_metrics(x_test, reconstruct(model, x_test))
+
+
+#: The corruptions a DAE is scored on: (type, level).
+DENOISING_NOISES = (("gaussian", 0.3), ("gaussian", 0.5), ("masking", 0.5))
+
+
+def corrupt(x, noise_type, level, seed=0):
+    """Seeded corruption of images, as DenoisingAutoencoder trains with (any type and level)."""
+    x = tf.constant(x, tf.float32)
+    return apply_noise(x, noise_type, level, lambda kind, shape: draw(kind, shape, seed)).numpy()
+
+
+def evaluate_denoising(model, x_test, noises=DENOISING_NOISES, seed=0):
+    """PSNR (dB) of noisy vs clean and of denoised (model.reconstruct(noisy)) vs clean, per noise."""
+    rows = []
+    for noise_type, level in noises:
+        noisy = corrupt(x_test, noise_type, level, seed)
+        denoised = reconstruct(model, noisy)
+        rows.append({"noise": noise_type, "level": level,
+                     "psnr_noisy_db": float(np.mean(psnr(x_test, noisy))),
+                     "psnr_denoised_db": float(np.mean(psnr(x_test, denoised))),
+                     "mse_noisy": float(np.mean((x_test - noisy) ** 2)),
+                     "mse_denoised": float(np.mean((x_test - denoised) ** 2))})
+        rows[-1]["gain_db"] = rows[-1]["psnr_denoised_db"] - rows[-1]["psnr_noisy_db"]
+    return rows
+
+
+def pca_baseline(x_train, x_test, n_components, seed=0):
+    """PCA with n_components fitted on x_train: test reconstruction metrics and the codes of both splits."""
+    from sklearn.decomposition import PCA
+
+    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    pca = PCA(n_components=n_components, random_state=seed).fit(flat_train)
+    z_test = pca.transform(flat_test)
+    x_hat = np.clip(pca.inverse_transform(z_test), 0.0, 1.0).reshape(x_test.shape)
+    return {"metrics": reconstruction_metrics(x_test, x_hat),
+            "explained_variance": float(pca.explained_variance_ratio_.sum())}, pca.transform(flat_train), z_test
+
+
+def knn_accuracy(z_train, y_train, z_test, y_test, k=5):
+    """Test accuracy of a k-nearest-neighbour classifier fitted on the training codes."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return float(KNeighborsClassifier(n_neighbors=k).fit(z_train, y_train).score(z_test, y_test))
+
+
+# ---- does the aggregate code follow the prior? ----------------------------------------------------
+
+#: Inverse multiquadric kernel scales (Tolstikhin et al. 2018, WAE): C = 2 * D * s.
+_IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def mmd_to_prior(z, num=2000, seed=0):
+    """Unbiased MMD^2 between codes z [N, D] and as many N(0, I) draws, IMQ kernel summed over scales.
+
+    Also returns the same statistic between two independent N(0, I) samples of that size
+    (the estimator's noise floor) and the codes' mean norm and average per-dimension std.
+    """
+    rng = np.random.default_rng(seed)
+    z = np.asarray(z, np.float64)
+    if len(z) > num:
+        z = z[rng.choice(len(z), num, replace=False)]
+    n, d = z.shape
+
+    def mmd(a, b):
+        def kernel(u, v):
+            sq = np.maximum((u**2).sum(1)[:, None] + (v**2).sum(1)[None, :] - 2 * u @ v.T, 0.0)
+            return sum(2 * d * s / (2 * d * s + sq) for s in _IMQ_SCALES)
+
+        kaa, kbb, kab = kernel(a, a), kernel(b, b), kernel(a, b)
+        off = 1.0 - np.eye(len(a))
+        return float((kaa * off).sum() / (n * (n - 1)) + (kbb * off).sum() / (n * (n - 1)) - 2 * kab.mean())
+
+    prior = rng.standard_normal((n, d))
+    return {"mmd2": mmd(z, prior), "mmd2_prior_vs_prior": mmd(rng.standard_normal((n, d)), prior),
+            "num": n, "code_mean_norm": float(np.linalg.norm(z.mean(axis=0))),
+            "code_std_mean": float(z.std(axis=0).mean())}
+
+
+# ---- compression ------------------------------------------------------------------------------
+
+def _to_uint8(x):
+    return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+
+
+def codec_rate_distortion(x, fmt, **options):
+    """Mean bytes per image and mean PSNR (dB) of images x [N, H, W, 1] saved one by one with Pillow."""
+    from PIL import Image
+
+    sizes, decoded = [], []
+    for img in _to_uint8(x)[..., 0]:
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, format=fmt, **options)
+        sizes.append(buf.tell())
+        buf.seek(0)
+        decoded.append(np.asarray(Image.open(buf), np.float32) / 255.0)
+    return {"bytes_per_image": float(np.mean(sizes)),
+            "psnr_db": float(np.mean(np.minimum(psnr(x, np.stack(decoded)[..., None]), 100.0)))}
+
+
+def quantized_code_rate_distortion(model, x_train, x_test, bits=8):
+    """Codes quantized to `bits` per dimension (ranges fixed on the training codes), decoded; PSNR vs x_test.
+
+    The rate counts the code only: the decoder and the per-dimension ranges are shared by
+    every image (reported separately as `decoder_bytes`, float32 weights), i.e. amortized
+    over an unlimited number of images.
+    """
+    z_train, z_test = codes(model, x_train), codes(model, x_test)
+    low, high = z_train.min(axis=0), z_train.max(axis=0)
+    levels = 2**bits - 1
+    q = np.rint((np.clip(z_test, low, high) - low) / np.maximum(high - low, 1e-12) * levels)
+    z_hat = (low + q / levels * (high - low)).astype(np.float32)
+    x_hat = _map(model.decode, z_hat)
+    decoder_bytes = int(sum(np.asarray(w).nbytes for w in model.decoder.weights))
+    return {"bytes_per_image": model.latent_dim * bits / 8, "psnr_db": float(np.mean(psnr(x_test, x_hat))),
+            "psnr_unquantized_db": float(np.mean(psnr(x_test, _map(model.decode, z_test)))),
+            "decoder_bytes": decoder_bytes, "bits_per_dim": bits, "latent_dim": model.latent_dim}
+
+
+JPEG_QUALITIES = (5, 10, 25, 50, 75, 90)
+
+
+def compression_table(models, x_train, x_test):
+    """Rate-distortion rows: each AE (8-bit codes), PNG (lossless) and JPEG at several qualities."""
+    rows = [{"method": f"{name} (8-bit code)", **quantized_code_rate_distortion(m, x_train, x_test)}
+            for name, m in models.items()]
+    rows.append({"method": "PNG", **codec_rate_distortion(x_test, "PNG", optimize=True)})
+    rows += [{"method": f"JPEG q={q}", "quality": q, **codec_rate_distortion(x_test, "JPEG", quality=q)}
+             for q in JPEG_QUALITIES]
+    return rows
+
+
+# ---- one run ----------------------------------------------------------------------------------
+
+def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
+    """Every metric that applies to the run's model, on its test split; also written to RUN_DIR/evaluation.json."""
+    run_dir = Path(run_dir)
+    model = load_model(run_dir)
+    data, x_train = run_data(run_dir)
+    x_test = data.x_test[:max_test_samples]
+    result = {"model": type(model).__name__, "family": model.family, "num_test": len(x_test)}
+    if model.family == "vae":
+        result["vae"] = evaluate_vae(model, x_test, k=k, progress=progress)
+    else:
+        result["reconstruction"] = evaluate_autoencoder(model, x_test)
+        pca, _, _ = pca_baseline(x_train, x_test, model.latent_dim)
+        result["pca_same_code_size"] = pca
+    if model.family == "dae":
+        result["denoising"] = evaluate_denoising(model, x_test)
+    result["prior_match"] = mmd_to_prior(codes(model, x_test))
+    write_json(run_dir / "evaluation.json", result)
+    return result
