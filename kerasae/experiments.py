@@ -49,16 +49,16 @@ register_experiment("vae-mlp-2d", "VAE with a 2-D latent: manifold grid, latent 
 register_experiment("vae-mlp", "MLP VAE 784-512-256-32 (the default preset): AE-vs-VAE samples and latents.",
                     dict(preset="vae-mlp", epochs=50))
 register_experiment(
-    "vae-nll", "The likelihood run: MLP VAE 784-512-512-512-50, ELBO, KL warm-up, 800 epochs (test NLL, k=5000).",
+    "vae-nll", "The likelihood run: MLP VAE 784-512-512-512-50, ELBO, KL warm-up, 250 epochs (test NLL, k=5000).",
     dict(preset="vae-mlp", model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50,
-                                             kl_warmup_steps=40 * STEPS_PER_EPOCH),
-         epochs=800),
+                                             kl_warmup_steps=20 * STEPS_PER_EPOCH),
+         epochs=250),
     quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, kl_warmup_steps=10)))
 register_experiment(
-    "iwae-nll", "The IWAE likelihood run: the same network trained on the IWAE bound with k=5, 300 epochs.",
+    "iwae-nll", "The IWAE likelihood run: the same network trained on the IWAE bound with k=5, 100 epochs.",
     dict(preset="iwae-mlp", model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
-                                              kl_warmup_steps=20 * STEPS_PER_EPOCH),
-         epochs=300),
+                                              kl_warmup_steps=10 * STEPS_PER_EPOCH),
+         epochs=100),
     quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
                                  kl_warmup_steps=10)))
 

@@ -451,7 +451,8 @@ def parity_failures(parity):
     return failures
 
 
-def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parity_data, strict_parity):
+def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parity_data, strict_parity,
+                  signatures=SIGNATURES):
     """Convert, load-check and parity-check every signature x variant into out_dir; the manifest's tflite part.
 
     A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about
@@ -461,7 +462,7 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
     out_dir.mkdir()
     loaded = tf.saved_model.load(str(saved_model_dir))
     files, skipped = {}, {}
-    for signature in SIGNATURES:
+    for signature in signatures:
         for variant in variants:
             file_name = f"{signature}.{variant}.tflite"
             representative = None
@@ -504,7 +505,7 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
         fp32 = files.get(f"{entry['signature']}.fp32.tflite")
         if fp32:
             entry["size_vs_fp32"] = round(entry["bytes"] / fp32["bytes"], 4)
-    return {"files": files, "skipped": skipped, "variants": list(variants),
+    return {"files": files, "skipped": skipped, "variants": list(variants), "signatures": list(signatures),
             "out_of_tolerance": {f: ", ".join(m) for f, m in failures.items()},
             "parity_tolerances": {k: {"metric": m, "bound": b, "outputs": list(o) if o else "all"}
                                   for k, (m, b, o) in PARITY_TOLERANCES.items()},
@@ -536,6 +537,17 @@ def check_name(name):
     return name
 
 
+def check_tflite_signatures(signatures):
+    if isinstance(signatures, str):
+        signatures = [s for s in signatures.split(",") if s.strip()]
+    signatures = tuple(dict.fromkeys(s.strip() for s in signatures or ()))
+    unknown = [s for s in signatures if s not in SIGNATURES]
+    if unknown or not signatures:
+        raise ValueError(f"tflite_signatures must name one or more of {', '.join(SIGNATURES)}, got "
+                         f"{', '.join(unknown) or 'none'}")
+    return signatures
+
+
 def check_variants(tflite):
     if isinstance(tflite, str):
         tflite = [v for v in tflite.split(",") if v.strip()]
@@ -549,13 +561,15 @@ def check_variants(tflite):
 # ---- export -----------------------------------------------------------------------------------
 
 def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
-                 parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False):
+                 parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
+                 tflite_signatures=SIGNATURES):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
 
     Args:
         version: integer version; None takes the next after the existing ones (1 for the first).
         tflite: the variants to convert every signature to (a subset of VARIANTS, or a
             comma-separated string); () for the SavedModel alone.
+        tflite_signatures: the signatures converted to TFLite (default all; the zoo ships decode only).
         representative_data: float32 images [N, H, W, C] to calibrate int8 on (drawn from the
             training data); required when "int8" is asked for.
         parity_data: images the TFLite files are compared with the SavedModel on (default: the
@@ -571,6 +585,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     """
     name = check_name(name)
     variants = check_variants(tflite)
+    tflite_signatures = check_tflite_signatures(tflite_signatures)
     if not getattr(model, "built", False) or model.family not in ("ae", "dae", "vae"):
         raise ValueError(f"export_model needs a built kerasae model, got {type(model).__name__}")
     shape = tuple(model.image_shape)
@@ -616,7 +631,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         if problems:
             raise ExportError("; ".join(problems))
         tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
-                                     strict_parity) if variants else None)
+                                     strict_parity, tflite_signatures) if variants else None)
         if tflite_info:
             tflite_info["parity_data"] = f"{len(parity_data)} images ({parity_source})"
         (saved_dir / "assets.extra").mkdir(exist_ok=True)
@@ -707,7 +722,7 @@ def load_images_npz(path):
 
 def export_run(run_dir_or_model_path, name, export_dir="exported", version=None, tflite=VARIANTS,
                representative_data=None, overwrite=False, num_representative=NUM_REPRESENTATIVE_IMAGES,
-               strict_parity=False):
+               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES):
     """Export a training run directory (model.keras, config.json, metrics.json) or a bare .keras file.
 
     int8 calibrates on the first `num_representative` training images of the run's dataset
@@ -715,9 +730,12 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     SavedModel on the first 256 test images (as the run evaluates them). A bare .keras file
     outside a run uses the embedded MNIST when its image shape matches; otherwise pass
     `representative_data` (images or an .npz path) or leave int8 out. Call it after training
-    as `export_run(result.run_dir, name)`. Returns the version directory.
+    as `export_run(result.run_dir, name)`. `metrics` replaces the run's metrics.json in the
+    manifest (which describes model.keras, so it is only used for model.keras); the zoo passes
+    what reproduce measured on best.keras. Returns the version directory.
     """
     from kerasae import data as data_lib
+    from kerasae.training import TEST_BINARIZATION_SEED
 
     path = Path(run_dir_or_model_path)
     if path.is_dir():
@@ -729,8 +747,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     else:
         raise FileNotFoundError(f"{path}: expected a run directory or a .keras file")
     config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
-    metrics = None
-    if run_dir and model_path.name == "model.keras" and (run_dir / "metrics.json").is_file():
+    if metrics is None and run_dir and model_path.name == "model.keras" and (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text())  # measured on model.keras, not best.keras
     model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     shape = tuple(model.image_shape)
@@ -754,7 +771,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     if data is not None:
         parity_data = data.x_test[:NUM_PARITY_IMAGES]
         if binary:  # the fixed binarization the run was tested on (metrics.json; training's default is seed 0)
-            parity_data = data_lib.binarize(parity_data, seed=int((metrics or {}).get("test_binarization_seed") or 0))
+            parity_data = data_lib.binarize(parity_data, seed=TEST_BINARIZATION_SEED)
         if representative_data is None:
             representative_data = data.x_train[:num_representative]
             if binary:  # Bernoulli models train on binarized pixels
@@ -764,7 +781,8 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
                          f"{shape} are not MNIST's); pass --representative-data FILE.npz or drop int8 from --tflite")
     return export_model(model, export_dir, name, version=version, tflite=variants,
                         representative_data=representative_data, parity_data=parity_data, metrics=metrics,
-                        preset=config.get("preset"), overwrite=overwrite, source=path, strict_parity=strict_parity)
+                        preset=config.get("preset"), overwrite=overwrite, source=path, strict_parity=strict_parity,
+                        tflite_signatures=tflite_signatures)
 
 
 # ---- verify -----------------------------------------------------------------------------------

@@ -502,6 +502,23 @@ def test_bad_arguments(tiny, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_tflite_for_chosen_signatures_and_given_metrics(tiny, tmp_path):
+    tiny.save(tmp_path / "best.keras")
+    with pytest.raises(ValueError, match="tflite_signatures must name one or more of reconstruct"):
+        export.export_run(tmp_path / "best.keras", "t", export_dir=tmp_path / "exported", tflite=("fp32",),
+                          tflite_signatures=("decoder",))
+    metrics = {"test": {"mse_per_pixel": 0.5}}
+    version_dir = export.export_run(tmp_path / "best.keras", "zooish", export_dir=tmp_path / "exported",
+                                    tflite="fp32,int8", tflite_signatures=("decode",), metrics=metrics)
+    manifest = json.loads((version_dir / "assets.extra" / "manifest.json").read_text())
+    assert manifest["metrics"] == metrics
+    assert sorted(manifest["tflite"]["files"]) == ["decode.fp32.tflite", "decode.int8.tflite"]
+    assert sorted(p.name for p in (version_dir.parent / "tflite").iterdir()) == [
+        "decode.fp32.tflite", "decode.int8.tflite", "manifest.json"]
+    assert set(manifest["signatures"]) == ALL_SIGNATURES  # the SavedModel keeps every signature
+    assert export.verify(version_dir.parent) == []
+
+
 # ---- export_run and the command line -----------------------------------------------------------------
 
 def test_export_run_of_a_bare_keras_file(tmp_path):

@@ -172,3 +172,19 @@ def test_bad_values_get_clear_errors():
                 method(x_bad)
     with pytest.raises(ValueError, match="z contains NaN or Inf"):
         model.decode(np.array([[0.0, np.nan, 0.0, 0.0]], np.float32))
+
+
+def test_kl_warmup_ramps_the_kl_weight_during_training_only(mnist_binary):
+    vae = kerasae.build("vae-mlp", hidden_units=[16], latent_dim=3, kl_warmup_steps=10, beta=2.0, seed=0)
+    assert [float(vae.kl_weight(tf.constant(s, tf.int64))) for s in (0, 4, 9, 50)] == pytest.approx(
+        [0.2, 1.0, 2.0, 2.0])
+    assert vae.kl_weight(None) == 2.0
+    x = mnist_binary[:8]
+    warm = vae.compute_terms(x, training=True, step=tf.constant(4, tf.int64))
+    np.testing.assert_allclose(warm["loss"], warm["reconstruction_loss"] + 1.0 * warm["kl"], rtol=1e-5)
+    evaluation = vae.compute_terms(x, training=False)
+    np.testing.assert_allclose(evaluation["loss"], evaluation["reconstruction_loss"] + 2.0 * evaluation["kl"],
+                               rtol=1e-5)
+    assert type(vae).from_config(vae.get_config()).kl_warmup_steps == 10
+    with pytest.raises(ValueError, match="kl_warmup_steps"):
+        kerasae.build("vae-mlp", kl_warmup_steps=-1)
