@@ -12,6 +12,7 @@ from pathlib import Path
 from kerasae import distribute, registry
 from kerasae import export as export_lib
 from kerasae import training as train_lib
+from kerasae.files import ModelFileError
 
 # flag -> (model kwarg, the family it applies to, or None for all)
 _MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", "vae"),
@@ -181,7 +182,7 @@ def train_main(argv=None):
         parser.error(" ".join(str(err).split()))
     try:
         result = train_lib.fit(config, *prepared)
-    except (train_lib.WorkerLostError, FloatingPointError) as err:
+    except (train_lib.WorkerLostError, FloatingPointError, OSError) as err:  # OSError: a write failed (disk full...)
         print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
@@ -292,8 +293,11 @@ def evaluate_main(argv=None):
     if not (run_dir / "config.json").is_file() or not any((run_dir / f).is_file() for f in ("best.keras",
                                                                                             "model.keras")):
         parser.error(f"RUN_DIR: {args.run_dir} is not a finished kerasae run (needs config.json and a .keras model)")
-    result = eval_lib.evaluate_run(run_dir, k=args.k, max_test_samples=args.max_test_samples,
-                                   progress=not args.no_progress)
+    try:
+        result = eval_lib.evaluate_run(run_dir, k=args.k, max_test_samples=args.max_test_samples,
+                                       progress=not args.no_progress)
+    except ModelFileError as err:  # a truncated, corrupted or unsafe .keras file: say which, no traceback
+        parser.error(" ".join(str(err).split()))
     print(json.dumps(result, indent=1, default=str))
     return 0
 

@@ -55,10 +55,10 @@ register_experiment(
          epochs=250),
     quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, kl_warmup_steps=10)))
 register_experiment(
-    "iwae-nll", "The IWAE likelihood run: the same network trained on the IWAE bound with k=5, 100 epochs.",
+    "iwae-nll", "The IWAE likelihood run: the same network trained on the IWAE bound with k=5, 60 epochs.",
     dict(preset="iwae-mlp", model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
                                               kl_warmup_steps=10 * STEPS_PER_EPOCH),
-         epochs=100),
+         epochs=60),
     quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
                                  kl_warmup_steps=10)))
 

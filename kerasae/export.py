@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerasae.files import json_text, library_versions, sha256_file
+from kerasae.files import json_text, library_versions, load_keras_model, sha256_file
 
 SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")  # reconstruct first: it becomes serving_default
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
@@ -130,17 +130,24 @@ def _endpoints(model):
     vae = model.family == "vae"
     f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731  (mixed-precision models compute in float16)
 
+    def check(t, spec):
+        # A loaded signature checks its inputs' dtype but not their shape: [2, 56, 28, 1] would flatten into
+        # two images' worth of rows and give a plausible answer of the wrong size. Enforce the spec's shape.
+        return tf.ensure_shape(t, spec[0].shape)
+
     def reconstruct(x):
+        x = check(x, x_spec)
         return {"reconstruction": f32(model.reconstruct(x))}
 
     def encode(x):
+        x = check(x, x_spec)
         if vae:
             mean, log_var = model.encode(x)
             return {"z_mean": f32(mean), "z_log_var": f32(log_var)}
         return {"z": f32(model.encode(x))}
 
     def decode(z):
-        logits = model.decode_logits(z)
+        logits = model.decode_logits(check(z, z_spec))
         out = {"x_mean": tf.sigmoid(logits)}  # == model.decode(z)
         if vae and model.likelihood == "gaussian":
             out["x_scale"] = tf.broadcast_to(model.decoder_scale(), tf.shape(logits))
@@ -151,11 +158,13 @@ def _endpoints(model):
     def sample(num_samples):
         # tf.random.normal (a stateful op, fresh per call) converts to TFLite's RANDOM_STANDARD_NORMAL
         # builtin; keras.random with a SeedGenerator would need Flex ops LiteRT cannot run.
+        num_samples = check(num_samples, n_spec)
         z = tf.random.normal(tf.stack([tf.maximum(num_samples, 0), model.latent_dim]))
         return {"z": z, "x_mean": model.decode(z)}
 
     def score(x):
-        return {"score": f32(model.score(x))}
+        # NaN for an example with a NaN or Inf pixel (`flag_non_finite` in the model's score), never a number
+        return {"score": f32(model.score(check(x, x_spec)))}
 
     fns = {"reconstruct": (reconstruct, x_spec), "encode": (encode, x_spec), "decode": (decode, z_spec),
            "sample": (sample, n_spec), "score": (score, x_spec)}
@@ -204,7 +213,12 @@ def _keras_parity(model, loaded, images, num_samples=16):
 def write_saved_model(model, path):
     """Write the SavedModel with every signature of the contract to `path` (which must not exist)."""
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # Track the model's tf.Variables themselves, not via `archive.track(model)`: that lists the
+    # Keras variable wrappers, which the SavedModel stores beside the tf.Variables the endpoints
+    # capture, so every weight was written twice (Keras 3.15 / TF 2.21).
+    archive.variables.extend(v.value for v in model.variables)
+    archive.trainable_variables.extend(v.value for v in model.trainable_variables)
+    archive.non_trainable_variables.extend(v.value for v in model.non_trainable_variables)
     for name, fn, spec in _endpoints(model):
         archive.add_endpoint(name, fn, spec)  # the first (reconstruct) also becomes serving_default
     archive.write_out(str(path), verbose=False)
@@ -609,7 +623,10 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     export_root = Path(export_dir)
     root = export_root / name
     created = [p for p in (export_root, root) if not p.exists()]
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"export_dir: cannot create {root} ({err.strerror or err})") from err
     if version is None:
         version = (existing_versions(root) or [0])[-1] + 1
     target = root / str(int(version))
@@ -617,7 +634,11 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         _remove_if_empty(created)
         raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
 
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=root))  # same filesystem: renames are atomic
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=root))  # same filesystem: renames are atomic
+    except OSError as err:
+        _remove_if_empty(created)
+        raise ValueError(f"export_dir: cannot write to {root} ({err.strerror or err})") from err
     try:
         saved_dir, tflite_dir = tmp / "saved_model", tmp / "tflite"
         write_saved_model(model, saved_dir)
@@ -658,9 +679,13 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         if target.exists() and not overwrite:  # another export took this version meanwhile
             raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
         _commit(tmp, saved_dir, target, tflite_dir if variants else None, root / "tflite")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_if_empty(created)
+        cause = _write_fault(err)
+        if cause:
+            raise ExportError(f"{target}: writing the export failed: {cause}; nothing was committed, earlier "
+                              f"versions and {root / 'tflite'} are unchanged") from err
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -688,6 +713,24 @@ def _commit(tmp, saved_dir, target, tflite_dir, tflite_target):
         for src, dst in reversed(done):
             os.rename(dst, src)
         raise
+
+
+_WRITE_FAULTS = ("No space left on device", "Permission denied", "Read-only file system", "Input/output error",
+                 "Disk quota exceeded")
+
+
+def _write_fault(err):
+    """The cause, in words, when `err` is a file system error while writing (disk full, permission denied,
+    I/O error) raised by Python or by TensorFlow's writers; None for any other error."""
+    if isinstance(err, OSError) and not isinstance(err, (FileExistsError, FileNotFoundError)):
+        where = f" ({err.filename})" if err.filename else ""
+        return f"{err.strerror or err}{where}"
+    if isinstance(err, tf.errors.OpError):
+        text = " ".join(str(err).split())
+        for cause in _WRITE_FAULTS:
+            if cause.lower() in text.lower():
+                return f"{cause} ({type(err).__name__}: {text[:300]})"
+    return None
 
 
 def _remove_if_empty(created):
@@ -749,7 +792,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     config = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
     if metrics is None and run_dir and model_path.name == "model.keras" and (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text())  # measured on model.keras, not best.keras
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    model = load_keras_model(model_path)  # CRC-checked, safe_mode=True; ModelFileError (a ValueError) if bad
     shape = tuple(model.image_shape)
     binary = bool(getattr(model, "binary_data", False))
     train_cfg = config.get("train") or {}

@@ -1,10 +1,11 @@
-"""Small file helpers shared by training and export: atomic JSON, hashes, library versions."""
+"""Small file helpers shared by training and export: atomic JSON, hashes, library versions, safe loading."""
 
 import contextlib
 import hashlib
 import json
 import os
 import platform
+import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -32,14 +33,22 @@ def atomic_path(path, suffix=""):
 
     A reader sees the old file or the new one, never half of one; a failed write leaves no
     temporary file behind. `suffix` keeps the extension a writer insists on (".keras").
+    An OSError while writing (disk full, permission denied, ...) is re-raised as an OSError of
+    the same errno (so the same subclass) whose message names `path` and says the previous
+    file, if any, is unchanged.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        cause = err.strerror or str(err) or type(err).__name__
+        kept = "the previous file is unchanged" if path.exists() else "no file was written"
+        raise OSError(err.errno, f"cannot write {path}: {cause}; {kept}") from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_json(path, obj):
@@ -67,3 +76,42 @@ def library_versions():
         except PackageNotFoundError:
             versions[key] = None
     return versions
+
+
+class ModelFileError(ValueError):
+    """A .keras file that is missing, truncated, corrupted, unsafe or not a kerasae model; nothing was loaded."""
+
+
+def load_keras_model(path):
+    """Load a kerasae `.keras` file the one way kerasae does: integrity-checked and in Keras safe mode.
+
+    Every member of the zip archive is read and its CRC-32 checked first (a truncated or
+    bit-flipped file fails here, also where Keras itself would not notice, e.g. in
+    metadata.json), then `keras.saving.load_model(path, compile=False, safe_mode=True)`
+    refuses `Lambda` layers and any other pickled Python. Raises ModelFileError (a ValueError)
+    naming the file and the cause instead of a deep Keras/zip traceback.
+    """
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable .keras archive, probably truncated or corrupted "
+                             f"({type(err).__name__}: {err})") from err
+    if bad is not None:
+        raise ModelFileError(f"{path}: corrupted .keras archive (member {bad!r} fails its CRC-32 check)")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # noqa: BLE001  (Keras raises assorted types for bad content)
+        cause = " ".join(str(err).split())
+        if "safe_mode" in cause or "arbitrary code" in cause:
+            raise ModelFileError(f"{path}: refused to load unsafe content (kerasae loads .keras files with "
+                                 f"safe_mode=True): {cause[:300]}") from err
+        raise ModelFileError(f"{path}: cannot load the model ({type(err).__name__}: {cause[:300]})") from err
+    if getattr(model, "family", None) not in ("ae", "dae", "vae"):
+        raise ModelFileError(f"{path}: not a kerasae model (it holds a {type(model).__name__})")
+    return model

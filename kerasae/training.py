@@ -3,7 +3,7 @@
 A run directory holds:
     config.json     what was asked (TrainConfig) and the model's full config
     model.keras     the final model (written atomically at the end)
-    best.keras      the best model on validation loss (ModelCheckpoint)
+    best.keras      the best model on validation loss (AtomicModelCheckpoint: never half-written)
     metrics.json    test metrics in nats per example, wall time, versions
     history.csv     one row per epoch (train and validation metrics)
     logs/           TensorBoard: scalars (train/, validation/) and images (images/)
@@ -15,9 +15,11 @@ Rerunning the same command after an interruption resumes from the last completed
 
 import csv
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -29,7 +31,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import distribute, plots, registry
-from kerasae.files import atomic_path, json_text, library_versions, write_json
+from kerasae.files import atomic_path, json_text, library_versions, load_keras_model, write_json
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
 #: Seed of the fixed binarization of validation and test images for Bernoulli models.
@@ -123,6 +125,11 @@ class TrainResult:
 # ---- files ------------------------------------------------------------------------------------
 
 def save_model_atomic(model, path):
+    """model.save to a temporary file next to `path`, renamed onto it when complete (see `atomic_path`).
+
+    Whenever the process dies or the write fails (disk full, permission denied: an OSError naming
+    `path`), `path` holds the previous model or nothing, never half a file.
+    """
     with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the extension
         model.save(tmp)
 
@@ -178,13 +185,23 @@ def read_history(history_path):
     if not Path(history_path).exists():
         return []
     with open(history_path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        # CSVLogger writes "NA" for a metric an epoch lacks (val_* when training without validation)
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("NA", "", None)}
+                for row in csv.DictReader(f)]
 
 
 # ---- callbacks --------------------------------------------------------------------------------
 
 def weights_finite(model):
     return all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def _check_free_space(directory, needed):
+    """Raise ENOSPC before an HDF5 write that would not fit: HDF5 crashes the whole process (segfault in
+    H5Fclose) when the disk fills during a .h5 write, instead of raising an error."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {needed:,} bytes, {free:,} free)")
 
 
 class DivergenceGuard(keras.callbacks.Callback):
@@ -244,12 +261,21 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         backup.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{self._current_epoch}.weights.h5"
         with atomic_path(backup / name, suffix=".weights.h5") as tmp:
+            _check_free_space(backup, self._weights_bytes(backup))
             self.model.save_weights(tmp, overwrite=True)
         write_json(self._training_metadata_path,
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name})
         for stale in backup.glob("*.weights.h5"):
             if stale.name != name:
                 stale.unlink()
+
+    def _weights_bytes(self, backup):
+        """A generous estimate of the next weights file's size: the last one's, or the variables' bytes + HDF5's."""
+        previous = [p.stat().st_size for p in backup.glob("epoch-*.weights.h5")]
+        optimizer = getattr(self.model, "optimizer", None)
+        variables = list(self.model.weights) + list(getattr(optimizer, "variables", None) or [])
+        estimate = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables) * 1.1
+        return int(max(previous + [estimate + 8192 * len(variables)]))
 
     def on_train_end(self, logs=None):
         if not self.model.stop_training:  # a diverged run keeps its last good backup
@@ -264,6 +290,23 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.optimizer.build(self.model.trainable_variables)  # so its slots load too
         self.model.load_weights(Path(self.backup_dir) / state["weights"])
         self.model._initial_epoch = state["epoch"]
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint (whole model, one path such as best.keras) written with `save_model_atomic`.
+
+    Keras' version writes the .keras file in place: a kill or a full disk during the save
+    leaves a truncated best.keras where the previous best was.
+    """
+
+    def _save_model(self, epoch, batch, logs):
+        if self.save_weights_only:
+            raise ValueError("AtomicModelCheckpoint saves whole models; use save_weights_only=False")
+        filepath = self._get_file_path(epoch, batch, logs)
+        if self._should_save_model(epoch, batch, logs, filepath):
+            save_model_atomic(self.model, filepath)
+            if self.verbose > 0:
+                print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
 
 
 class ImageSummaries(keras.callbacks.Callback):
@@ -315,7 +358,7 @@ def _build_model(config, image_shape, strategy):
 def _make_model(config, image_shape, strategy):
     with strategy.scope():
         if config.init_from:
-            model = keras.saving.load_model(config.init_from, compile=False, safe_mode=True)
+            model = load_keras_model(config.init_from)  # CRC-checked, safe_mode=True
             if tuple(model.image_shape) != tuple(image_shape):
                 raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
                                  f"but the dataset has {tuple(image_shape)}")
@@ -400,7 +443,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     callbacks = [guard, EpochTimer(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
     if chief:
         callbacks += [
-            keras.callbacks.ModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
+            AtomicModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
                                             monitor="val_loss" if val_ds is not None else "loss"),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),

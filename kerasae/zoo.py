@@ -15,6 +15,7 @@ from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
 from kerasae import export as export_lib
+from kerasae.files import atomic_path
 
 #: zoo name -> (results file, where its metrics are, lower-is-better metric that decides an update)
 ZOO = {
@@ -135,8 +136,61 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
             if str(old) != version_dir.name:
                 shutil.rmtree(root / str(old))
         done[name] = version_dir
+    readme = zoo_dir / "README.md"
+    if readme.is_file():
+        update_readme_table(readme, zoo_table(zoo_dir))
     total = sum(f.stat().st_size for f in zoo_dir.rglob("*") if f.is_file())
     if total > MAX_ZOO_BYTES:
         raise ValueError(f"the zoo in {zoo_dir} takes {total / 2**20:.1f} MiB, over the {MAX_ZOO_BYTES / 2**20:.0f} "
                          "MiB budget")
     return done
+
+
+# ---- the table in exported/README.md ---------------------------------------------------------------
+
+TABLE_BEGIN, TABLE_END = "<!-- zoo-table: begin (written by scripts/reproduce.py --export-zoo) -->", \
+    "<!-- zoo-table: end -->"
+
+
+def _size(files):
+    return sum(entry["bytes"] for entry in files.values())
+
+
+def zoo_table(zoo_dir):
+    """Markdown: one row per zoo model with its measured test metrics and file sizes (from the manifests)."""
+    rows = ["| model | class, latent | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 | version |",
+            "|---|---|---|---|---|---|"]
+    for name in ZOO:
+        versions = export_lib.existing_versions(Path(zoo_dir) / name)
+        if not versions:
+            continue
+        manifest = json.loads((Path(zoo_dir) / name / str(versions[-1]) / "assets.extra" /
+                               export_lib.MANIFEST).read_text())
+        test = (manifest.get("metrics") or {}).get("test") or {}
+        if "nll" in test:
+            metric = (f"NLL {test['nll']:.2f} nats (k={test['k']}), ELBO {test['elbo']:.2f}, "
+                      f"{test['active_units']} active units")
+        else:
+            metric = f"MSE {test['mse_per_pixel']:.4f}/pixel, PSNR {test['psnr_db']:.2f} dB"
+        for row in (manifest.get("metrics") or {}).get("denoising", []):
+            if (row["noise"], row["level"]) == ("gaussian", 0.5):
+                metric += f"; gaussian 0.5: {row['psnr_noisy_db']:.1f} -> {row['psnr_denoised_db']:.1f} dB"
+        tflite = (manifest.get("tflite") or {}).get("files", {})
+        sizes = " / ".join(f"{tflite[f]['bytes'] / 2**20:.2f} MiB" for f in ("decode.fp32.tflite", "decode.int8.tflite")
+                           if f in tflite)
+        model = manifest["model"]
+        rows.append(f"| `{name}` | {model['class']}, {manifest['latent_dim']} | {metric} | "
+                    f"{_size(manifest['files']['saved_model']) / 2**20:.1f} MiB | {sizes or '-'} | "
+                    f"{manifest['version']} |")
+    return "\n".join(rows)
+
+
+def update_readme_table(readme, table):
+    """Replace what lies between the zoo-table markers of `readme` with `table` (atomically)."""
+    text = Path(readme).read_text()
+    start, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{readme}: no zoo-table markers ({TABLE_BEGIN} ... {TABLE_END})")
+    text = text[:start + len(TABLE_BEGIN)] + "\n" + table + "\n" + text[end:]
+    with atomic_path(readme) as tmp:
+        Path(tmp).write_text(text)

@@ -43,6 +43,22 @@ def test_iw_nll_is_tighter_than_the_elbo_and_agrees_with_the_model_bound(vae, mn
     np.testing.assert_array_equal(nll, again)  # seeded draws: reproducible
 
 
+def test_vae_evaluation_cache_is_keyed_by_weights_images_and_k(vae, mnist_binary, tmp_path, monkeypatch):
+    cache, x = tmp_path / "cache.json", mnist_binary[:16]
+    first = ev.evaluate_vae(vae, x, k=8, progress=False, cache=cache)
+    assert first["k"] == 8 and first["evaluation_time_s"] >= 0
+    calls = []
+    compute = ev.importance_weighted_nll
+    monkeypatch.setattr(ev, "importance_weighted_nll", lambda *a, **kw: calls.append(1) or compute(*a, **kw))
+    assert ev.evaluate_vae(vae, x, k=8, progress=False, cache=cache) == json.loads(json.dumps(first))
+    assert calls == []  # served from the cache
+    ev.evaluate_vae(vae, x, k=9, progress=False, cache=cache)  # another k
+    ev.evaluate_vae(vae, mnist_binary[16:32], k=8, progress=False, cache=cache)  # other images
+    other = kerasae.build("vae-mlp", hidden_units=[32], latent_dim=4, seed=1)  # other weights
+    ev.evaluate_vae(other, x, k=8, progress=False, cache=cache)
+    assert len(calls) == 3 and len(json.loads(cache.read_text())) == 4
+
+
 def test_active_units_and_kl_per_dimension(vae, mnist_binary):
     stats = ev.posterior_statistics(vae, mnist_binary)
     assert len(stats["kl_per_dim"]) == 4 and stats["kl"] == pytest.approx(sum(stats["kl_per_dim"]), abs=1e-3)
@@ -146,6 +162,13 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     assert model.metrics["test"]["nll"] == min(r["test"]["nll"] for r in nll["runs"].values())
     out = model.decode(z=np.zeros((2, 50), np.float32))
     assert out["x_mean"].shape == (2, 28, 28, 1)
+
+    table = zoo.zoo_table(zoo_dir)
+    assert f"NLL {model.metrics['test']['nll']:.2f} nats" in table and all(f"`{n}`" in table for n in zoo.ZOO)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{zoo.TABLE_BEGIN}\nold\n{zoo.TABLE_END}\noutro\n")
+    zoo.update_readme_table(readme, table)
+    assert readme.read_text() == f"intro\n{zoo.TABLE_BEGIN}\n{table}\n{zoo.TABLE_END}\noutro\n"
 
     # A rerun reuses every finished run and keeps a zoo model whose metric did not improve.
     before = {p: p.stat().st_mtime for p in root.rglob("model.keras")}

@@ -364,6 +364,9 @@ def test_manifest(exports, name):
     del on_disk["assets.extra/manifest.json"]
     assert {k: v["sha256"] for k, v in listed.items()} == on_disk
     assert {"saved_model.pb", "variables/variables.index"} <= set(listed)
+    weights_bytes = sum(int(np.prod(w.shape)) * 4 for w in case.model.weights)
+    variables_bytes = sum(v["bytes"] for k, v in listed.items() if k.startswith("variables/"))
+    assert weights_bytes <= variables_bytes < 1.1 * weights_bytes  # each weight stored once
     tflite_disk = _tree_hashes(case.tflite_dir)
     assert json.loads((case.tflite_dir / "manifest.json").read_text()) == m  # the same manifest ships with tflite/
     del tflite_disk["manifest.json"]

@@ -160,3 +160,9 @@ def test_a_nan_loss_stops_at_once(tmp_path):
     with pytest.raises(FloatingPointError, match="diverged"):
         kerasae.train(preset="vae-mlp-gaussian", learning_rate=1e4, lr_schedule="constant", out=str(tmp_path / "x"),
                       **{**SMALL, "epochs": 3})
+
+
+def test_read_history_skips_the_na_cells_of_epochs_without_validation(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,val_loss\n0,2.5,NA\n1,2.0,1.5\n")
+    assert train_lib.read_history(path) == [{"epoch": 0, "loss": 2.5}, {"epoch": 1, "loss": 2.0, "val_loss": 1.5}]

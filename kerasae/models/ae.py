@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from kerasae import losses
-from kerasae.models.base import BaseAutoencoder, check_choice, check_number, register
+from kerasae.models.base import BaseAutoencoder, check_choice, check_number, flag_non_finite, register
 
 
 @register
@@ -63,9 +63,13 @@ class Autoencoder(BaseAutoencoder):
         return self.decode(self.encode(x, training=training), training=training)
 
     def score(self, x):
-        """Per-example anomaly score: the reconstruction loss (nats for "bce")."""
+        """Per-example anomaly score: the reconstruction loss (nats for "bce").
+
+        NaN/Inf pixels raise here; in a traced graph (the exported signature) they give a NaN score.
+        """
         x = self.check_images(x)
-        return losses.reconstruction_error(x, self.decode_logits(self.encoder(x)), self.reconstruction_loss)
+        score = losses.reconstruction_error(x, self.decode_logits(self.encoder(x)), self.reconstruction_loss)
+        return flag_non_finite(x, score)
 
     def encoder_input(self, x, training, step=None):
         """What the encoder sees in a training step (the denoising AE corrupts it)."""

@@ -86,6 +86,18 @@ def _check_finite(t, name):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
+def flag_non_finite(x, values):
+    """`values` [B] with NaN wherever example b of the images x [B, H, W, C] has a NaN or Inf pixel.
+
+    The Python API rejects such input (`check_images`), but a traced graph (an exported
+    `score` signature, a TFLite file) cannot raise: there a non-finite pixel must not yield a
+    plausible number (TFLite's RELU maps NaN to 0, for one). Converts to TFLite builtins
+    (EQUAL, SUB, REDUCE_ALL, SELECT_V2).
+    """
+    finite = tf.reduce_all(tf.math.is_finite(x), axis=[1, 2, 3])
+    return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
+
+
 class BaseAutoencoder(keras.Model):
     """Encoder/decoder pair over images [B, H, W, C] in [0, 1].
 

@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from kerasae import losses
-from kerasae.models.base import BaseAutoencoder, check_choice, check_number, check_positive_int, register
+from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int,
+                                 flag_non_finite, register)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 GAUSSIAN_SCALES = ("pixel", "shared", "fixed")
@@ -122,12 +123,13 @@ class VAE(BaseAutoencoder):
         """Per-example anomaly score, nats: -log p(x | z=mean) + KL(q(z|x) || p(z)).
 
         The negative ELBO with its expectation replaced by the posterior mean, so it is
-        deterministic (one input, one score).
+        deterministic (one input, one score). NaN/Inf pixels raise here; in a traced graph (the
+        exported signature) they give a NaN score.
         """
         x = self.check_images(x)
         mean, log_var = self._posterior_params(x)
         kl = losses.kl_divergence(losses.diagonal_gaussian(mean, log_var), self.prior())
-        return kl - self.decoder_distribution(mean).log_prob(x)
+        return flag_non_finite(x, kl - self.decoder_distribution(mean).log_prob(x))
 
     # ---- training --------------------------------------------------------------------------
 

@@ -1,0 +1,188 @@
+"""Smoke tests of benchmarks/: each script's --quick mode runs and writes a well-formed result.
+
+The numbers of a --quick run mean nothing (and the machine may be busy); these tests check the
+structure and that every figure is a positive finite number, with and without torch (the
+optional `bench` extra: CI installs `.[dev]` only).
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+# Run a benchmark as if torch were not installed: `import torch` raises ModuleNotFoundError. (A None in
+# sys.modules would not do: scipy's array-API helpers look torch up there and trip over it.)
+_NO_TORCH = """
+import runpy, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_benchmark(script, *args, without_torch=False, timeout=900):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    prefix = [sys.executable, "-c", _NO_TORCH] if without_torch else [sys.executable]
+    return subprocess.run([*prefix, str(BENCH / script), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def load_result(proc, path):
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(Path(path).read_text())
+
+
+def positive(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def assert_summary(summary, n=None):
+    """A median/min/max summary of positive finite numbers, min <= median <= max."""
+    for key in ("median", "min", "max"):
+        assert positive(summary[key]), (key, summary)
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    if n is not None:
+        assert summary["n"] == n
+
+
+def assert_header(result, benchmark):
+    assert result["benchmark"] == benchmark and result["quick"] is True
+    for when in ("machine_at_start", "machine_at_end"):
+        machine = result[when]
+        assert machine["cpu_model"] and machine["usable_cores"] >= 1 and isinstance(machine["busy"], bool)
+    assert result["versions"]["tensorflow"] and result["versions"]["kerasae"]
+
+
+def assert_trained(entry, reps):
+    assert entry["status"] == "ok", entry
+    assert_summary(entry["samples_per_s"], n=reps)
+    assert positive(entry["train_gflops_per_s"]) and positive(entry["fraction_of_roofline"])
+    assert len(entry["reps"]) == reps
+    for rep in entry["reps"]:
+        assert len(rep["epoch_time_s"]) == 2 and all(positive(t) for t in rep["epoch_time_s"])
+        assert positive(rep["samples_per_s"])
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script, args", [
+    ("train_throughput.py", ["--reps", "0"]),
+    ("train_throughput.py", ["--epochs-per-rep", "1"]),
+    ("train_throughput.py", ["--frameworks", "kerasae,jax"]),
+    ("train_throughput.py", ["--steps", "1000"]),
+    ("train_throughput.py", ["--scaling-batches", "32,x"]),
+    ("train_throughput.py", ["--bogus"]),
+    ("inference_latency.py", ["--model", "no/such/model.keras"]),
+    ("inference_latency.py", ["--batches", "0"]),
+    ("inference_latency.py", ["--variants", "fp64"]),
+    ("inference_latency.py", ["--calls", "-3"]),
+])
+def test_bad_arguments_are_usage_errors(script, args):
+    proc = run_benchmark(script, *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "usage:" in proc.stderr and "error:" in proc.stderr
+
+
+# ---- train_throughput.py ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_train_throughput_quick_without_torch(tmp_path):
+    """The whole quick run (scaling included) where torch is missing: kerasae measured, torch recorded as missing."""
+    out = tmp_path / "train.json"
+    result = load_result(run_benchmark("train_throughput.py", "--quick", "--out", out, without_torch=True), out)
+    assert_header(result, "train_throughput")
+    assert result["setup"]["batch_size"] == 128 and result["setup"]["images_per_epoch"] == 24 * 128
+    assert result["flops"]["per_sample"]["training"] == 3 * result["flops"]["per_sample"]["forward"] == 6_537_216
+    roofline = result["roofline"]
+    assert_summary(roofline["tf_matmul_start"], n=3)
+    assert_summary(roofline["tf_matmul_end"], n=3)
+    assert positive(roofline["gflops"])
+    assert result["threads"]["tensorflow"]["intra_op_effective"] >= 1 and result["threads"]["torch"] is None
+
+    frameworks = result["frameworks"]
+    assert_trained(frameworks["kerasae"], reps=2)
+    assert frameworks["torch_eager"]["status"].startswith("not installed")
+    assert "torch_compile" not in frameworks  # --quick leaves torch.compile out
+    targets = result["targets"]
+    assert targets["kerasae_vs_torch_eager"]["pass"] is None
+    assert isinstance(targets["kerasae_fraction_of_roofline"]["pass"], bool)
+
+    scaling = result["scaling"]
+    assert [e["batch_size"] for e in scaling["batch_size"]] == [32, 128, 512]
+    assert [e["width"] for e in scaling["width"]] == [1, 2, 4]
+    for entry in scaling["batch_size"] + scaling["width"]:
+        assert entry["framework"] == "kerasae"
+        assert positive(entry["samples_per_s"]["median"]) and positive(entry["cost_per_sample_vs_base"])
+        assert entry["hidden_units"] == [512 * entry["width"], 256 * entry["width"]]
+    assert scaling["width"][0]["cost_per_sample_vs_base"] == 1.0
+    flops = [e["training_flops_per_sample"] for e in scaling["width"]]
+    assert flops[0] == 6_537_216 and flops[0] < flops[1] < flops[2]  # x4: ~6.9x the matmul work of x1
+
+
+@pytest.mark.slow
+def test_train_throughput_quick_with_torch(tmp_path):
+    """kerasae and the PyTorch reference side by side (skipped without the `bench` extra)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "train.json"
+    # one thread each: torch's OpenMP threads crawl on an oversubscribed machine (CI may be busy)
+    proc = run_benchmark("train_throughput.py", "--quick", "--no-scaling", "--threads", "1", "--out", out)
+    result = load_result(proc, out)
+    assert_header(result, "train_throughput")
+    assert result["versions"]["torch"]
+    assert result["threads"]["tensorflow"]["intra_op"] == 1 and result["threads"]["torch"]["intra_op"] == 1
+    for name in ("kerasae", "torch_eager"):
+        assert_trained(result["frameworks"][name], reps=2)
+    assert positive(result["roofline"]["torch_mm"]["median"])
+    speedup = result["targets"]["kerasae_vs_torch_eager"]
+    assert positive(speedup["value"]) and isinstance(speedup["pass"], bool)
+    assert "scaling" not in result
+
+
+# ---- inference_latency.py --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_inference_latency_quick(tmp_path):
+    out = tmp_path / "latency.json"
+    result = load_result(run_benchmark("inference_latency.py", "--quick", "--out", out), out)
+    assert_header(result, "inference_latency")
+    assert result["model"]["trained"] is False and "untrained" in result["model"]["description"]
+    export = result["export"]
+    assert positive(export["seconds"])
+    assert set(export["variants"]) == {"fp32", "fp16", "dynamic", "int8"}
+    for signature in ("encode", "decode", "reconstruct"):
+        assert positive(export["file_bytes"][f"{signature}.fp32.tflite"])
+        for batch in ("batch_1", "batch_256"):
+            entries = result["latency"][signature][batch]
+            assert_summary(entries["savedmodel"], n=10)
+            assert entries["savedmodel"]["unit"] == "ms per call"
+            for variant in ("fp32", "fp16", "dynamic", "int8"):
+                entry = entries[f"tflite_{variant}"]
+                if "status" in entry:  # the exporter skipped it, and said why
+                    assert variant == "int8" and f"{signature}.{variant}.tflite" in export["skipped"]
+                    continue
+                assert_summary(entry["call"], n=10)
+                assert_summary(entry["invoke"], n=10)
+            keras = entries["keras"]
+            assert_summary(keras["method"], n=10)
+            if signature == "reconstruct":
+                assert_summary(keras["call"], n=10)
+                assert_summary(keras["predict_on_batch"], n=10)
+    targets = result["targets"]
+    decode = targets["tflite_decode_batch1_ms"]
+    assert positive(decode["value"]) and isinstance(decode["pass"], bool)
+    assert decode["pass"] == (decode["value"] <= 0.3)
+    ratio = targets["savedmodel_vs_keras_reconstruct_batch256"]
+    assert positive(ratio["value"]) and ratio["pass"] == (ratio["value"] <= 1.2)
