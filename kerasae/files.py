@@ -82,10 +82,27 @@ class ModelFileError(ValueError):
     """A .keras file that is missing, truncated, corrupted, unsafe or not a kerasae model; nothing was loaded."""
 
 
+def checksum_path(path):
+    """The sha256 record kept beside a .keras file that kerasae wrote (`best.keras.sha256.json`)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256.json")
+
+
+def write_checksum(path, new_file):
+    """Record the sha256 of `new_file` (about to be renamed onto `path`) and of the current `path`.
+
+    Written before the rename, so a process killed between the two writes leaves a record that
+    still names the file on disk (as "previous"): loading never mistakes that for corruption.
+    """
+    previous = sha256_file(path) if Path(path).is_file() else None
+    write_json(checksum_path(path), {"sha256": sha256_file(new_file), "previous": previous})
+
+
 def load_keras_model(path):
     """Load a kerasae `.keras` file the one way kerasae does: integrity-checked and in Keras safe mode.
 
-    Every member of the zip archive is read and its CRC-32 checked first (a truncated or
+    A file kerasae wrote has a sha256 record beside it (`checksum_path`), checked first; then
+    every member of the zip archive is read and its CRC-32 checked (a truncated or
     bit-flipped file fails here, also where Keras itself would not notice, e.g. in
     metadata.json), then `keras.saving.load_model(path, compile=False, safe_mode=True)`
     refuses `Lambda` layers and any other pickled Python. Raises ModelFileError (a ValueError)
@@ -96,6 +113,16 @@ def load_keras_model(path):
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    record = checksum_path(path)
+    if record.is_file():  # written by kerasae (save_model_atomic): the file must be the one it recorded
+        try:
+            known = json.loads(record.read_text())
+            known = {known["sha256"], known.get("previous")}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ModelFileError(f"{record}: unreadable sha256 record ({err})") from err
+        if sha256_file(path) not in known:
+            raise ModelFileError(f"{path}: sha256 mismatch with {record.name} (changed or corrupted since it "
+                                 "was written)")
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import distribute, plots, registry
-from kerasae.files import atomic_path, json_text, library_versions, load_keras_model, write_json
+from kerasae.files import atomic_path, json_text, library_versions, load_keras_model, write_checksum, write_json
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
 #: Seed of the fixed binarization of validation and test images for Bernoulli models.
@@ -132,6 +132,7 @@ def save_model_atomic(model, path):
     """
     with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the extension
         model.save(tmp)
+        write_checksum(path, tmp)  # checked by load_keras_model
 
 
 def prepare_run_dir(config):

@@ -280,8 +280,9 @@ def test_kill_9_at_random_points_never_leaves_a_corrupt_latest(tmp_path, what, t
             done = [int(v) for v in progress.read_text().split()]
             visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
             if what == "checkpoint":
-                assert visible == ["latest.keras"], visible  # half-written files only ever under a hidden name
-                weights = files.load_keras_model(out / "latest.keras").get_weights()  # CRC-checked, safe_mode
+                # half-written files only ever under a hidden name
+                assert visible == ["latest.keras", "latest.keras.sha256.json"], visible
+                weights = files.load_keras_model(out / "latest.keras").get_weights()  # sha256, CRC, safe_mode
                 values = {float(v) for w in weights for v in np.unique(w)}
                 assert len(values) == 1, f"latest.keras mixes writes: {sorted(values)[:5]}"
                 assert values.pop() in (max(done), max(done) + 1)  # the last write, or one renamed at the kill
@@ -342,6 +343,27 @@ def test_truncated_or_flipped_keras_files_are_reported_not_loaded(tiny, tmp_path
             for got, want in zip(model.get_weights(), tiny.get_weights()):
                 np.testing.assert_array_equal(got, want, err_msg=label)
     assert detected >= 14  # every truncation and every flip inside a member's data
+
+
+def test_a_keras_file_kerasae_wrote_is_checked_against_its_sha256(tiny, tmp_path):
+    path = tmp_path / "best.keras"
+    training.save_model_atomic(tiny, path)
+    record = files.checksum_path(path)
+    assert json.loads(record.read_text()) == {"sha256": files.sha256_file(path), "previous": None}
+    files.load_keras_model(path)
+    first = path.read_bytes()
+    training.save_model_atomic(tiny, path)  # a second save records the first as "previous"
+    assert json.loads(record.read_text())["previous"] == hashlib.sha256(first).hexdigest()
+    # Killed between writing the record and renaming the new file: the old file still loads.
+    path.write_bytes(first)
+    files.load_keras_model(path)
+    # Any other content is refused, also a flip in bytes the zip reader never checks (the file comment).
+    path.write_bytes(first + b"x")
+    with pytest.raises(files.ModelFileError, match="best.keras: sha256 mismatch with best.keras.sha256.json"):
+        files.load_keras_model(path)
+    record.write_text("{")
+    with pytest.raises(files.ModelFileError, match="unreadable sha256 record"):
+        files.load_keras_model(path)
 
 
 @pytest.fixture
