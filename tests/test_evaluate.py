@@ -8,9 +8,9 @@ import pytest
 
 import kerasae
 from kerasae import evaluate as ev
-from kerasae import zoo
+from kerasae import export, zoo
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +188,18 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     with pytest.raises(ValueError, match="available: .*dae-mlp"):
         zoo.load_pretrained("nope", zoo_dir=zoo_dir)
     shutil.rmtree(zoo_dir)
+
+
+def test_the_shipped_zoo_is_intact_and_matches_the_published_results():
+    """exported/: every zoo model verifies (sha256, SavedModel and TFLite load), fits the 40 MB budget and
+    carries the metrics of benchmarks/results; load_pretrained decodes images with it."""
+    zoo_dir, results = REPO / "exported", REPO / "benchmarks" / "results"
+    assert sum(p.stat().st_size for p in zoo_dir.rglob("*") if p.is_file()) <= zoo.MAX_ZOO_BYTES
+    for name in zoo.ZOO:
+        assert export.verify(zoo_dir / name) == [], name
+        _, metrics, value = zoo.zoo_metrics(name, results)
+        assert zoo.load_pretrained(name, zoo_dir=zoo_dir).metrics["test"] == json.loads(json.dumps(metrics["test"]))
+    vae = zoo.load_pretrained("vae-mlp", zoo_dir=zoo_dir)
+    x = vae.decode(z=np.zeros((3, vae.manifest["latent_dim"]), np.float32))["x_mean"].numpy()
+    assert x.shape == (3, 28, 28, 1) and 0.0 <= x.min() and x.max() <= 1.0
+    assert zoo.zoo_table(zoo_dir) in (zoo_dir / "README.md").read_text()
