@@ -1,7 +1,10 @@
 """kerasae.evaluate, scripts/evaluate.py, scripts/reproduce.py (quick mode) and the pretrained zoo."""
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,4 +205,8 @@ def test_the_shipped_zoo_is_intact_and_matches_the_published_results():
     vae = zoo.load_pretrained("vae-mlp", zoo_dir=zoo_dir)
     x = vae.decode(z=np.zeros((3, vae.manifest["latent_dim"]), np.float32))["x_mean"].numpy()
     assert x.shape == (3, 28, 28, 1) and 0.0 <= x.min() and x.max() <= 1.0
-    assert zoo.zoo_table(zoo_dir) in (zoo_dir / "README.md").read_text()
+    readme = (zoo_dir / "README.md").read_text()
+    assert zoo.zoo_table(zoo_dir) in readme
+    example = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "load_pretrained" in b)
+    proc = subprocess.run([sys.executable, "-c", example], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "'nll': " in proc.stdout, proc.stderr[-3000:]
