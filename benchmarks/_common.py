@@ -44,6 +44,14 @@ def parse_args(parser, argv, defaults, out_name):
     return args
 
 
+def report_header(result, out):
+    """The first lines of a benchmark's printed report: where it went, and whether to trust it."""
+    lines = [f"wrote {out}" + ("  (QUICK run: smoke only, numbers mean nothing)" if result["quick"] else "")]
+    if result["machine_at_start"]["busy"] or result["machine_at_end"]["busy"]:
+        lines.append("WARNING: the machine was busy (load average above half the cores): numbers are not results")
+    return lines
+
+
 def positive_int(text):
     """argparse type: an integer >= 1 (a bad value is a usage error, exit status 2)."""
     try:

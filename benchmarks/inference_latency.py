@@ -269,9 +269,7 @@ def targets(latency, variants):
 
 
 def report(result, out):
-    lines = [f"wrote {out}" + ("  (QUICK run: smoke only, numbers mean nothing)" if result["quick"] else "")]
-    if result["machine_at_start"]["busy"] or result["machine_at_end"]["busy"]:
-        lines.append("WARNING: the machine was busy (load average above half the cores): numbers are not results")
+    lines = common.report_header(result, out)
     lines.append(f"export: {result['export']['seconds']} s; skipped: {result['export']['skipped'] or 'none'}")
     for signature, table in result["latency"].items():
         for batch, entries in table.items():

@@ -418,9 +418,7 @@ def targets(frameworks):
 
 
 def report(result, out):
-    lines = [f"wrote {out}" + ("  (QUICK run: smoke only, numbers mean nothing)" if result["quick"] else "")]
-    if result["machine_at_start"]["busy"] or result["machine_at_end"]["busy"]:
-        lines.append("WARNING: the machine was busy (load average above half the cores): numbers are not results")
+    lines = common.report_header(result, out)
     lines.append(f"roofline: {result['roofline']['gflops']} GFLOP/s (tf.matmul {result['roofline']['n']}^2)")
     for name, entry in result["frameworks"].items():
         if "samples_per_s" in entry:
