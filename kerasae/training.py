@@ -445,7 +445,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if chief:
         callbacks += [
             AtomicModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
-                                            monitor="val_loss" if val_ds is not None else "loss"),
+                                  monitor="val_loss" if val_ds is not None else "loss"),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             ImageSummaries(run_dir / "logs" / "images", x_test[:8]),

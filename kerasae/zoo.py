@@ -107,12 +107,17 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
-def _current_metric(root, metric):
-    versions = export_lib.existing_versions(root) if root.is_dir() else []
+def _latest_manifest(root):
+    """The manifest of the newest version under exported/<name>, or None when there is none."""
+    versions = export_lib.existing_versions(root)
     if not versions:
         return None
-    manifest = json.loads((root / str(max(versions)) / "assets.extra" / export_lib.MANIFEST).read_text())
-    return ((manifest.get("metrics") or {}).get("test") or {}).get(metric)
+    return json.loads((Path(root) / str(max(versions)) / "assets.extra" / export_lib.MANIFEST).read_text())
+
+
+def _current_metric(root, metric):
+    manifest = _latest_manifest(root)
+    return None if manifest is None else ((manifest.get("metrics") or {}).get("test") or {}).get(metric)
 
 
 def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False):
@@ -161,11 +166,9 @@ def zoo_table(zoo_dir):
     rows = ["| model | class, latent | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 | version |",
             "|---|---|---|---|---|---|"]
     for name in ZOO:
-        versions = export_lib.existing_versions(Path(zoo_dir) / name)
-        if not versions:
+        manifest = _latest_manifest(Path(zoo_dir) / name)
+        if manifest is None:
             continue
-        manifest = json.loads((Path(zoo_dir) / name / str(versions[-1]) / "assets.extra" /
-                               export_lib.MANIFEST).read_text())
         test = (manifest.get("metrics") or {}).get("test") or {}
         if "nll" in test:
             metric = (f"NLL {test['nll']:.2f} nats (k={test['k']}), ELBO {test['elbo']:.2f}, "
