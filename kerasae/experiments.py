@@ -20,11 +20,14 @@ class Experiment:
     description: str
     config: dict  # TrainConfig kwargs of the full run
     quick: dict = dataclasses.field(default_factory=dict)  # overrides for the quick mode
+    init_from: str | None = None  # another experiment: this run fine-tunes its best model (best.keras)
 
     def train_config(self, root, quick=False, verbose="auto"):
         kwargs = {**self.config, **(QUICK if quick else {}), **(self.quick if quick else {})}
-        return train_lib.TrainConfig(out=str(Path(root) / ("quick" if quick else "full") / self.name),
-                                     verbose=verbose, **kwargs)
+        mode_root = Path(root) / ("quick" if quick else "full")
+        if self.init_from:
+            kwargs["init_from"] = str(mode_root / self.init_from / "best.keras")
+        return train_lib.TrainConfig(out=str(mode_root / self.name), verbose=verbose, **kwargs)
 
 
 #: Every quick run: a few epochs on a slice of MNIST (minutes on 2 CPU cores, all runs together).
@@ -33,8 +36,10 @@ QUICK = dict(epochs=2, max_train_samples=3000, max_test_samples=500, validation_
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def register_experiment(name, description, config, quick=None):
-    EXPERIMENTS[name] = Experiment(name, description, config, quick or {})
+def register_experiment(name, description, config, quick=None, init_from=None):
+    if init_from is not None and init_from not in EXPERIMENTS:
+        raise ValueError(f"init_from: experiment {init_from!r} must be registered first")
+    EXPERIMENTS[name] = Experiment(name, description, config, quick or {}, init_from)
 
 
 register_experiment("ae-mlp-seed", "The classic deep AE with a 2-D code: AE vs PCA, interpolation, prior samples.",
@@ -55,12 +60,12 @@ register_experiment(
          epochs=250),
     quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, kl_warmup_steps=10)))
 register_experiment(
-    "iwae-nll", "The IWAE likelihood run: the same network trained on the IWAE bound with k=5, 60 epochs.",
-    dict(preset="iwae-mlp", model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
-                                              kl_warmup_steps=10 * STEPS_PER_EPOCH),
-         epochs=60),
-    quick=dict(model_kwargs=dict(hidden_units=(512, 512, 512), latent_dim=50, num_importance_samples=5,
-                                 kl_warmup_steps=10)))
+    "iwae-nll", "The IWAE likelihood run: vae-nll's best model fine-tuned on the IWAE bound (k=5) for 100 epochs.",
+    # Fine-tuning beats training from scratch on the budget: 60 epochs of IWAE k=5 from scratch reached
+    # only 85.6 nats (21 s/epoch here), while vae-nll (9 s/epoch) is already at 84.9.
+    dict(preset="iwae-mlp", model_kwargs=dict(num_importance_samples=5, kl_warmup_steps=0),
+         learning_rate=3e-4, epochs=100),
+    init_from="vae-nll")
 
 
 def get_experiment(name):
@@ -87,7 +92,10 @@ def run(name, root="runs/reproduce", quick=False, verbose="auto"):
 
     An interrupted run resumes from its last completed epoch.
     """
-    config = get_experiment(name).train_config(root, quick, verbose)
+    experiment = get_experiment(name)
+    if experiment.init_from:
+        run(experiment.init_from, root, quick, verbose)
+    config = experiment.train_config(root, quick, verbose)
     if finished(config):
         return Path(config.out)
     return train_lib.train(config).run_dir

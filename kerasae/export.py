@@ -40,6 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerasae import fp16 as fp16_lib
 from kerasae.files import json_text, library_versions, load_keras_model, sha256_file
 
 SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")  # reconstruct first: it becomes serving_default
@@ -50,6 +51,8 @@ FORMAT = "kerasae-export/1"
 NUM_PARITY_IMAGES = 256
 #: Training images an int8 file is calibrated on (export_run's default).
 NUM_REPRESENTATIVE_IMAGES = 500
+#: Representative images the fp16 weights are rounded on (see kerasae.fp16).
+NUM_FP16_CALIBRATION_IMAGES = 2000
 #: Parity tolerances: variant -> (metric, bound, outputs it applies to; None: every output).
 #: max_diff is max |tflite - savedmodel| / max(1, max |savedmodel|), per output: the absolute
 #: error for outputs within [-1, 1] (images) and the error relative to the output's largest
@@ -288,7 +291,8 @@ def _codes(loaded, images):
 def convert_tflite(saved_model_dir, signature, variant, representative=None):
     """Convert one signature of a SavedModel to TFLite bytes, builtin ops only.
 
-    fp32: as is. fp16: float16 weights (dequantized at load, float compute). dynamic:
+    fp32: as is. fp16: float16 weights (dequantized at load, float compute; `export_model`
+    then puts the biases and code/output layers back to float32, see kerasae.fp16). dynamic:
     dynamic-range quantization (int8 weights, activations quantized on the fly). int8: full
     integer quantization calibrated on `representative` (input dicts), int8 builtins only;
     inputs and outputs stay float32 (quantized/dequantized inside the graph), so every
@@ -465,17 +469,30 @@ def parity_failures(parity):
     return failures
 
 
+def _convert(saved_model_dir, signature, variant, representative, fp16, fp32_cache):
+    if variant not in ("fp32", "fp16"):
+        return convert_tflite(saved_model_dir, signature, variant, representative)
+    source, float32_layers = fp16 if variant == "fp16" else (saved_model_dir, ())
+    if (source, signature) not in fp32_cache:  # fp16 files take their float32 constants from the same source
+        fp32_cache[source, signature] = convert_tflite(source, signature, "fp32")
+    if variant == "fp32":
+        return fp32_cache[source, signature]
+    return fp16_lib.keep_float32(convert_tflite(source, signature, "fp16"), fp32_cache[source, signature],
+                                 float32_layers)
+
+
 def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parity_data, strict_parity,
-                  signatures=SIGNATURES):
+                  signatures=SIGNATURES, fp16=None):
     """Convert, load-check and parity-check every signature x variant into out_dir; the manifest's tflite part.
 
-    A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about
-    (fp16 weights alone move a well-trained deep decoder's pixels by ~1.5e-3), unless
-    `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export.
+    fp16 files are converted from fp16 = (SavedModel dir, float32 layer names), a `kerasae.fp16.plan`
+    (default: saved_model_dir, nearest rounding, biases alone float32).
+    A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about,
+    unless `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export.
     """
     out_dir.mkdir()
     loaded = tf.saved_model.load(str(saved_model_dir))
-    files, skipped = {}, {}
+    files, skipped, fp32_cache = {}, {}, {}
     for signature in signatures:
         for variant in variants:
             file_name = f"{signature}.{variant}.tflite"
@@ -483,7 +500,8 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
             if variant == "int8":
                 representative = representative_inputs(loaded, signature, representative_data)
             try:
-                model_bytes = convert_tflite(saved_model_dir, signature, variant, representative)
+                model_bytes = _convert(saved_model_dir, signature, variant, representative,
+                                       fp16 or (saved_model_dir, ()), fp32_cache)
             except Exception as err:  # noqa: BLE001  (the converter raises assorted types)
                 if variant != "int8":
                     raise ExportError(f"{file_name}: TFLite conversion failed: {err}") from err
@@ -493,6 +511,10 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
             entry = {"signature": signature, "variant": variant, "bytes": len(model_bytes),
                      "ops": sorted({name for name, _ in tflite_op_codes(model_bytes)}),
                      **_io_details(interpreter, signature)}
+            if variant == "fp16":
+                entry["float32_weights"] = {
+                    "layers": ["biases", *(fp16[1] if fp16 else ())],
+                    "float16_rounding": "GPTQ on representative data (Dense), nearest (conv)" if fp16 else "nearest"}
             if variant == "int8":
                 float_ops = _int8_float_ops(interpreter)
                 if float_ops:
@@ -584,8 +606,8 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         tflite: the variants to convert every signature to (a subset of VARIANTS, or a
             comma-separated string); () for the SavedModel alone.
         tflite_signatures: the signatures converted to TFLite (default all; the zoo ships decode only).
-        representative_data: float32 images [N, H, W, C] to calibrate int8 on (drawn from the
-            training data); required when "int8" is asked for.
+        representative_data: float32 images [N, H, W, C] to calibrate int8 on and to round
+            the fp16 weights on (drawn from the training data); required when "int8" is asked for.
         parity_data: images the TFLite files are compared with the SavedModel on (default: the
             first NUM_PARITY_IMAGES of representative_data, else seeded uniform noise).
         metrics, preset, source: recorded in the manifest.
@@ -651,8 +673,14 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
                      if not diff <= KERAS_TOLERANCE]
         if problems:
             raise ExportError("; ".join(problems))
+        fp16 = None
+        if "fp16" in variants and representative_data is not None:
+            rounded, float32_layers = fp16_lib.plan(model, representative_data[:NUM_FP16_CALIBRATION_IMAGES],
+                                                    bound=PARITY_TOLERANCES["fp16"][1])
+            write_saved_model(rounded, tmp / "fp16_source")
+            fp16 = (tmp / "fp16_source", float32_layers)
         tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
-                                     strict_parity, tflite_signatures) if variants else None)
+                                     strict_parity, tflite_signatures, fp16) if variants else None)
         if tflite_info:
             tflite_info["parity_data"] = f"{len(parity_data)} images ({parity_source})"
         (saved_dir / "assets.extra").mkdir(exist_ok=True)

@@ -117,8 +117,8 @@ def save_rate_distortion(rows, path):
     plt.close(fig)
 
 
-def save_curves(curves, path, ylabel, title):
-    """Learning curves: curves = {label: (epochs, values)}."""
+def save_curves(curves, path, ylabel, title, ylim=None):
+    """Learning curves: curves = {label: (epochs, values)}; `ylim` (low, high) or None for all of them."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for label, (x, y) in curves.items():
@@ -126,6 +126,8 @@ def save_curves(curves, path, ylabel, title):
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -41,10 +41,20 @@ def run_record(run_dir):
     config = json.loads((run_dir / "config.json").read_text())
     history = train_lib.read_history(run_dir / "history.csv")
     times = [row["epoch_time_s"] for row in history if "epoch_time_s" in row]
-    return {"run_dir": str(run_dir), "preset": config["preset"], "train_config": config["train"],
-            "model_config": config["model"]["config"], "epochs": len(history),
-            "training_time_s": round(sum(times), 1) if len(times) == len(history) else None,
-            "seed": config["train"]["seed"], "versions": library_versions()}
+    record = {"run_dir": str(run_dir), "preset": config["preset"], "train_config": config["train"],
+              "model_config": config["model"]["config"], "epochs": len(history),
+              "training_time_s": round(sum(times), 1) if len(times) == len(history) else None,
+              "seed": config["train"]["seed"], "versions": library_versions()}
+    init_from = config["train"].get("init_from")
+    if init_from and (Path(init_from).parent / "config.json").exists():
+        # A fine-tuned run's cost includes the run it started from.
+        base = run_record(Path(init_from).parent)
+        record["init_from"] = {key: base[key] for key in ("run_dir", "preset", "epochs", "training_time_s")}
+        record["total_epochs"] = base.get("total_epochs", base["epochs"]) + record["epochs"]
+        known = None not in (record["training_time_s"], base["training_time_s"])
+        record["total_training_time_s"] = (round(base.get("total_training_time_s", base["training_time_s"])
+                                                  + record["training_time_s"], 1) if known else None)
+    return record
 
 
 # ---- the seed claims ----------------------------------------------------------------------------
@@ -153,16 +163,24 @@ def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True):
         result = ev.evaluate_vae(model, x_test, k=k, progress=progress, cache=Path(run_dir) / ev.EVALUATION_CACHE)
         history = train_lib.read_history(Path(run_dir) / "history.csv")
         target = TARGETS.get(name)
-        out["runs"][name] = {**run_record(run_dir), "test": result, "evaluation_time_s": result["evaluation_time_s"],
+        record = run_record(run_dir)
+        start = record.get("total_epochs", record["epochs"]) - record["epochs"]  # a fine-tune continues its base
+        out["runs"][name] = {**record, "test": result, "evaluation_time_s": result["evaluation_time_s"],
                              "target_nll": target, "meets_target": None if target is None else result["nll"] <= target,
-                             "learning_curve": [{"epoch": row["epoch"] + 1, "loss": row["loss"],
+                             "learning_curve": [{"epoch": start + row["epoch"] + 1, "loss": row["loss"],
                                                  "val_loss": row.get("val_loss"), "val_elbo": row.get("val_elbo")}
                                                 for row in history]}
-        curves[f"{name} validation -ELBO"] = ([r["epoch"] + 1 for r in history], [-r["val_elbo"] for r in history])
-        curves[f"{name} training loss"] = ([r["epoch"] + 1 for r in history], [r["loss"] for r in history])
+        epochs = [start + r["epoch"] + 1 for r in history]
+        curves[f"{name} validation -ELBO"] = (epochs, [-r["val_elbo"] for r in history])
+        curves[f"{name} training loss"] = (epochs, [r["loss"] for r in history])
+        if record["model_config"].get("num_importance_samples", 1) > 1:
+            k = record["model_config"]["num_importance_samples"]
+            curves[f"{name} validation -IWAE bound (k={k})"] = (epochs, [r["val_loss"] for r in history])
     if curves:
+        low = min(min(values) for _, values in curves.values())
         plots.save_curves(curves, fig_dir / "nll_learning_curves.png", "nats per image",
-                          "MNIST likelihood runs (validation: fixed binarization)")
+                          "MNIST likelihood runs (validation: fixed binarization)",
+                          ylim=(low - 2, low + 25))  # the first epochs' 100-200 nats would flatten the rest
     return out
 
 
@@ -197,6 +215,16 @@ def _table(header, rows):
     return "\n".join(lines)
 
 
+def _epochs(record):
+    if "init_from" not in record:
+        return record["epochs"]
+    return f"{record['init_from']['epochs']} ({Path(record['init_from']['run_dir']).name}) + {record['epochs']}"
+
+
+def _minutes(seconds):
+    return "?" if seconds is None else f"{seconds / 60:.0f} min"
+
+
 def summary(results):
     """Markdown tables of the results (what README's Results section shows)."""
     parts = []
@@ -228,7 +256,7 @@ def summary(results):
     if nll:
         parts.append(f"MNIST test NLL (IWAE bound, k={nll['protocol']['k']}), nats:\n\n" + _table(
             ["run", "NLL", "ELBO", "active units", "epochs", "training time", "target", "met"],
-            [[name, f"{r['test']['nll']:.2f}", f"{r['test']['elbo']:.2f}", r["test"]["active_units"], r["epochs"],
-              "?" if r["training_time_s"] is None else f"{r['training_time_s'] / 60:.0f} min", r["target_nll"],
-              r["meets_target"]] for name, r in nll["runs"].items()]))
+            [[name, f"{r['test']['nll']:.2f}", f"{r['test']['elbo']:.2f}", r["test"]["active_units"], _epochs(r),
+              _minutes(r.get("total_training_time_s", r["training_time_s"])), r["target_nll"], r["meets_target"]]
+             for name, r in nll["runs"].items()]))
     return "\n\n".join(parts)

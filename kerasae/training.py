@@ -82,9 +82,6 @@ class TrainConfig:
         """Raise ValueError naming the first bad field; checks the model kwargs by building nothing."""
         if self.init_from is None:
             registry.preset_kwargs(self.preset, **self.model_kwargs)
-        elif self.model_kwargs:
-            raise ValueError("init_from takes the architecture from the saved model; drop the model overrides "
-                             f"{sorted(self.model_kwargs)}")
         elif not Path(self.init_from).is_file():
             raise ValueError(f"init_from: no such model file {self.init_from!r}")
         for name in ("epochs", "batch_size", "steps_per_execution"):
@@ -363,9 +360,33 @@ def _make_model(config, image_shape, strategy):
             if tuple(model.image_shape) != tuple(image_shape):
                 raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
                                  f"but the dataset has {tuple(image_shape)}")
+            if config.model_kwargs:
+                model = _with_overrides(model, config.model_kwargs, config.init_from)
         else:
             model = registry.build(config.preset, image_shape=image_shape, **config.model_kwargs)
         return model
+
+
+def _with_overrides(saved, overrides, path):
+    """The saved model's class and config with `overrides` applied, holding the saved weights.
+
+    For changing how a trained network is trained (e.g. VAE -> IWAE bound, KL warm-up off), not its
+    architecture: every weight must keep its shape.
+    """
+    try:
+        model = type(saved).from_config({**saved.get_config(), **overrides})
+    except (TypeError, ValueError) as err:  # an unknown keyword or a bad value
+        raise ValueError(f"init_from: model_kwargs {sorted(overrides)} do not apply to {type(saved).__name__}: "
+                         f"{err}") from None
+    new, old = model.weights, saved.weights
+    mismatch = [(w.path, tuple(w.shape), tuple(v.shape)) for w, v in zip(new, old) if w.shape != v.shape]
+    if len(new) != len(old) or mismatch:
+        raise ValueError(f"init_from: model_kwargs {sorted(overrides)} change the architecture of {path} "
+                         f"({len(new)} vs {len(old)} weights; first differing (path, new, saved): "
+                         f"{mismatch[:1]}); only training settings may be overridden")
+    for w, v in zip(new, old):
+        w.assign(v)
+    return model
 
 
 def _compile(model, config, steps_per_epoch, strategy):

@@ -152,6 +152,11 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     assert set(nll["runs"]) == {"vae-nll", "iwae-nll"}
     for run in nll["runs"].values():
         assert np.isfinite(run["test"]["nll"]) and run["test"]["nll"] <= -run["test"]["elbo"]
+    iwae, vae = nll["runs"]["iwae-nll"], nll["runs"]["vae-nll"]  # iwae-nll fine-tunes vae-nll's best model
+    assert iwae["train_config"]["init_from"] == str(root / "quick" / "vae-nll" / "best.keras")
+    assert iwae["model_config"]["num_importance_samples"] == 5 and vae["model_config"]["num_importance_samples"] == 1
+    assert iwae["init_from"]["run_dir"] == vae["run_dir"] and iwae["total_epochs"] == 4
+    assert iwae["total_training_time_s"] == pytest.approx(vae["training_time_s"] + iwae["training_time_s"], abs=0.2)
     for name in ("latent_2d", "denoising", "samples_ae_vs_vae", "interpolation", "vae_manifold",
                  "reconstructions", "rate_distortion", "nll_learning_curves"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name

@@ -79,8 +79,27 @@ def test_fine_tune_from_a_saved_model(vae_run, tmp_path):
     assert type(result.model) is kerasae.VAE and result.model.latent_dim == 2
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert config["train"]["init_from"].endswith("model.keras") and config["preset"] is None
-    with pytest.raises(ValueError, match="init_from takes the architecture"):
-        train_lib.TrainConfig(init_from=str(vae_run.run_dir / "model.keras"), model_kwargs={"latent_dim": 3}).validate()
+
+
+def test_fine_tune_with_other_training_settings_starts_from_the_saved_weights(vae_run):
+    """init_from + model_kwargs: same network, another objective (here the IWAE bound, no KL warm-up)."""
+    saved = vae_run.run_dir / "model.keras"
+    config = train_lib.TrainConfig(init_from=str(saved), model_kwargs={"num_importance_samples": 3,
+                                                                       "kl_warmup_steps": 0})
+    model = train_lib._make_model(config, (28, 28, 1), tf.distribute.get_strategy())
+    assert (model.num_importance_samples, model.kl_warmup_steps, model.latent_dim) == (3, 0, 2)
+    original = keras.saving.load_model(saved)
+    for new, old in zip(model.weights, original.weights, strict=True):
+        np.testing.assert_array_equal(new.numpy(), old.numpy())
+    x = kerasae.data.binarize(kerasae.load_dataset().x_test[:8])
+    np.testing.assert_allclose(model.reconstruct(x).numpy(), original.reconstruct(x).numpy(), atol=1e-6)
+    for overrides, match in (({"latent_dim": 3}, r"change the architecture.*enc_out/kernel"),
+                             ({"hidden_units": [32]}, "change the architecture"),
+                             ({"no_such_setting": 1}, r"init_from: model_kwargs \['no_such_setting'\]"),
+                             ({"num_importance_samples": 0}, "num_importance_samples")):
+        with pytest.raises(ValueError, match=match):
+            train_lib._make_model(train_lib.TrainConfig(init_from=str(saved), model_kwargs=overrides),
+                                  (28, 28, 1), tf.distribute.get_strategy())
 
 
 class _Crash(Exception):
