@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import data as data_lib
-from kerasae import distribute, plots, registry
+from kerasae import distribute, optimizers, plots, registry
 from kerasae.files import atomic_path, json_text, library_versions, load_keras_model, write_checksum, write_json
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
@@ -395,7 +395,7 @@ def _compile(model, config, steps_per_epoch, strategy):
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, config.epochs * steps_per_epoch),
                                                     alpha=0.05)
     with strategy.scope():
-        model.compile(optimizer=keras.optimizers.Adam(lr), steps_per_execution=config.steps_per_execution,
+        model.compile(optimizer=optimizers.Adam(lr), steps_per_execution=config.steps_per_execution,
                       jit_compile=config.jit_compile)
 
 
