@@ -598,7 +598,7 @@ def check_variants(tflite):
 
 def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
                  parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
-                 tflite_signatures=SIGNATURES):
+                 tflite_signatures=SIGNATURES, fp16_data=None):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
 
     Args:
@@ -606,8 +606,11 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         tflite: the variants to convert every signature to (a subset of VARIANTS, or a
             comma-separated string); () for the SavedModel alone.
         tflite_signatures: the signatures converted to TFLite (default all; the zoo ships decode only).
-        representative_data: float32 images [N, H, W, C] to calibrate int8 on and to round
-            the fp16 weights on (drawn from the training data); required when "int8" is asked for.
+        representative_data: float32 images [N, H, W, C] to calibrate int8 on (drawn from the
+            training data); required when "int8" is asked for.
+        fp16_data: training images the fp16 weights are rounded on (kerasae.fp16.plan; at
+            least NUM_FP16_CALIBRATION_IMAGES for GPTQ on MNIST-sized inputs); default
+            representative_data; neither: nearest rounding, float32 biases.
         parity_data: images the TFLite files are compared with the SavedModel on (default: the
             first NUM_PARITY_IMAGES of representative_data, else seeded uniform noise).
         metrics, preset, source: recorded in the manifest.
@@ -629,6 +632,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         representative_data = _check_images(representative_data, shape, "representative_data")
     if parity_data is not None:
         parity_data = _check_images(parity_data, shape, "parity_data")
+    fp16_data = representative_data if fp16_data is None else _check_images(fp16_data, shape, "fp16_data")
     if "int8" in variants and representative_data is None:
         raise ValueError("int8 TFLite needs representative_data (training images [N, H, W, C] in [0, 1]) to "
                          "calibrate on; pass it (CLI: --representative-data FILE.npz) or drop int8 from tflite")
@@ -674,8 +678,8 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         if problems:
             raise ExportError("; ".join(problems))
         fp16 = None
-        if "fp16" in variants and representative_data is not None:
-            rounded, float32_layers = fp16_lib.plan(model, representative_data[:NUM_FP16_CALIBRATION_IMAGES],
+        if "fp16" in variants and fp16_data is not None:
+            rounded, float32_layers = fp16_lib.plan(model, fp16_data[:NUM_FP16_CALIBRATION_IMAGES],
                                                     bound=PARITY_TOLERANCES["fp16"][1])
             write_saved_model(rounded, tmp / "fp16_source")
             fp16 = (tmp / "fp16_source", float32_layers)
@@ -838,22 +842,24 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
             raise ValueError(f"the run's dataset has images {data.image_shape}, the model takes {shape}")
     elif variants and shape == (28, 28, 1):
         data = data_lib.load_mnist()
-    parity_data = None
+    parity_data = fp16_data = None
     if data is not None:
         parity_data = data.x_test[:NUM_PARITY_IMAGES]
         if binary:  # the fixed binarization the run was tested on (metrics.json; training's default is seed 0)
             parity_data = data_lib.binarize(parity_data, seed=TEST_BINARIZATION_SEED)
+        train = data.x_train[:max(num_representative, NUM_FP16_CALIBRATION_IMAGES)]
+        if binary:  # Bernoulli models train on binarized pixels
+            train = data_lib.binarize(train, seed=1)
         if representative_data is None:
-            representative_data = data.x_train[:num_representative]
-            if binary:  # Bernoulli models train on binarized pixels
-                representative_data = data_lib.binarize(representative_data, seed=1)
+            representative_data = train[:num_representative]
+        fp16_data = train
     if "int8" in variants and representative_data is None:
         raise ValueError(f"{path}: no training data to calibrate int8 on (not a run directory, and images "
                          f"{shape} are not MNIST's); pass --representative-data FILE.npz or drop int8 from --tflite")
     return export_model(model, export_dir, name, version=version, tflite=variants,
                         representative_data=representative_data, parity_data=parity_data, metrics=metrics,
                         preset=config.get("preset"), overwrite=overwrite, source=path, strict_parity=strict_parity,
-                        tflite_signatures=tflite_signatures)
+                        tflite_signatures=tflite_signatures, fp16_data=fp16_data)
 
 
 # ---- verify -----------------------------------------------------------------------------------

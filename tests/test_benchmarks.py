@@ -89,6 +89,8 @@ def assert_trained(entry, reps):
     ("inference_latency.py", ["--batches", "0"]),
     ("inference_latency.py", ["--variants", "fp64"]),
     ("inference_latency.py", ["--calls", "-3"]),
+    ("fp16_parity.py", ["no/such/run"]),
+    ("fp16_parity.py", []),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)
@@ -186,3 +188,23 @@ def test_inference_latency_quick(tmp_path):
     assert decode["pass"] == (decode["value"] <= 0.3)
     ratio = targets["savedmodel_vs_keras_reconstruct_batch256"]
     assert positive(ratio["value"]) and ratio["pass"] == (ratio["value"] <= 1.2)
+
+
+# ---- fp16_parity.py --------------------------------------------------------------------------
+
+def test_fp16_parity_on_a_trained_run(tmp_path):
+    import kerasae
+
+    run = kerasae.train(preset="vae-mlp", model_kwargs={"hidden_units": [64], "latent_dim": 4}, epochs=1,
+                        max_train_samples=2500, max_test_samples=256, out=str(tmp_path / "run"), verbose=0).run_dir
+    out = tmp_path / "fp16.json"
+    result = load_result(run_benchmark("fp16_parity.py", run, "--out", out), out)
+    assert result["benchmark"] == "fp16_parity" and result["bound"] == 1e-3
+    signatures = result["runs"]["run"]["signatures"]
+    assert set(signatures) == {"reconstruct", "decode"}
+    for entry in signatures.values():
+        ours, nearest = entry["kerasae"], entry["nearest"]
+        assert ours["within_tolerance"] and 0 < ours["max_abs_diff"] <= 1e-3
+        assert positive(nearest["max_abs_diff"]) and 0.45 <= nearest["size_vs_fp32"] <= 0.55
+        assert ours["float32_weights"]["layers"][0] == "biases" and 0.45 <= ours["size_vs_fp32"] <= 1.0
+        assert entry["fp32_max_abs_diff"] <= 1e-5

@@ -11,7 +11,7 @@ from kerasae.data import load_mnist
 
 @pytest.fixture(scope="module")
 def images():
-    return load_mnist().take(500, 64).x_train
+    return load_mnist().take(2000, 64).x_train  # >= 2x the 784 inputs: GPTQ for every Dense kernel
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def model(images):
     keras.utils.set_random_seed(0)
     vae = kerasae.build("vae-mlp", hidden_units=(128, 64), latent_dim=8)
     vae.compile(optimizer=keras.optimizers.Adam(1e-3))
-    vae.fit(images, batch_size=50, epochs=1, verbose=0)
+    vae.fit(images, batch_size=100, epochs=1, verbose=0)
     return vae
 
 
@@ -56,6 +56,12 @@ def test_plan_keeps_float32_only_the_kernels_the_bound_needs(model, images):
         np.testing.assert_array_equal(kernel, kernel.astype(np.float16).astype(np.float32), err_msg=name)
     rounded = _max_error(copy, model, images)
     assert 0 < rounded < 1e-3
+    first = original["enc_dense_0"]
+    nearest = first.astype(np.float16).astype(np.float32)
+    assert np.mean(_kernels(copy)["enc_dense_0"] != nearest) > 0.01  # GPTQ moved some roundings
+    few, _ = fp16.plan(model, images[:1000], bound=1.0)  # < 2 x 784 images: GPTQ would overfit them
+    np.testing.assert_array_equal(_kernels(few)["enc_dense_0"], nearest)
+    assert np.mean(_kernels(few)["enc_dense_1"] != original["enc_dense_1"].astype(np.float16)) > 0.01  # 128 inputs
 
     copy, keep = fp16.plan(model, images, bound=rounded / 4)
     assert 0 < len(keep) < len(original)
