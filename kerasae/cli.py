@@ -147,7 +147,8 @@ def config_from_args(parser, args):
             parser.error(f"--noise applies to dae presets, not {preset} ({family})")
         overrides["noise_type"], overrides["noise_level"] = args.noise
     if args.init_from and overrides:
-        parser.error("--init-from takes the architecture from the saved model; drop the model flags")
+        parser.error("--init-from takes the architecture from the saved model; drop the model flags (to change "
+                     "training settings such as k, use kerasae.train(init_from=..., model_kwargs={...}))")
     return train_lib.TrainConfig(
         preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
         image_size=args.image_size, color_mode=args.color_mode, epochs=args.epochs, batch_size=args.batch_size,

@@ -472,7 +472,7 @@ def parity_failures(parity):
 def _convert(saved_model_dir, signature, variant, representative, fp16, fp32_cache):
     if variant not in ("fp32", "fp16"):
         return convert_tflite(saved_model_dir, signature, variant, representative)
-    source, float32_layers = fp16 if variant == "fp16" else (saved_model_dir, ())
+    source, float32_layers = fp16[:2] if variant == "fp16" else (saved_model_dir, ())
     if (source, signature) not in fp32_cache:  # fp16 files take their float32 constants from the same source
         fp32_cache[source, signature] = convert_tflite(source, signature, "fp32")
     if variant == "fp32":
@@ -485,8 +485,8 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
                   signatures=SIGNATURES, fp16=None):
     """Convert, load-check and parity-check every signature x variant into out_dir; the manifest's tflite part.
 
-    fp16 files are converted from fp16 = (SavedModel dir, float32 layer names), a `kerasae.fp16.plan`
-    (default: saved_model_dir, nearest rounding, biases alone float32).
+    fp16 files are converted from fp16 = (SavedModel dir, float32 layer names, rounding description),
+    a `kerasae.fp16.plan` (default: saved_model_dir, nearest rounding, biases alone float32).
     A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about,
     unless `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export.
     """
@@ -514,7 +514,7 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
             if variant == "fp16":
                 entry["float32_weights"] = {
                     "layers": ["biases", *(fp16[1] if fp16 else ())],
-                    "float16_rounding": "GPTQ on representative data (Dense), nearest (conv)" if fp16 else "nearest"}
+                    "float16_rounding": fp16[2] if fp16 else "nearest (no calibration images)"}
             if variant == "int8":
                 float_ops = _int8_float_ops(interpreter)
                 if float_ops:
@@ -679,10 +679,12 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
             raise ExportError("; ".join(problems))
         fp16 = None
         if "fp16" in variants and fp16_data is not None:
-            rounded, float32_layers = fp16_lib.plan(model, fp16_data[:NUM_FP16_CALIBRATION_IMAGES],
-                                                    bound=PARITY_TOLERANCES["fp16"][1])
+            calibration = fp16_data[:NUM_FP16_CALIBRATION_IMAGES]
+            rounded, float32_layers = fp16_lib.plan(model, calibration, bound=PARITY_TOLERANCES["fp16"][1])
             write_saved_model(rounded, tmp / "fp16_source")
-            fp16 = (tmp / "fp16_source", float32_layers)
+            fp16 = (tmp / "fp16_source", float32_layers,
+                    f"GPTQ on {len(calibration)} calibration images for Dense kernels with at most "
+                    f"{len(calibration) // 2} inputs; nearest for the others")
         tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
                                      strict_parity, tflite_signatures, fp16) if variants else None)
         if tflite_info:

@@ -34,9 +34,7 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
     Dense kernel gets GPTQ rounding only with at least 2x its input size of images, else nearest).
     The copy holds the original float32 kernel for every layer in the returned names.
     """
-    copy = type(model).from_config(model.get_config())
-    for new, old in zip(copy.weights, model.weights, strict=True):
-        new.assign(old)
+    copy = model.clone()
     x = np.asarray(images, np.float32)
     layers = [layer for net in (copy.encoder, copy.decoder) for layer in net.layers if isinstance(layer, _ROUNDED)]
     original = {layer.name: layer.kernel.numpy() for layer in layers}

@@ -173,9 +173,9 @@ def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True):
         epochs = [start + r["epoch"] + 1 for r in history]
         curves[f"{name} validation -ELBO"] = (epochs, [-r["val_elbo"] for r in history])
         curves[f"{name} training loss"] = (epochs, [r["loss"] for r in history])
-        if record["model_config"].get("num_importance_samples", 1) > 1:
-            k = record["model_config"]["num_importance_samples"]
-            curves[f"{name} validation -IWAE bound (k={k})"] = (epochs, [r["val_loss"] for r in history])
+        samples = record["model_config"].get("num_importance_samples", 1)  # (not `k`: that is the evaluation's)
+        if samples > 1:
+            curves[f"{name} validation -IWAE bound (k={samples})"] = (epochs, [r["val_loss"] for r in history])
     if curves:
         low = min(min(values) for _, values in curves.values())
         plots.save_curves(curves, fig_dir / "nll_learning_curves.png", "nats per image",

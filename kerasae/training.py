@@ -360,33 +360,14 @@ def _make_model(config, image_shape, strategy):
             if tuple(model.image_shape) != tuple(image_shape):
                 raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
                                  f"but the dataset has {tuple(image_shape)}")
-            if config.model_kwargs:
-                model = _with_overrides(model, config.model_kwargs, config.init_from)
+            if config.model_kwargs:  # training settings only (e.g. num_importance_samples)
+                try:
+                    model = model.clone(**config.model_kwargs)
+                except ValueError as err:
+                    raise ValueError(f"init_from {config.init_from}: model_kwargs {err}") from None
         else:
             model = registry.build(config.preset, image_shape=image_shape, **config.model_kwargs)
         return model
-
-
-def _with_overrides(saved, overrides, path):
-    """The saved model's class and config with `overrides` applied, holding the saved weights.
-
-    For changing how a trained network is trained (e.g. VAE -> IWAE bound, KL warm-up off), not its
-    architecture: every weight must keep its shape.
-    """
-    try:
-        model = type(saved).from_config({**saved.get_config(), **overrides})
-    except (TypeError, ValueError) as err:  # an unknown keyword or a bad value
-        raise ValueError(f"init_from: model_kwargs {sorted(overrides)} do not apply to {type(saved).__name__}: "
-                         f"{err}") from None
-    new, old = model.weights, saved.weights
-    mismatch = [(w.path, tuple(w.shape), tuple(v.shape)) for w, v in zip(new, old) if w.shape != v.shape]
-    if len(new) != len(old) or mismatch:
-        raise ValueError(f"init_from: model_kwargs {sorted(overrides)} change the architecture of {path} "
-                         f"({len(new)} vs {len(old)} weights; first differing (path, new, saved): "
-                         f"{mismatch[:1]}); only training settings may be overridden")
-    for w, v in zip(new, old):
-        w.assign(v)
-    return model
 
 
 def _compile(model, config, steps_per_epoch, strategy):

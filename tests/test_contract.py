@@ -62,6 +62,11 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(clone.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    copy = model.clone()  # the same, in one call (fine-tuning with other training settings builds on it)
+    assert type(copy) is type(model) and copy.get_config() == config
+    np.testing.assert_array_equal(copy.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    with pytest.raises(ValueError, match="change the architecture"):
+        model.clone(latent_dim=model.latent_dim + 1)
 
     # .keras round trip gives identical outputs, with the class and its training step back
     path = tmp_path / f"{name}.keras"

@@ -154,6 +154,26 @@ class BaseAutoencoder(keras.Model):
                       activation=self.activation, seed=self.seed)
         return config
 
+    def clone(self, **overrides):
+        """A new model of this class and config with `overrides` applied, holding a copy of these weights.
+
+        For changing how a trained network is trained or exported (e.g. the ELBO -> the IWAE bound,
+        KL warm-up off), not its architecture: an override that changes a weight's shape is a ValueError.
+        """
+        try:
+            model = type(self).from_config({**self.get_config(), **overrides})
+        except (TypeError, ValueError) as err:  # an unknown keyword or a bad value
+            raise ValueError(f"{sorted(overrides)} do not apply to {type(self).__name__}: {err}") from None
+        new, old = model.weights, self.weights
+        mismatch = [(w.path, tuple(w.shape), tuple(v.shape)) for w, v in zip(new, old) if w.shape != v.shape]
+        if len(new) != len(old) or mismatch:
+            raise ValueError(f"{sorted(overrides)} change the architecture ({len(new)} vs {len(old)} weights; "
+                             f"first differing (path, new, saved): {mismatch[:1]}); only training settings may "
+                             "be overridden")
+        for w, v in zip(new, old):
+            w.assign(v)
+        return model
+
     # ---- inputs -------------------------------------------------------------------------
 
     def check_images(self, x, name="x"):
