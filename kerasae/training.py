@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -370,13 +371,29 @@ def _make_model(config, image_shape, strategy):
         return model
 
 
-def _compile(model, config, steps_per_epoch, strategy):
+def one_iterator_steps(steps_per_epoch, val_steps, wanted):
+    """The steps per execution that let `model.fit` keep one iterator for the whole run, or None.
+
+    model.fit makes a new iterator every epoch unless it gets a repeated dataset and step
+    counts; a new iterator idled every other epoch's first execution for 1.5-2 s on the 2-core
+    benchmark machine (a third of an epoch). With one iterator, Keras runs whole executions, so
+    the steps per execution must divide the training and validation steps per epoch (or epochs
+    stop being exact passes). The largest such divisor <= `wanted`, if it is at least 4 (or
+    `wanted`): fewer steps per call would bring back the per-call overhead `wanted` amortizes.
+    """
+    common = math.gcd(steps_per_epoch, val_steps) if val_steps else steps_per_epoch
+    divisor = max(d for d in range(1, min(wanted, common) + 1) if common % d == 0)
+    return divisor if divisor >= min(wanted, 4) else None
+
+
+def _compile(model, config, steps_per_epoch, strategy, steps_per_execution=None):
     lr = config.learning_rate
     if config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, config.epochs * steps_per_epoch),
                                                     alpha=0.05)
     with strategy.scope():
-        model.compile(optimizer=optimizers.Adam(lr), steps_per_execution=config.steps_per_execution,
+        model.compile(optimizer=optimizers.Adam(lr),
+                      steps_per_execution=steps_per_execution or config.steps_per_execution,
                       jit_compile=config.jit_compile)
 
 
@@ -423,11 +440,17 @@ def fit(config, run_dir, data, val_size, strategy, model):
     start = time.time()
     x_train, x_val = data_lib.split_validation(data.x_train, val_size)
     binary = getattr(model, "binary_data", False)
-    train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed)
-    val_ds = data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size) if len(x_val) else None
-    x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
+    custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
     steps_per_epoch = -(-len(x_train) // config.batch_size)
-    _compile(model, config, steps_per_epoch, strategy)
+    val_steps = -(-len(x_val) // config.batch_size)
+    execution = None if custom_loop else one_iterator_steps(steps_per_epoch, val_steps, config.steps_per_execution)
+    repeat = execution is not None
+    train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed,
+                                     repeat=repeat)
+    val_ds = (data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size, repeat=repeat)
+              if len(x_val) else None)
+    x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
+    _compile(model, config, steps_per_epoch, strategy, steps_per_execution=execution)
 
     chief = distribute.is_chief(strategy)  # only the chief writes files
     if chief:
@@ -452,11 +475,12 @@ def fit(config, run_dir, data, val_size, strategy, model):
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             ImageSummaries(run_dir / "logs" / "images", x_test[:8]),
         ]
-    custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
     if custom_loop:
         loop_fit(model, strategy, train_ds, config.epochs, val_ds, callbacks, config.verbose)
     else:
         model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+                  steps_per_epoch=steps_per_epoch if repeat else None,
+                  validation_steps=val_steps if repeat and val_ds is not None else None,
                   verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded)
     if guard.diverged or model.stop_training:
         kept = [str(p) for p in (run_dir / "best.keras", backup_dir) if p.exists()]
@@ -482,6 +506,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
         "test_binarization_seed": TEST_BINARIZATION_SEED if binary else None,
         "units": "nats per example (mse: per pixel)",
         "replicas": strategy.num_replicas_in_sync,
+        "steps_per_execution": execution or config.steps_per_execution, "one_iterator": repeat,
         "weights_sha256": weights_digest(model),
         "versions": library_versions(),
     }

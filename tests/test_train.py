@@ -185,3 +185,25 @@ def test_read_history_skips_the_na_cells_of_epochs_without_validation(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,val_loss\n0,2.5,NA\n1,2.0,1.5\n")
     assert train_lib.read_history(path) == [{"epoch": 0, "loss": 2.5}, {"epoch": 1, "loss": 2.0, "val_loss": 1.5}]
+
+
+def test_one_iterator_steps_divide_the_epoch():
+    assert train_lib.one_iterator_steps(430, 40, 16) == 10  # MNIST at batch 128: 55,000 / 5,000 images
+    assert train_lib.one_iterator_steps(430, 0, 16) == 10
+    assert train_lib.one_iterator_steps(32, 8, 16) == 8
+    assert train_lib.one_iterator_steps(9, 1, 16) is None  # only 1 divides both: keep per-epoch iterators
+    assert train_lib.one_iterator_steps(469, 0, 16) == 7  # 60,000 images, no validation
+    assert train_lib.one_iterator_steps(431, 0, 16) is None  # a prime: 1 step per call would cost more
+    assert train_lib.one_iterator_steps(9, 0, 2) is None and train_lib.one_iterator_steps(10, 0, 1) == 1
+
+
+def test_one_iterator_run_makes_exact_passes(tmp_path):
+    """With one iterator for the run, each epoch is still exactly one pass over the training and the
+    validation images: the step count is exact and the last validation loss is the final model's."""
+    result = kerasae.train(preset="ae-shallow", out=str(tmp_path / "ae"), epochs=2, batch_size=54,
+                           steps_per_execution=2, max_train_samples=600, max_test_samples=100, verbose=0)
+    assert result.metrics["one_iterator"] is True and result.metrics["steps_per_execution"] == 2
+    assert int(result.model.optimizer.iterations.numpy()) == 2 * 10  # 540 images / 54 per step, 2 epochs
+    x_val = kerasae.data.split_validation(kerasae.load_dataset().x_train[:600], 60)[1]
+    val = result.model.evaluate(kerasae.data.make_dataset(x_val, 54), return_dict=True, verbose=0)
+    assert result.history[-1]["val_loss"] == pytest.approx(val["loss"], rel=1e-5)
