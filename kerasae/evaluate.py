@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import data as data_lib
-from kerasae import losses
 from kerasae import training as train_lib
 from kerasae.files import load_keras_model, write_json
 from kerasae.models.base import check_positive_int, draw
@@ -94,13 +93,8 @@ def _log_weights_fn(model):
 
     @tf.function(reduce_retracing=True, autograph=False)  # no control flow to convert
     def log_weights(x, eps):
-        mean, log_var = model._posterior_params(x)
-        z = mean + tf.exp(0.5 * log_var) * eps
-        s, d = tf.shape(eps)[0], model.latent_dim
-        logits = model.decoder(tf.reshape(z, [-1, d]))
-        log_px_z = tf.reshape(model.likelihood_from_logits(logits).log_prob(tf.tile(x, [s, 1, 1, 1])), [s, -1])
-        q = losses.diagonal_gaussian(mean, log_var)
-        return log_px_z + model.prior().log_prob(z) - q.log_prob(z)
+        log_px_z, log_pz, log_qz, _ = model.sample_terms(x, eps)
+        return log_px_z + log_pz - log_qz
 
     return log_weights
 

@@ -5,6 +5,8 @@ over the batch (and over replicas under tf.distribute) is the training step's jo
 All maths runs in float32 even when the model computes in a mixed-precision policy.
 """
 
+import math
+
 from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -41,6 +43,55 @@ def standard_normal(latent_dim):
 def kl_divergence(q, p):
     """Analytic KL(q || p) per example."""
     return tfd.kl_divergence(q, p)
+
+
+# ---- closed forms for the training step ---------------------------------------------------------
+# The same values as the TFP distributions above (tests hold them to it), in a few fused-friendly
+# ops: TFP's Independent(Bernoulli).log_prob and MVNDiag KL cost ~0.6 ms of a 6.5 ms training
+# step of the benchmark VAE (batch 128) with their gradients; these cost ~0.4 ms. Leading axes
+# broadcast, so k samples' logits [k, B, H, W, C] meet images [B, H, W, C] without tiling them.
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def bernoulli_log_prob(x, logits):
+    """log p(x | logits) of independent Bernoulli(sigmoid(logits)) pixels, summed over the image [...].
+
+    x * logits - softplus(logits): exact for binary x and, like TFP's, the negative binary
+    cross-entropy for x in [0, 1].
+    """
+    x, logits = _f32(x), _f32(logits)
+    return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=[-3, -2, -1])
+
+
+def gaussian_log_prob(x, mean, scale):
+    """log N(x; mean, scale) of independent pixels summed over the image; scale [H, W, C] is shared."""
+    x, mean, scale = _f32(x), _f32(mean), _f32(scale)
+    log_norm = tf.reduce_sum(tf.math.log(scale) + _HALF_LOG_2PI)  # one number: scale has no batch axis
+    return -0.5 * tf.reduce_sum(tf.square((x - mean) / scale), axis=[-3, -2, -1]) - log_norm
+
+
+def kl_to_standard_normal(mean, log_var):
+    """KL(N(mean, diag exp(log_var)) || N(0, I)) per example."""
+    mean, log_var = _f32(mean), _f32(log_var)
+    return 0.5 * tf.reduce_sum(tf.exp(log_var) + tf.square(mean) - 1.0 - log_var, axis=-1)
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) per sample [...]."""
+    z = _f32(z)
+    return -0.5 * tf.reduce_sum(tf.square(z), axis=-1) - z.shape[-1] * _HALF_LOG_2PI
+
+
+def reparameterized_log_prob(eps, log_var):
+    """log q(z | x) at z = mean + exp(log_var / 2) * eps, from the noise eps that drew it.
+
+    (z - mean) / scale is eps, so this equals q.log_prob(z) in value and in gradient (the
+    dependence on mean cancels either way) without recomputing it.
+    """
+    eps, log_var = _f32(eps), _f32(log_var)
+    return (-0.5 * tf.reduce_sum(tf.square(eps), axis=-1) - 0.5 * tf.reduce_sum(log_var, axis=-1)
+            - eps.shape[-1] * _HALF_LOG_2PI)
 
 
 def log_mean_exp(log_w, axis=0):

@@ -275,6 +275,19 @@ def test_make_dataset_dynamic_binarization_redraws_each_epoch():
     np.testing.assert_array_equal(np.concatenate(list(rebuilt.as_numpy_iterator())), epoch1)
 
 
+def test_dynamic_binarization_has_each_pixels_probability():
+    levels = np.array([0.0, 1 / 255, 0.1, 0.5, 0.9, 254 / 255, 1.0], np.float32)
+    x = np.broadcast_to(levels[:, None, None, None], (7, 3, 3, 1)).astype(np.float32)  # 63 pixels: odd size
+    ds = data.make_dataset(np.concatenate([x] * 3), 7, binarize=True, seed=1, repeat=True)
+    draws = np.concatenate(list(ds.take(600).as_numpy_iterator()))  # 600 images per level, 9 pixels each
+    assert draws.shape == (4200, 3, 3, 1) and set(np.unique(draws)) == {0.0, 1.0}
+    freq = draws.reshape(-1, 7, 9).mean(axis=(0, 2))
+    assert freq[0] == 0.0 and freq[-1] == 1.0  # exact at the ends
+    n = 600 * 9
+    stderr = np.sqrt(levels * (1 - levels) / n)
+    assert np.all(np.abs(freq - levels)[1:-1] < 4 * stderr[1:-1] + 2**-16), (freq, levels)
+
+
 def test_make_dataset_shuffle_reproducible_and_repeat():
     x = np.arange(30, dtype=np.float32).reshape(30, 1, 1, 1)
     first = [np.concatenate(list(data.make_dataset(x, 7, shuffle=True, seed=9)))

@@ -35,6 +35,60 @@ def test_gaussian_log_likelihood(rng):
     np.testing.assert_allclose(losses.gaussian_likelihood(mean, scale).log_prob(x).numpy(), expected, rtol=1e-5)
 
 
+def _value_and_grads(fn, *args):
+    args = [tf.constant(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        value = fn(*args)
+    return [value.numpy()] + [g.numpy() for g in tape.gradient(value, args)]
+
+
+def test_closed_forms_match_the_tfp_distributions_in_value_and_gradient(rng):
+    """The training step's closed forms against TFP's distributions (what they replace for speed)."""
+    k, b, d = 3, 4, 5
+    logits = rng.normal(scale=4.0, size=(k, b, 6, 5, 1)).astype(np.float32)
+    mean, log_var = rng.normal(size=(b, d)).astype(np.float32), rng.normal(scale=0.7, size=(b, d)).astype(np.float32)
+    eps = rng.normal(size=(k, b, d)).astype(np.float32)
+    binary = (rng.random((b, 6, 5, 1)) < 0.4).astype(np.float32)
+    for x in (binary, rng.random((b, 6, 5, 1)).astype(np.float32)):  # binary and grey pixels
+        ours = _value_and_grads(lambda s: losses.bernoulli_log_prob(x, s), logits)  # x broadcasts over k
+        tfp_ = _value_and_grads(lambda s: losses.bernoulli_likelihood(s).log_prob(np.stack([x] * k)), logits)
+        assert ours[0].shape == (k, b)
+        for a, e in zip(ours, tfp_):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+    scale = rng.uniform(0.05, 1.0, size=(6, 5, 1)).astype(np.float32)
+    pixels = rng.random((k, b, 6, 5, 1)).astype(np.float32)
+    x = rng.random((b, 6, 5, 1)).astype(np.float32)
+    ours = _value_and_grads(lambda m, s: losses.gaussian_log_prob(x, m, s), pixels, scale)
+    tfp_ = _value_and_grads(lambda m, s: losses.gaussian_likelihood(m, s).log_prob(np.stack([x] * k)), pixels, scale)
+    for a, e in zip(ours, tfp_):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-4)
+
+    prior = losses.standard_normal(d)
+    for ours, tfp_ in [
+        (lambda m, v: losses.kl_to_standard_normal(m, v),
+         lambda m, v: losses.kl_divergence(losses.diagonal_gaussian(m, v), prior)),
+        # log q(z|x) at z = mean + sigma * eps, and log p(z): gradients flow through z into mean, log_var
+        (lambda m, v: losses.reparameterized_log_prob(eps, v) + 0.0 * tf.reduce_sum(m),
+         lambda m, v: losses.diagonal_gaussian(m, v).log_prob(m + tf.exp(0.5 * v) * eps)),
+        (lambda m, v: losses.standard_normal_log_prob(m + tf.exp(0.5 * v) * eps),
+         lambda m, v: prior.log_prob(m + tf.exp(0.5 * v) * eps)),
+    ]:
+        for a, e in zip(_value_and_grads(ours, mean, log_var), _value_and_grads(tfp_, mean, log_var)):
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset, kwargs", [("vae-mlp", {}), ("vae-mlp-gaussian", {"gaussian_scale": "pixel"})])
+def test_model_log_likelihood_is_the_decoder_distributions(preset, kwargs, rng):
+    model = kerasae.build(preset, **kwargs)
+    z = rng.normal(size=(2, 3, model.latent_dim)).astype(np.float32)
+    x = (rng.random((3, 28, 28, 1)) < 0.3).astype(np.float32)
+    logits = tf.reshape(model.decode_logits(z.reshape(6, -1)), [2, 3, 28, 28, 1])
+    expected = np.stack([model.decoder_distribution(z[i]).log_prob(x).numpy() for i in range(2)])
+    np.testing.assert_allclose(model.log_likelihood(x, logits).numpy(), expected, rtol=1e-5)
+
+
 def test_log_mean_exp_is_stable_and_exact(rng):
     log_w = rng.normal(loc=-2000.0, scale=5.0, size=(50, 3))  # exp underflows to 0 in float64
     top = log_w.max(axis=0)

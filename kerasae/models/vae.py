@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from kerasae import losses
-from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int,
+from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -133,22 +133,36 @@ class VAE(BaseAutoencoder):
 
     # ---- training --------------------------------------------------------------------------
 
-    def _log_weights(self, x, k, training=False, step=None):
-        """Draw k samples z ~ q(z|x); return q, p, z [k, B, D] and log p(x|z) [k, B]."""
-        x = self.check_images(x)
+    def log_likelihood(self, x, logits):
+        """log p(x|z) summed over the image, from decoder logits [..., B, H, W, C] (leading axes broadcast).
+
+        The closed form of `likelihood_from_logits(logits).log_prob(x)` that training and
+        evaluation use (cheaper; tested equal to the TFP distribution).
+        """
+        if self.likelihood == "bernoulli":
+            return losses.bernoulli_log_prob(x, logits)
+        return losses.gaussian_log_prob(x, tf.sigmoid(tf.cast(logits, tf.float32)), self.decoder_scale())
+
+    def sample_terms(self, x, eps, training=False):
+        """Per-sample terms at z = mean + sigma * eps for noise eps [k, B, latent_dim].
+
+        Returns log p(x|z), log p(z), log q(z|x) (each [k, B]) and the analytic KL(q || p) [B]:
+        what the ELBO, the IWAE bound and the k-sample NLL estimate are made of. x must have
+        passed `check_images`.
+        """
         mean, log_var = self._posterior_params(x, training)
-        q, p = losses.diagonal_gaussian(mean, log_var), self.prior()
-        eps = self.training_noise("normal", tf.stack([tf.shape(mean)[0], k, self.latent_dim]), step)
-        z = mean + tf.exp(0.5 * log_var) * tf.transpose(eps, [1, 0, 2])  # reparameterized, [k, B, D]
+        z = mean + tf.exp(0.5 * log_var) * eps  # reparameterized, [k, B, D]
         logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
-        # Row i*B + b of the flattened samples belongs to example b: tile x to match.
-        log_px_z = tf.reshape(self.likelihood_from_logits(logits).log_prob(tf.tile(x, [k, 1, 1, 1])), [k, -1])
-        return q, p, z, log_px_z
+        logits = tf.reshape(logits, [tf.shape(eps)[0], -1, *self.image_shape])  # [k, B, H, W, C]
+        return (self.log_likelihood(x, logits), losses.standard_normal_log_prob(z),
+                losses.reparameterized_log_prob(eps, log_var), losses.kl_to_standard_normal(mean, log_var))
 
     def importance_weighted_bound(self, x, k):
         """The IWAE bound on log p(x) with k samples, per example (nats; k=1: a one-sample ELBO)."""
-        q, p, z, log_px_z = self._log_weights(x, check_positive_int("k", k))
-        return losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z))
+        x = self.check_images(x)
+        eps = draw("normal", [check_positive_int("k", k), tf.shape(x)[0], self.latent_dim])
+        log_px_z, log_pz, log_qz, _ = self.sample_terms(x, eps)
+        return losses.iwae_bound(log_px_z, log_pz, log_qz)
 
     def kl_weight(self, step=None):
         """The KL weight at training step `step`: `beta`, ramped up from 0 during warm-up."""
@@ -159,12 +173,13 @@ class VAE(BaseAutoencoder):
 
     def compute_terms(self, x, training=False, step=None):
         k = self.num_importance_samples
-        q, p, z, log_px_z = self._log_weights(x, k, training=training, step=step)
-        kl = losses.kl_divergence(q, p)
+        x = self.check_images(x)
+        eps = self.training_noise("normal", tf.stack([tf.shape(x)[0], k, self.latent_dim]), step)
+        log_px_z, log_pz, log_qz, kl = self.sample_terms(x, tf.transpose(eps, [1, 0, 2]), training=training)
         reconstruction = -tf.reduce_mean(log_px_z, axis=0)
         beta = self.kl_weight(step if training else None)
         if k == 1:
             loss = reconstruction + beta * kl
         else:
-            loss = -losses.iwae_bound(log_px_z, p.log_prob(z), q.log_prob(z), beta)
+            loss = -losses.iwae_bound(log_px_z, log_pz, log_qz, beta)
         return {"loss": loss, "reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl)}
