@@ -48,7 +48,8 @@ def report_header(result, out):
     """The first lines of a benchmark's printed report: where it went, and whether to trust it."""
     lines = [f"wrote {out}" + ("  (QUICK run: smoke only, numbers mean nothing)" if result["quick"] else "")]
     if result["machine_at_start"]["busy"] or result["machine_at_end"]["busy"]:
-        lines.append("WARNING: the machine was busy (load average above half the cores): numbers are not results")
+        lines.append("WARNING: the machine was busy (load average above half the cores at the start, or other "
+                     f"processes using > {OTHER_LOAD_LIMIT} cores during the run): numbers are not results")
     return lines
 
 
@@ -182,6 +183,39 @@ def machine_info():
             "busy": bool(load and load[0] > 0.5 * cores)}
 
 
+def cpu_seconds():
+    """(busy CPU-seconds of the whole machine incl. steal, CPU-seconds of this process and its children, wall).
+
+    None for the first on systems without /proc/stat.
+    """
+    now = time.monotonic()
+    t = os.times()
+    own = t.user + t.system + t.children_user + t.children_system
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None, own, now
+    idle = ticks[3] + ticks[4]  # idle + iowait; steal (another VM on our cores) counts as busy
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), own, now
+
+
+#: What counts as another workload during a run: this many cores busy on average outside this process.
+OTHER_LOAD_LIMIT = 0.25
+
+
+def other_load(start):
+    """Cores kept busy by everything but this process (and its children) since `start` = cpu_seconds().
+
+    The load average at the end of a run counts the benchmark's own threads, so it cannot say
+    whether something else ran meanwhile; this can.
+    """
+    machine0, own0, wall0 = start
+    machine1, own1, wall1 = cpu_seconds()
+    if machine0 is None or machine1 is None or wall1 <= wall0:
+        return None
+    return round(max(0.0, (machine1 - machine0) - (own1 - own0)) / (wall1 - wall0), 3)
+
+
 def tensorflow_threads(tf):
     """TF's thread settings; 0 means TF's default (one thread per usable core for each pool)."""
     intra = tf.config.threading.get_intra_op_parallelism_threads()
@@ -202,8 +236,12 @@ def import_torch():
 
 # ---- results -----------------------------------------------------------------------------------
 
+_RUN_START = []  # cpu_seconds() when header() was called: write_result measures other processes since
+
+
 def header(benchmark, args, quick):
     """The part of every result that says what ran where: benchmark, arguments, machine, versions."""
+    _RUN_START[:] = [cpu_seconds()]
     return {"benchmark": benchmark, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "arguments": vars(args), "quick": quick,
             "machine_at_start": machine_info(), "versions": library_versions(),
@@ -214,7 +252,12 @@ def write_result(path, result):
     """Write `result` as JSON (strict: a NaN or infinity is an error, not a silent 'NaN')."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    result["machine_at_end"] = machine_info()
+    end = machine_info()
+    # The load average now includes this run's own threads: judge the run by the others' CPU use instead.
+    others = other_load(_RUN_START[0]) if _RUN_START else None
+    end["other_processes_cores"] = others
+    end["busy"] = others is not None and others > OTHER_LOAD_LIMIT
+    result["machine_at_end"] = end
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(result, indent=2, allow_nan=False, default=_plain) + "\n")
     os.replace(tmp, path)

@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,22 @@ def test_fp16_parity_on_a_trained_run(tmp_path):
         assert positive(nearest["max_abs_diff"]) and 0.45 <= nearest["size_vs_fp32"] <= 0.55
         assert ours["float32_weights"]["layers"][0] == "biases" and 0.45 <= ours["size_vs_fp32"] <= 1.0
         assert entry["fp32_max_abs_diff"] <= 1e-5
+
+
+def test_other_load_counts_other_processes_not_the_benchmarks_own():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCH))
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5: pass\n"
+    start = _common.cpu_seconds()
+    subprocess.run([sys.executable, "-c", burn], check=True)  # a child: the benchmark's own work
+    own = _common.other_load(start)
+    start = _common.cpu_seconds()
+    # `sh -c "... &"` orphans the burner: not our child, so another workload
+    subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{burn}" >/dev/null 2>&1 &'], check=True)
+    time.sleep(2.5)
+    other = _common.other_load(start)
+    assert own is not None and other is not None
+    assert other - own > 0.35, (own, other)  # ~0.6 core for 2.5 s, minus whatever else ran meanwhile
