@@ -128,8 +128,8 @@ class VAE(BaseAutoencoder):
         """
         x = self.check_images(x)
         mean, log_var = self._posterior_params(x)
-        kl = losses.kl_divergence(losses.diagonal_gaussian(mean, log_var), self.prior())
-        return flag_non_finite(x, kl - self.decoder_distribution(mean).log_prob(x))
+        log_px_z = self.log_likelihood(x, self.decoder(mean))
+        return flag_non_finite(x, losses.kl_to_standard_normal(mean, log_var) - log_px_z)
 
     # ---- training --------------------------------------------------------------------------
 
