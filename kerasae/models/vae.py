@@ -174,6 +174,7 @@ class VAE(BaseAutoencoder):
     def compute_terms(self, x, training=False, step=None):
         k = self.num_importance_samples
         x = self.check_images(x)
+        # Drawn batch-first ([B, k, D]): `draw` hands each replica its slice of the global batch on axis 0.
         eps = self.training_noise("normal", tf.stack([tf.shape(x)[0], k, self.latent_dim]), step)
         log_px_z, log_pz, log_qz, kl = self.sample_terms(x, tf.transpose(eps, [1, 0, 2]), training=training)
         reconstruction = -tf.reduce_mean(log_px_z, axis=0)
