@@ -1,11 +1,17 @@
 """Run by test_distribute.py in a fresh process: train the same model with the default strategy and
 with MirroredStrategy over 2 CPU replicas on the same batches, print what differs as JSON.
 
+`mirrored_check.py PRESET`: plain `model.fit` with SGD, one step per call.
+`mirrored_check.py train PRESET`: the real path, `kerasae.train` (Adam, several steps per call),
+once where every call runs whole executions on one iterator and once where they cannot.
+
 A separate process because the CPU must be split into logical devices before TensorFlow starts.
 """
 
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 from kerasae import distribute
 
@@ -49,5 +55,30 @@ def main(preset):
     }))
 
 
+def train_paths(preset):
+    """kerasae.train under both strategies, for two training-set sizes (batch 64, 4 steps per call wanted):
+    512 + 256 validation images (8 and 4 steps: one iterator, 4 steps per call) and 576 + 128 (9 and 2
+    steps: per-epoch iterators)."""
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, train_images, val_images in (("whole", 512, 256), ("partial", 576, 128)):
+            for strategy in ("default", "mirrored"):
+                result = kerasae.train(
+                    preset=preset, model_kwargs=dict(hidden_units=[64, 32], latent_dim=8, seed=5), epochs=2,
+                    batch_size=64, steps_per_execution=4, max_train_samples=train_images + val_images,
+                    validation_size=val_images, max_test_samples=128, seed=3, strategy=strategy,
+                    cpu_replicas=2 if strategy == "mirrored" else None, out=str(Path(tmp) / f"{name}-{strategy}"), verbose=0)
+                runs[f"{name}-{strategy}"] = {
+                    "replicas": result.metrics["replicas"], "one_iterator": result.metrics["one_iterator"],
+                    "steps_per_execution": result.metrics["steps_per_execution"],
+                    "iterations": int(result.model.optimizer.iterations.numpy()),
+                    "history": result.history, "test": result.metrics["test"],
+                    "weights": [w.tolist() for w in result.model.get_weights()]}
+    print(json.dumps(runs))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "train":
+        train_paths(sys.argv[2])
+    else:
+        main(sys.argv[1])
