@@ -52,8 +52,16 @@ def get_strategy(name="auto"):
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):
         return tf.distribute.get_strategy()
-    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices)
+    devices = tuple(d.name for d in gpus) or tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+    if devices not in _MIRRORED:
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[devices]
+
+
+#: One MirroredStrategy per device set and process. Each new one numbers its collective ops from the
+#: same keys, so a second model trained in the process under a second strategy met the first's
+#: all-reduce ("Shape mismatch in the collective instance 100") and failed.
+_MIRRORED = {}
 
 
 def _multi_worker():

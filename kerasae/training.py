@@ -442,6 +442,10 @@ def prepare(config):
     config.validate()
     distribute.configure_cpu_replicas(config.cpu_replicas)
     strategy = distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
+    if config.jit_compile and strategy.num_replicas_in_sync > 1:
+        raise ValueError(f"jit_compile does not work with {strategy.num_replicas_in_sync} replicas: XLA cannot "
+                         "compile a step whose variables live on several devices (Keras turns it off under "
+                         "tf.distribute too); drop jit_compile or use strategy 'default'")
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: weights, shuffling, binarization
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -74,6 +74,18 @@ def train_paths(preset):
                     "iterations": int(result.model.optimizer.iterations.numpy()),
                     "history": result.history, "test": result.metrics["test"],
                     "weights": [w.tolist() for w in result.model.get_weights()]}
+        # another model (other shapes) under mirrored in the same process: its all-reduce must not meet the
+        # first one's; and XLA with several replicas must be refused up front
+        other = kerasae.train(preset="ae-shallow", epochs=1, batch_size=64, max_train_samples=512,
+                              validation_size=0, max_test_samples=64, strategy="mirrored", cpu_replicas=2,
+                              out=str(Path(tmp) / "other"), verbose=0)
+        runs["other-model"] = {"test": other.metrics["test"], "replicas": other.metrics["replicas"]}
+        try:
+            kerasae.train(preset="ae-shallow", epochs=1, strategy="mirrored", cpu_replicas=2, jit_compile=True,
+                          max_train_samples=512, out=str(Path(tmp) / "jit"), verbose=0)
+            runs["jit_error"] = None
+        except ValueError as err:
+            runs["jit_error"] = str(err)
     print(json.dumps(runs))
 
 

@@ -38,7 +38,8 @@ def test_strategy_choice():
 
 def test_mirrored_runs_the_real_training_path():
     """kerasae.train under MirroredStrategy, several steps per call: with one iterator (whole executions,
-    kerasae's own train function) and with per-epoch iterators (one step per call), against one device.
+    kerasae's own train function) and with per-epoch iterators (one step per call), against one device;
+    then another model in the same process, and XLA with replicas (refused).
 
     The batches differ from the single-device run's (tf.distribute re-creates the seeded shuffle and
     binarization streams), so the histories agree loosely; a loss mis-scaled by the replica count
@@ -62,3 +63,7 @@ def test_mirrored_runs_the_real_training_path():
             for key in ("loss", "val_loss", "reconstruction_loss"):
                 assert row_mirrored[key] == pytest.approx(row_single[key], rel=1e-2), (path, key)
         assert mirrored["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-2), path
+    # a second model, other shapes, same process: each MirroredStrategy numbered its all-reduces from
+    # the same keys, so this one failed with "Shape mismatch in the collective instance"
+    assert runs["other-model"]["replicas"] == 2 and np.isfinite(runs["other-model"]["test"]["loss"])
+    assert runs["jit_error"] is not None and "jit_compile" in runs["jit_error"] and "2 replicas" in runs["jit_error"]
