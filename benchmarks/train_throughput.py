@@ -60,8 +60,9 @@ def parse_args(argv=None):
         prog="train_throughput.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Defaults: the full benchmark (3 reps x 3 epochs of 60,000 images per framework, plus the "
-               "scaling runs; about 4 minutes on the 2-core benchmark machine). --quick: 2 reps x 2 epochs of 24 steps, no "
-               "torch.compile, a 1024 x 1024 matmul (a smoke run; its numbers mean nothing). Run on a quiet machine only.")
+               "scaling runs; about 4 minutes on the 2-core benchmark machine). --quick: 2 reps x 2 epochs of 24 "
+               "steps, no torch.compile, a 1024 x 1024 matmul (a smoke run; its numbers mean nothing). Run on a "
+               "quiet machine only.")
     parser.add_argument("--quick", action="store_true", help="tiny run for CI/smoke tests (explicit flags still win)")
     parser.add_argument("--reps", type=common.positive_int, help="repetitions per framework (full: 3)")
     parser.add_argument("--epochs-per-rep", type=common.positive_int,

@@ -67,7 +67,8 @@ def train_paths(preset):
                     preset=preset, model_kwargs=dict(hidden_units=[64, 32], latent_dim=8, seed=5), epochs=2,
                     batch_size=64, steps_per_execution=4, max_train_samples=train_images + val_images,
                     validation_size=val_images, max_test_samples=128, seed=3, strategy=strategy,
-                    cpu_replicas=2 if strategy == "mirrored" else None, out=str(Path(tmp) / f"{name}-{strategy}"), verbose=0)
+                    cpu_replicas=2 if strategy == "mirrored" else None, out=str(Path(tmp) / f"{name}-{strategy}"),
+                    verbose=0)
                 runs[f"{name}-{strategy}"] = {
                     "replicas": result.metrics["replicas"], "one_iterator": result.metrics["one_iterator"],
                     "steps_per_execution": result.metrics["steps_per_execution"],
