@@ -399,7 +399,7 @@ def whole_execution_train_function(model):
     """
     strategy, steps = model.distribute_strategy, model.steps_per_execution
 
-    @tf.function(reduce_retracing=True, jit_compile=model.jit_compile)
+    @tf.function(reduce_retracing=True)  # no XLA: `prepare` refuses jit_compile with several replicas
     def one_step(batch):
         logs = strategy.run(model.train_step, args=(batch,))
         # Keras' reduction for fit: the mean over replicas of each replica's metric results
@@ -478,7 +478,8 @@ def fit(config, run_dir, data, val_size, strategy, model):
     val_steps = -(-len(x_val) // config.batch_size)
     execution = None if custom_loop else one_iterator_steps(steps_per_epoch, val_steps, config.steps_per_execution)
     repeat = execution is not None
-    if not repeat and strategy.num_replicas_in_sync > 1:
+    replicated = strategy.num_replicas_in_sync > 1
+    if replicated and not repeat:
         execution = 1  # Keras' multi-step train function fails under several replicas: whole_execution_train_function
     train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed,
                                      repeat=repeat)
@@ -486,7 +487,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
               if len(x_val) else None)
     x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
     _compile(model, config, steps_per_epoch, strategy, steps_per_execution=execution)
-    if repeat and strategy.num_replicas_in_sync > 1:
+    if replicated and repeat:
         model.train_function = whole_execution_train_function(model)  # fit keeps a train function it finds
 
     chief = distribute.is_chief(strategy)  # only the chief writes files
@@ -530,7 +531,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if custom_loop:
         test = loop_evaluate(model, strategy, test_ds)
     else:
-        if strategy.num_replicas_in_sync > 1:
+        if replicated:
             # A fresh test function: under MirroredStrategy the one traced for fit's repeated validation
             # iterator returns no logs for this finite one (Keras 3.15): the test metrics came out {}.
             model.test_function = None

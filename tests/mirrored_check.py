@@ -73,8 +73,7 @@ def train_paths(preset):
                     "replicas": result.metrics["replicas"], "one_iterator": result.metrics["one_iterator"],
                     "steps_per_execution": result.metrics["steps_per_execution"],
                     "iterations": int(result.model.optimizer.iterations.numpy()),
-                    "history": result.history, "test": result.metrics["test"],
-                    "weights": [w.tolist() for w in result.model.get_weights()]}
+                    "history": result.history, "test": result.metrics["test"]}
         # another model (other shapes) under mirrored in the same process: its all-reduce must not meet the
         # first one's; and XLA with several replicas must be refused up front
         other = kerasae.train(preset="ae-shallow", epochs=1, batch_size=64, max_train_samples=512,
