@@ -8,13 +8,15 @@ decoder 32-256-512-784), Bernoulli decoder on dynamically binarized MNIST, Adam 
   pipeline, callbacks and TrainConfig defaults such as steps_per_execution), with validation_size=0
   so an epoch is all 60,000 images. samples/s come from the `epoch_time_s` column of the run's
   history.csv (kerasae's EpochTimer: the epoch's wall time, saves and figures excluded).
+- kerasae-no-xla: the same with `jit_compile=False` (Keras' own train function, no XLA), so the gain
+  of kerasae's default (each call's steps compiled together by XLA) is measured in the same run.
 - torch: the same network, initialization (Glorot uniform, zero biases), loss (Bernoulli
   log-likelihood from logits + analytic KL, mean over the batch) and per-batch dynamic
   binarization, written the way a PyTorch user would: the images in one tensor, a randperm
   shuffle per epoch, `torch.bernoulli` per batch, default `torch.optim.Adam`. Eager, and the same
   under `torch.compile` when that works (a failure is recorded, not fatal).
 
-Repetitions are interleaved (kerasae, torch, torch.compile, then again), each with a fresh model;
+Repetitions are interleaved (kerasae, kerasae-no-xla, torch, torch.compile, then again), each with a fresh model;
 the first epoch of each repetition (tracing / compiling) is not measured. The float32 matmul
 roofline (`tf.matmul` of two n x n matrices) is measured at the start and at the end of the same
 run, and each framework's training GFLOP/s is reported as a fraction of it (see FLOPS_NOTE).
@@ -39,7 +41,7 @@ IMAGE_PIXELS = 28 * 28
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 TRAIN_IMAGES = 60_000
-FRAMEWORKS = ("kerasae", "torch", "torch-compile")
+FRAMEWORKS = ("kerasae", "kerasae-no-xla", "torch", "torch-compile")
 #: Test images kerasae.train evaluates on after training (not timed; kept small to save wall time).
 EVAL_IMAGES = 256
 FLOPS_NOTE = ("Dense-layer matmul FLOPs only (biases, activations, the loss, sampling and the optimizer "
@@ -50,7 +52,7 @@ FLOPS_NOTE = ("Dense-layer matmul FLOPs only (biases, activations, the loss, sam
 
 #: --quick leaves torch.compile out unless --frameworks names it: compiling takes minutes on 2 busy cores.
 QUICK = dict(reps=2, epochs_per_rep=2, steps=24, matmul_size=1024, matmul_reps=3, scaling_reps=1,
-             frameworks=["kerasae", "torch"])
+             frameworks=["kerasae", "kerasae-no-xla", "torch"])
 FULL = dict(reps=3, epochs_per_rep=3, steps=None, matmul_size=4096, matmul_reps=7, scaling_reps=1,
             frameworks=list(FRAMEWORKS))
 
@@ -73,7 +75,7 @@ def parse_args(argv=None):
                              f"{TRAIN_IMAGES:,} images")
     parser.add_argument("--frameworks", type=common.choice_list(FRAMEWORKS),
                         help=f"comma-separated subset of {','.join(FRAMEWORKS)} (full: all; --quick: "
-                             "kerasae,torch)")
+                             "kerasae,kerasae-no-xla,torch)")
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure how cost grows with batch size and width (default: on)")
     parser.add_argument("--scaling-batches", type=common.int_list, default=[32, 128, 512],
@@ -140,31 +142,35 @@ def torch_matmul_gflops(torch, n, reps):
 
 # ---- kerasae -----------------------------------------------------------------------------------
 
-def kerasae_overrides(args):
+def kerasae_overrides(args, framework="kerasae"):
     overrides = {}
     if args.steps_per_execution is not None:
         overrides["steps_per_execution"] = args.steps_per_execution
     if args.jit_compile is not None:
         overrides["jit_compile"] = args.jit_compile
+    if framework == "kerasae-no-xla":
+        overrides["jit_compile"] = False
     return overrides
 
 
-def kerasae_config(args, batch, width, images, seed, out):
+def kerasae_config(args, batch, width, images, seed, out, framework="kerasae"):
     from kerasae.training import TrainConfig
 
     model_kwargs = {} if width == 1 else {"hidden_units": [u * width for u in HIDDEN_UNITS]}
     return TrainConfig(preset="vae-mlp", model_kwargs=model_kwargs, epochs=args.epochs_per_rep, batch_size=batch,
                        validation_size=0, max_train_samples=None if images == TRAIN_IMAGES else images,
-                       max_test_samples=EVAL_IMAGES, seed=seed, out=str(out), verbose=0, **kerasae_overrides(args))
+                       max_test_samples=EVAL_IMAGES, seed=seed, out=str(out), verbose=0,
+                       **kerasae_overrides(args, framework))
 
 
-def kerasae_rep(args, batch, width, images, seed):
-    """Epoch wall times (history.csv's epoch_time_s) of one fresh kerasae.train run in a temporary directory."""
+def kerasae_rep(args, batch, width, images, seed, framework="kerasae"):
+    """Epoch wall times (history.csv's epoch_time_s) of one fresh kerasae.train run in a temporary directory,
+    and the train function it used (metrics.json's `train_function`)."""
     from kerasae import training
 
     with tempfile.TemporaryDirectory(prefix="kerasae-bench-") as tmp:
-        result = training.train(kerasae_config(args, batch, width, images, seed, Path(tmp) / "run"))
-    return [row["epoch_time_s"] for row in result.history]
+        result = training.train(kerasae_config(args, batch, width, images, seed, Path(tmp) / "run", framework))
+    return [row["epoch_time_s"] for row in result.history], result.metrics["train_function"]
 
 
 # ---- the PyTorch reference ----------------------------------------------------------------------
@@ -237,18 +243,21 @@ class Runner:
         self.args, self.torch, self.images = args, torch, images
         self.torch_images = None if torch is None else torch.from_numpy(mnist_flat)
         self.failed = {} if torch is not None else {"torch": torch_why, "torch-compile": torch_why}
+        self.train_functions = {}  # kerasae framework -> the train function kerasae.train used
 
     def rep(self, framework, batch, width, seed):
         """Epoch times of one repetition, or None when the framework is unavailable or failed."""
         if framework in self.failed:
             return None
         try:
-            if framework == "kerasae":
-                return kerasae_rep(self.args, batch, width, self.images, seed)
+            if framework.startswith("kerasae"):
+                times, self.train_functions[framework] = kerasae_rep(self.args, batch, width, self.images, seed,
+                                                                     framework)
+                return times
             return torch_rep(self.torch, self.torch_images, batch, width, self.images, self.args.epochs_per_rep,
                              seed, compiled=framework == "torch-compile")
         except Exception as err:  # noqa: BLE001  (record any failure of the optional frameworks)
-            if framework == "kerasae":
+            if framework.startswith("kerasae"):
                 raise
             message = " ".join(f"{type(err).__name__}: {err}".split())[:2000]
             common.log(f"{framework} failed: {message}")
@@ -371,10 +380,13 @@ def main(argv=None):
     result["roofline"] = roofline
     peak = roofline["gflops"]
 
-    names = {"kerasae": "kerasae", "torch": "torch_eager", "torch-compile": "torch_compile"}
+    names = {"kerasae": "kerasae", "kerasae-no-xla": "kerasae_no_xla", "torch": "torch_eager",
+             "torch-compile": "torch_compile"}
     result["frameworks"] = {names[fw]: summarize_framework(reps.get(fw, []), images, flops, peak,
                                                            runner.failed.get(fw))
                             for fw in FRAMEWORKS if fw in args.frameworks}
+    for fw, kind in runner.train_functions.items():
+        result["frameworks"][names[fw]]["train_function"] = kind
     if scaling_points:
         result["scaling"] = scaling_table(scaling_points, scaling_reps, args.scaling_frameworks, images, peak,
                                           runner.failed)

@@ -115,7 +115,12 @@ def build_train_parser():
     g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
     g.add_argument("--steps-per-execution", type=_positive_int, default=train_lib.TrainConfig.steps_per_execution,
                    help="training steps per tf.function call (default: %(default)s)")
-    g.add_argument("--jit-compile", action="store_true", help="compile the train step with XLA")
+    g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="XLA. Default (auto): on one device, each call's steps compiled together when the run keeps "
+                        "one iterator and the model gains from it (MLPs; not conv, denoising or contractive "
+                        "models, slower under XLA on CPU); --jit-compile: for any model, and Keras' per-step "
+                        "XLA where the run cannot keep one iterator (refused with several replicas); "
+                        "--no-jit-compile: off")
     g.add_argument("--deterministic", action="store_true",
                    help="TF op determinism (with --seed): the same command gives bit-identical weights")
     g.add_argument("--mixed-precision", action="store_true",

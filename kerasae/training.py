@@ -68,7 +68,7 @@ class TrainConfig:
     cpu_replicas: int | None = None
     init_from: str | None = None
     steps_per_execution: int = 16  # several steps per tf.function call: ~2x samples/s on CPU for the MLP VAE
-    jit_compile: bool = False
+    jit_compile: bool | None = None  # None (auto): XLA where the model gains; see train_function_kind
     mixed_precision: bool = False
     deterministic: bool = False  # TF op determinism: bit-identical reruns (slower on GPU)
     verbose: str | int = "auto"
@@ -90,6 +90,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_test_samples", "cpu_replicas"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        if self.jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile must be True, False or None (auto), got {self.jit_compile!r}")
         if self.validation_size is not None and (isinstance(self.validation_size, bool) or self.validation_size < 0):
             raise ValueError(f"validation_size must be >= 0, got {self.validation_size!r}")
         check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
@@ -394,8 +396,8 @@ def whole_execution_train_function(model):
     must feed a value for placeholder tensor", keras-team/keras#19246). With one repeated
     iterator and steps per execution dividing the epoch (`one_iterator_steps`), no call can
     run out: a loop over `get_next()` does the same steps with no cond and no Optional.
-    `fit` uses it under several replicas only: on one device it is no faster than Keras' own
-    (16.6k vs 16.4k samples/s on the benchmark VAE) and its first call traces ~0.7 s longer.
+    `fit` uses it under several replicas (without XLA it was no faster than Keras' own on one
+    device, 16.6k vs 16.4k samples/s; one device gets `xla_execution_train_function`).
     """
     strategy, steps = model.distribute_strategy, model.steps_per_execution
 
@@ -415,15 +417,63 @@ def whole_execution_train_function(model):
     return execution
 
 
-def _compile(model, config, steps_per_epoch, strategy, steps_per_execution=None):
+def xla_execution_train_function(model):
+    """`model.fit`'s train function on one device: each call's steps compiled together by XLA.
+
+    Keras' `jit_compile` compiles one step per XLA call, so every step copies the weights and
+    optimizer slots in and out of XLA (slower than no XLA on the MLP VAE: 10.5k vs 13.5k
+    samples/s). Compiling all `steps_per_execution` steps as one XLA loop keeps them in XLA's
+    buffers between steps and fuses the ~100 small ops of a step (loss, Adam, activations) that
+    TF otherwise hands between threads. The batches are pulled first and stacked, as XLA cannot
+    read an iterator; an epoch's partial last batch, when there is one, is the execution's last
+    batch (`one_iterator_steps`), so it is passed on its own. Needs whole executions, like
+    `whole_execution_train_function`.
+    """
+    steps = model.steps_per_execution
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def run_steps(full_batches, last_batch):
+        if full_batches is not None:
+            for i in tf.range(steps - 1):
+                model.train_step(full_batches[i])
+        return model.train_step(last_batch)  # logs: the metrics' running means, as Keras' last step gives
+
+    @tf.function(reduce_retracing=True)
+    def execution(iterator):
+        batches = [iterator.get_next() for _ in range(steps)]
+        return run_steps(tf.stack(batches[:-1]) if steps > 1 else None, batches[-1])
+
+    return execution
+
+
+def train_function_kind(config, model, replicated, whole_executions):
+    """Which train function `fit` uses: "xla-execution", "replicated-execution" or "keras".
+
+    jit_compile True compiles whole executions on one device, or falls back to Keras' per-step
+    XLA where executions are not whole or the model is not `xla_loop_safe`; None (auto) compiles
+    whole executions where the model gains from it (`model.auto_xla`: MLPs, not convolutions or
+    per-pixel noise), else no XLA.
+    """
+    if replicated:
+        return "replicated-execution" if whole_executions else "keras"
+    wanted = config.jit_compile if config.jit_compile is not None else getattr(model, "auto_xla", False)
+    loop_safe = getattr(model, "xla_loop_safe", True)  # else True means Keras' per-step XLA
+    return "xla-execution" if whole_executions and wanted and loop_safe else "keras"
+
+
+def _compile(model, config, steps_per_epoch, strategy, steps_per_execution, kind):
     lr = config.learning_rate
     if config.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, config.epochs * steps_per_epoch),
                                                     alpha=0.05)
     with strategy.scope():
-        model.compile(optimizer=optimizers.Adam(lr),
-                      steps_per_execution=steps_per_execution or config.steps_per_execution,
-                      jit_compile=config.jit_compile)
+        # Keras' own jit_compile (one step per XLA call) only where kerasae compiles no whole executions
+        model.compile(optimizer=optimizers.Adam(lr), steps_per_execution=steps_per_execution,
+                      jit_compile=bool(config.jit_compile) and kind == "keras")
+    if kind == "xla-execution":
+        model.train_function = xla_execution_train_function(model)  # fit keeps a train function it finds
+    elif kind == "replicated-execution":
+        model.train_function = whole_execution_train_function(model)
 
 
 def evaluation_images(model, x):
@@ -486,9 +536,8 @@ def fit(config, run_dir, data, val_size, strategy, model):
     val_ds = (data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size, repeat=repeat)
               if len(x_val) else None)
     x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
-    _compile(model, config, steps_per_epoch, strategy, steps_per_execution=execution)
-    if replicated and repeat:
-        model.train_function = whole_execution_train_function(model)  # fit keeps a train function it finds
+    kind = train_function_kind(config, model, replicated, whole_executions=repeat)
+    _compile(model, config, steps_per_epoch, strategy, execution or config.steps_per_execution, kind)
 
     chief = distribute.is_chief(strategy)  # only the chief writes files
     if chief:
@@ -548,7 +597,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
         "test_binarization_seed": TEST_BINARIZATION_SEED if binary else None,
         "units": "nats per example (mse: per pixel)",
         "replicas": strategy.num_replicas_in_sync,
-        "steps_per_execution": model.steps_per_execution, "one_iterator": repeat,
+        "steps_per_execution": model.steps_per_execution, "one_iterator": repeat, "train_function": kind,
         "weights_sha256": weights_digest(model),
         "versions": library_versions(),
     }

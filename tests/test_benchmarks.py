@@ -117,6 +117,9 @@ def test_train_throughput_quick_without_torch(tmp_path):
 
     frameworks = result["frameworks"]
     assert_trained(frameworks["kerasae"], reps=2)
+    assert_trained(frameworks["kerasae_no_xla"], reps=2)
+    assert frameworks["kerasae"]["train_function"] == "xla-execution"  # kerasae's default for this MLP
+    assert frameworks["kerasae_no_xla"]["train_function"] == "keras"
     assert frameworks["torch_eager"]["status"].startswith("not installed")
     assert "torch_compile" not in frameworks  # --quick leaves torch.compile out
     targets = result["targets"]

@@ -7,6 +7,7 @@ trains on, with the encode/decode shapes the rest of kerasae relies on.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kerasae
 from kerasae import registry
@@ -89,3 +90,50 @@ def test_preset_adapts_to_image_shape(name):
     x = np.random.default_rng(0).random((2, 30, 20, 3), dtype=np.float32)
     assert tuple(model.reconstruct(x).shape) == (2, 30, 20, 3)
     assert tuple(model.sample(2, seed=0).shape) == (2, 30, 20, 3)
+
+
+def _integer_hash_noise(kind):
+    """A stand-in for tf.random.stateless_*: integer hashing, so TF's kernels and XLA give the same draws
+    (their Philox streams differ), still keyed by (seed, step) and fresh per step and example."""
+    def noise(shape, seed):
+        seed = tf.cast(seed, tf.int64)
+        index = tf.range(tf.reduce_prod(shape), dtype=tf.int64)
+        h = (index * 2654435761 + seed[0] * 97531 + seed[1] * 40503 + 12345) % 2**31
+        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 15)) * 1274126177 % 2**31
+        h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
+        u = (tf.cast(h % 2**24, tf.float32) + 0.5) / 2**24
+        return tf.reshape(u if kind == "uniform" else tf.math.ndtri(u), shape)
+    return noise
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monkeypatch):
+    """kerasae's XLA loop over a call's steps (the default for models whose `auto_xla` is true; any
+    `xla_loop_safe` model with jit_compile=True) takes the same steps as Keras' own train function: same
+    batches, same noise keys, losses equal up to rounding. A model that is not loop-safe gets Keras' per-step
+    XLA from jit_compile=True instead, which must train the same too. (With TF's own random ops the noise
+    itself differs: XLA's stateless Philox stream is not TF's.)"""
+    from kerasae.data import make_dataset
+    from kerasae.models import base
+    from kerasae.training import TrainConfig, train_function_kind, xla_execution_train_function
+
+    for kind in ("normal", "uniform"):
+        monkeypatch.setitem(base._STATELESS, kind, _integer_hash_noise(kind))
+
+    loop_safe = kerasae.build(name).xla_loop_safe
+    chosen = train_function_kind(TrainConfig(jit_compile=True), kerasae.build(name), False, whole_executions=True)
+    assert chosen == ("xla-execution" if loop_safe else "keras")
+    losses = {}
+    for xla in (False, True):
+        keras.utils.set_random_seed(0)
+        model = kerasae.build(name)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=3,  # one call per epoch
+                      jit_compile=xla and not loop_safe)
+        if xla and loop_safe:
+            model.train_function = xla_execution_train_function(model)
+        x = _batch(model, mnist_small, mnist_binary, n=40)  # batches of 16, 16, 8: the last one partial
+        history = model.fit(make_dataset(x, 16, repeat=True), epochs=3, steps_per_epoch=3, verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 9
+        losses[xla] = history.history["loss"]
+    assert np.isfinite(losses[True]).all()
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)

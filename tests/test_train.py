@@ -207,3 +207,40 @@ def test_one_iterator_run_makes_exact_passes(tmp_path):
     x_val = kerasae.data.split_validation(kerasae.load_dataset().x_train[:600], 60)[1]
     val = result.model.evaluate(kerasae.data.make_dataset(x_val, 54), return_dict=True, verbose=0)
     assert result.history[-1]["val_loss"] == pytest.approx(val["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("preset, jit, kind", [
+    ("vae-mlp", None, "xla-execution"), ("ae-shallow", None, "xla-execution"), ("iwae-mlp", None, "xla-execution"),
+    ("vae-conv", None, "keras"), ("dae-mlp", None, "keras"), ("ae-contractive", None, "keras"),
+    ("dae-mlp", True, "xla-execution"), ("vae-conv", True, "xla-execution"), ("vae-mlp", False, "keras"),
+    ("ae-contractive", True, "keras")])  # not xla_loop_safe: True gives Keras' per-step XLA
+def test_auto_xla_compiles_the_models_that_gain(preset, jit, kind):
+    model, config = kerasae.build(preset), train_lib.TrainConfig(jit_compile=jit)
+    assert train_lib.train_function_kind(config, model, replicated=False, whole_executions=True) == kind
+    # per-epoch iterators: no whole executions to compile (True then means Keras' per-step XLA)
+    assert train_lib.train_function_kind(config, model, replicated=False, whole_executions=False) == "keras"
+    assert train_lib.train_function_kind(config, model, replicated=True, whole_executions=True) == "replicated-execution"
+
+
+def test_jit_compile_must_be_a_bool_or_none():
+    with pytest.raises(ValueError, match="jit_compile must be True, False or None"):
+        train_lib.TrainConfig(jit_compile="auto").validate()
+
+
+def test_xla_executions_train_the_same_steps_as_keras(tmp_path):
+    """Each call's steps compiled by XLA (the default for MLPs) train the same batches, an epoch's partial last
+    batch included, as Keras' train function: the same step count and the same losses up to rounding."""
+    kwargs = dict(preset="ae-shallow", epochs=2, batch_size=64, validation_size=0, max_train_samples=600,
+                  max_test_samples=100, verbose=0)  # 9 batches of 64 and one of 24 per epoch
+    runs = {jit: kerasae.train(jit_compile=jit, out=str(tmp_path / str(jit)), **kwargs) for jit in (None, False)}
+    assert runs[None].metrics["train_function"] == "xla-execution" and runs[False].metrics["train_function"] == "keras"
+    for result in runs.values():
+        assert result.metrics["one_iterator"] is True and result.metrics["steps_per_execution"] == 10
+        assert int(result.model.optimizer.iterations.numpy()) == 2 * 10
+    for xla_epoch, keras_epoch in zip(runs[None].history, runs[False].history, strict=True):
+        assert xla_epoch["loss"] == pytest.approx(keras_epoch["loss"], rel=1e-4)
+    for name, value in runs[False].metrics["test"].items():
+        assert runs[None].metrics["test"][name] == pytest.approx(value, rel=1e-3)
+    # deterministic reruns of the XLA path give identical weights
+    again = kerasae.train(jit_compile=None, out=str(tmp_path / "again"), **kwargs)
+    assert again.metrics["weights_sha256"] == runs[None].metrics["weights_sha256"]

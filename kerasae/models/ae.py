@@ -45,6 +45,17 @@ class Autoencoder(BaseAutoencoder):
         return (self.sparsity is not None and self.sparsity_weight > 0) or self.contractive_weight > 0
 
     @property
+    def auto_xla(self):
+        return super().auto_xla and self.xla_loop_safe
+
+    @property
+    def xla_loop_safe(self):
+        # The contractive penalty's batch Jacobian trains wrongly inside one XLA loop (its losses drift from
+        # Keras' step's: XLA constant-folds the weights it reads, stale after the loop's first step), and
+        # slower (1.7x the time per step). Keras' per-step XLA trains it correctly.
+        return self.contractive_weight == 0
+
+    @property
     def metric_names(self):
         return ("loss", "reconstruction_loss", "mse") + (("penalty",) if self.regularized else ())
 

@@ -154,6 +154,20 @@ class BaseAutoencoder(keras.Model):
                       activation=self.activation, seed=self.seed)
         return config
 
+    @property
+    def auto_xla(self):
+        """Whether training with jit_compile None (auto) compiles whole executions with XLA.
+
+        Measured on CPU, one execution of 16 steps, interleaved: MLPs train 1.2-1.5x faster;
+        XLA's CPU convolutions make vae-conv ~25x slower (2.0-2.4 s vs 90 ms per step).
+        """
+        return self.arch == "mlp"
+
+    @property
+    def xla_loop_safe(self):
+        """Whether XLA may compile several training steps as one loop (see training.xla_execution_train_function)."""
+        return True
+
     def clone(self, **overrides):
         """A new model of this class and config with `overrides` applied, holding a copy of these weights.
 
