@@ -149,3 +149,9 @@ def test_deterministic_runs_give_identical_weights(tmp_path):
     other = run_script("train.py", "--preset", "dae-mlp", "--deterministic", "--seed", "8", *TINY, "--epochs", "2",
                        "--out", tmp_path / "c", cwd=tmp_path)
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["weights_sha256"] != digests[0]
+
+
+@pytest.mark.parametrize("flags,jit_compile", [([], None), (["--jit-compile"], True), (["--no-jit-compile"], False)])
+def test_jit_compile_flag_is_three_way(flags, jit_compile):
+    parser = cli.build_train_parser()
+    assert cli.config_from_args(parser, parser.parse_args(flags)).jit_compile is jit_compile
