@@ -117,10 +117,10 @@ def build_train_parser():
                    help="training steps per tf.function call (default: %(default)s)")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                    help="XLA. Default (auto): on one device, each call's steps compiled together when the run keeps "
-                        "one iterator and the model gains from it (MLPs; not conv, denoising or contractive "
-                        "models, slower under XLA on CPU); --jit-compile: for any model, and Keras' per-step "
-                        "XLA where the run cannot keep one iterator (refused with several replicas); "
-                        "--no-jit-compile: off")
+                        "one iterator and the model gains from it (MLPs other than denoising and contractive "
+                        "ones: on CPU XLA does not speed those or conv models up); --jit-compile: any model "
+                        "(Keras' per-step XLA for the contractive AE and where the run cannot keep one "
+                        "iterator; refused with several replicas); --no-jit-compile: off")
     g.add_argument("--deterministic", action="store_true",
                    help="TF op determinism (with --seed): the same command gives bit-identical weights")
     g.add_argument("--mixed-precision", action="store_true",

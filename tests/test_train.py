@@ -221,7 +221,8 @@ def test_auto_xla_compiles_the_models_that_gain(preset, jit, kind):
     assert train_lib.train_function_kind(config, model, replicated=False, whole_executions=True) == kind
     # per-epoch iterators: no whole executions to compile (True then means Keras' per-step XLA)
     assert train_lib.train_function_kind(config, model, replicated=False, whole_executions=False) == "keras"
-    assert train_lib.train_function_kind(config, model, replicated=True, whole_executions=True) == "replicated-execution"
+    replicated = train_lib.train_function_kind(config, model, replicated=True, whole_executions=True)
+    assert replicated == "replicated-execution"
 
 
 def test_jit_compile_must_be_a_bool_or_none():

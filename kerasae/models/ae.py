@@ -51,7 +51,7 @@ class Autoencoder(BaseAutoencoder):
     @property
     def xla_loop_safe(self):
         # The contractive penalty's batch Jacobian trains wrongly inside one XLA loop (its losses drift from
-        # Keras' step's: XLA constant-folds the weights it reads, stale after the loop's first step), and
+        # Keras' step's: XLA apparently constant-folds the weights it reads, stale after the first step), and
         # slower (1.7x the time per step). Keras' per-step XLA trains it correctly.
         return self.contractive_weight == 0
 
