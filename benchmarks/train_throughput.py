@@ -243,7 +243,7 @@ class Runner:
         self.args, self.torch, self.images = args, torch, images
         self.torch_images = None if torch is None else torch.from_numpy(mnist_flat)
         self.failed = {} if torch is not None else {"torch": torch_why, "torch-compile": torch_why}
-        self.train_functions = {}  # kerasae framework -> the train function kerasae.train used
+        self.train_functions = {}  # (kerasae framework, batch, width) -> the train function kerasae.train used
 
     def rep(self, framework, batch, width, seed):
         """Epoch times of one repetition, or None when the framework is unavailable or failed."""
@@ -251,8 +251,8 @@ class Runner:
             return None
         try:
             if framework.startswith("kerasae"):
-                times, self.train_functions[framework] = kerasae_rep(self.args, batch, width, self.images, seed,
-                                                                     framework)
+                times, self.train_functions[framework, batch, width] = kerasae_rep(self.args, batch, width,
+                                                                                   self.images, seed, framework)
                 return times
             return torch_rep(self.torch, self.torch_images, batch, width, self.images, self.args.epochs_per_rep,
                              seed, compiled=framework == "torch-compile")
@@ -385,18 +385,19 @@ def main(argv=None):
     result["frameworks"] = {names[fw]: summarize_framework(reps.get(fw, []), images, flops, peak,
                                                            runner.failed.get(fw))
                             for fw in FRAMEWORKS if fw in args.frameworks}
-    for fw, kind in runner.train_functions.items():
-        result["frameworks"][names[fw]]["train_function"] = kind
+    for fw in args.frameworks:
+        if (fw, BATCH_SIZE, 1) in runner.train_functions:  # the main runs' (scaling runs may differ: batch 512)
+            result["frameworks"][names[fw]]["train_function"] = runner.train_functions[fw, BATCH_SIZE, 1]
     if scaling_points:
         result["scaling"] = scaling_table(scaling_points, scaling_reps, args.scaling_frameworks, images, peak,
-                                          runner.failed)
+                                          runner.failed, runner.train_functions)
     result["targets"] = targets(result["frameworks"])
     out = common.write_result(args.out, result)
     print(report(result, out))
     return 0
 
 
-def scaling_table(points, scaling_reps, frameworks, images, peak, failed):
+def scaling_table(points, scaling_reps, frameworks, images, peak, failed, train_functions):
     table = {"batch_size": [], "width": [],
              "note": "batch points at width x1, width points at batch 128 (hidden units 512-256 times the width); "
                      "cost_per_sample_vs_base: seconds per image relative to batch 128, width x1"}
@@ -411,6 +412,8 @@ def scaling_table(points, scaling_reps, frameworks, images, peak, failed):
                                         failed.get(framework))
             entry.update(framework=framework, batch_size=batch, width=width, hidden_units=hidden,
                          training_flops_per_sample=flops["training"])
+            if (framework, batch, width) in train_functions:
+                entry["train_function"] = train_functions[framework, batch, width]
             sps = entry.get("samples_per_s", {}).get("median")
             entry["cost_per_sample_vs_base"] = common.ratio(base_sps, sps)
             table["batch_size" if kind == "batch" else "width"].append(entry)

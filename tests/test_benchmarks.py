@@ -130,7 +130,7 @@ def test_train_throughput_quick_without_torch(tmp_path):
     assert [e["batch_size"] for e in scaling["batch_size"]] == [32, 128, 512]
     assert [e["width"] for e in scaling["width"]] == [1, 2, 4]
     for entry in scaling["batch_size"] + scaling["width"]:
-        assert entry["framework"] == "kerasae"
+        assert entry["framework"] == "kerasae" and entry["train_function"] in ("xla-execution", "keras")
         assert positive(entry["samples_per_s"]["median"]) and positive(entry["cost_per_sample_vs_base"])
         assert entry["hidden_units"] == [512 * entry["width"], 256 * entry["width"]]
     assert scaling["width"][0]["cost_per_sample_vs_base"] == 1.0

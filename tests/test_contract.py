@@ -120,8 +120,9 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
     for kind in ("normal", "uniform"):
         monkeypatch.setitem(base._STATELESS, kind, _integer_hash_noise(kind))
 
-    loop_safe = kerasae.build(name).xla_loop_safe
-    chosen = train_function_kind(TrainConfig(jit_compile=True), kerasae.build(name), False, whole_executions=True)
+    probe = kerasae.build(name)
+    loop_safe = probe.xla_loop_safe
+    chosen = train_function_kind(TrainConfig(jit_compile=True), probe, False, whole_executions=True)
     assert chosen == ("xla-execution" if loop_safe else "keras")
     losses = {}
     for xla in (False, True):
