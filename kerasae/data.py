@@ -27,6 +27,9 @@ COLOR_MODES = ("grayscale", "rgb")
 DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)  # images:DIR holds files of any size; pick one
 _FOLDER_TEST_FRACTION = 0.1
 _FOLDER_SPLIT_SEED = 1337
+#: Validation and test images of Bernoulli models are binarized once, with this seed, so their numbers
+#: are reproducible and comparable with the literature (training re-draws every epoch).
+TEST_BINARIZATION_SEED = 0
 
 _MNIST_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",

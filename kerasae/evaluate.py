@@ -79,7 +79,7 @@ def reconstruction_metrics(x, x_hat):
 
 def codes(model, x, batch_size=1000):
     """The code of each image: z for AEs, the posterior mean for VAEs."""
-    return train_lib.latent_codes(model, x, batch_size)
+    return model.latent_codes(x, batch_size)
 
 
 def reconstruct(model, x, batch_size=1000):

@@ -812,7 +812,6 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     what reproduce measured on best.keras. Returns the version directory.
     """
     from kerasae import data as data_lib
-    from kerasae.training import TEST_BINARIZATION_SEED
 
     path = Path(run_dir_or_model_path)
     if path.is_dir():
@@ -848,7 +847,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     if data is not None:
         parity_data = data.x_test[:NUM_PARITY_IMAGES]
         if binary:  # the fixed binarization the run was tested on (metrics.json; training's default is seed 0)
-            parity_data = data_lib.binarize(parity_data, seed=TEST_BINARIZATION_SEED)
+            parity_data = data_lib.binarize(parity_data, seed=data_lib.TEST_BINARIZATION_SEED)
         train = data.x_train[:max(num_representative, NUM_FP16_CALIBRATION_IMAGES)]
         if binary:  # Bernoulli models train on binarized pixels
             train = data_lib.binarize(train, seed=1)

@@ -24,7 +24,6 @@ import re
 import keras
 import numpy as np
 
-from kerasae.training import latent_codes
 
 _ROUNDED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
@@ -74,7 +73,7 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
 
 
 def _net_input(model, net, x):
-    return x if net is model.encoder else latent_codes(model, x)  # VAE: the posterior mean
+    return x if net is model.encoder else model.latent_codes(x)  # VAE: the posterior mean
 
 
 def gptq_float16(kernel, inputs, damp=0.01):

@@ -36,7 +36,7 @@ from kerasae.files import atomic_path, json_text, library_versions, load_keras_m
 from kerasae.models.base import check_choice, check_number, check_positive_int
 
 #: Seed of the fixed binarization of validation and test images for Bernoulli models.
-TEST_BINARIZATION_SEED = 0
+TEST_BINARIZATION_SEED = data_lib.TEST_BINARIZATION_SEED
 LR_SCHEDULES = ("cosine", "constant")
 _IGNORED_FOR_COMPAT = ("verbose",)  # fields that may change between reruns into the same --out
 
@@ -702,15 +702,6 @@ def _check_workers_agree(strategy, initial_epoch):
                          "worker must read the chief's backup, so put --out on storage they all share")
 
 
-def latent_codes(model, x, batch_size=1000):
-    """Codes of x: z for AEs, the posterior mean for VAEs."""
-    codes = []
-    for i in range(0, len(x), batch_size):
-        z = model.encode(x[i:i + batch_size])
-        codes.append((z[0] if isinstance(z, (tuple, list)) else z).numpy())
-    return np.concatenate(codes)
-
-
 def save_figures(model, x_test, y_test, fig_dir, n=10, seed=0):
     """reconstructions.png, samples.png and, for a 2-D code, latent.png."""
     x = x_test[:n]
@@ -719,4 +710,4 @@ def save_figures(model, x_test, y_test, fig_dir, n=10, seed=0):
     plots.save_image(plots.image_grid(model.sample(64, seed=seed).numpy(), 8), fig_dir / "samples.png",
                      "decoded samples z ~ N(0, I)")
     if model.latent_dim == 2:
-        plots.save_latent_scatter(latent_codes(model, x_test), y_test, fig_dir / "latent.png")
+        plots.save_latent_scatter(model.latent_codes(x_test), y_test, fig_dir / "latent.png")

@@ -244,6 +244,14 @@ class BaseAutoencoder(keras.Model):
         n = check_positive_int("n", n)
         return self.decode(draw("normal", [n, self.latent_dim], seed))
 
+    def latent_codes(self, x, batch_size=1000):
+        """Codes of x as a numpy array, in batches: z for AEs, the posterior mean for VAEs."""
+        codes = []
+        for i in range(0, len(x), batch_size):
+            z = self.encode(x[i:i + batch_size])
+            codes.append((z[0] if isinstance(z, (tuple, list)) else z).numpy())
+        return np.concatenate(codes)
+
     # ---- training -------------------------------------------------------------------------
 
     metric_names = ("loss",)
