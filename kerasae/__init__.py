@@ -3,18 +3,51 @@
     import kerasae
     model = kerasae.build("vae-mlp")            # any name from kerasae.list_presets()
     result = kerasae.train(preset="vae-mlp", epochs=5, out="runs/vae")
-    vae = kerasae.load_pretrained("vae-mlp")    # the zoo in exported/, sha256-verified
+    vae = kerasae.load_pretrained("vae-mlp")    # the pretrained zoo, sha256-verified
+    model = kerasae.load_model("runs/vae/model.keras")
+
+The names below load on first use (PEP 562), so `import kerasae` and the command-line
+tools' `--help` do not wait for TensorFlow. Using any model name registers kerasae's
+classes with Keras; `kerasae.load_model` (or `import kerasae.models` before
+`keras.saving.load_model`) reads a saved model.
 """
 
-from kerasae import _backend  # noqa: F401  (pins KERAS_BACKEND=tensorflow before keras loads)
-from kerasae.data import DataError, ImageData, load_dataset
-from kerasae.models import VAE, Autoencoder, BaseAutoencoder, DenoisingAutoencoder
-from kerasae.registry import build, get_preset, list_presets, register_preset
-from kerasae.training import TrainConfig, TrainResult, train
-from kerasae.zoo import load_pretrained
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = ["VAE", "Autoencoder", "BaseAutoencoder", "DataError", "DenoisingAutoencoder", "ImageData",
-           "TrainConfig", "TrainResult", "build", "get_preset", "list_presets", "load_dataset", "load_pretrained",
-           "register_preset", "train"]
+# public name -> the module that defines it ("module:name" where the names differ)
+_EXPORTS = {
+    "VAE": "kerasae.models", "Autoencoder": "kerasae.models", "BaseAutoencoder": "kerasae.models",
+    "DenoisingAutoencoder": "kerasae.models",
+    "DataError": "kerasae.data", "ImageData": "kerasae.data", "load_dataset": "kerasae.data",
+    "build": "kerasae.registry", "get_preset": "kerasae.registry", "list_presets": "kerasae.registry",
+    "register_preset": "kerasae.registry",
+    "TrainConfig": "kerasae.config", "TrainResult": "kerasae.training", "train": "kerasae.training",
+    "load_pretrained": "kerasae.zoo", "load_model": "kerasae.files:load_keras_model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        module, _, attr = _EXPORTS[name].partition(":")
+        value = getattr(importlib.import_module(module), attr or name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:  # a submodule, e.g. kerasae.export after a bare `import kerasae`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if "keras" in sys.modules:  # Keras is loaded already, so registering the model classes costs nothing
+    importlib.import_module("kerasae.models")

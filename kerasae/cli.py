@@ -1,6 +1,8 @@
 """Command-line front ends (`scripts/*.py` are thin shims over these).
 
-Every bad argument exits with code 2 and a one-line message, as argparse does.
+Every bad argument exits with code 2 and a one-line message, as argparse does. Arguments
+are parsed before TensorFlow is imported (this module imports none of it at the top), so
+`--help` and a usage error answer at once.
 """
 
 import argparse
@@ -9,9 +11,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from kerasae import distribute, registry
-from kerasae import export as export_lib
-from kerasae import training as train_lib
+from kerasae import options, registry
+from kerasae.config import TrainConfig
 from kerasae.files import ModelFileError
 
 # flag -> (model kwarg, the family it applies to, or None for all)
@@ -61,11 +62,9 @@ def _image_size(text):
 
 
 def _noise(text):
-    from kerasae.models.dae import NOISE_TYPES
-
     kind, _, level = text.partition(":")
-    if kind not in NOISE_TYPES:
-        raise argparse.ArgumentTypeError(f"noise type must be one of {', '.join(NOISE_TYPES)}, got {kind!r}")
+    if kind not in options.NOISE_TYPES:
+        raise argparse.ArgumentTypeError(f"noise type must be one of {', '.join(options.NOISE_TYPES)}, got {kind!r}")
     try:
         value = float(level) if level else 0.5
     except ValueError:
@@ -88,32 +87,32 @@ def build_train_parser():
                    help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR or npz:FILE (default: mnist)")
     g.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
     g.add_argument("--image-size", type=_image_size, help="resize images to HxW (default: keep; images:DIR 64x64)")
-    g.add_argument("--color-mode", choices=["grayscale", "rgb"], help="convert images to 1 or 3 channels")
+    g.add_argument("--color-mode", choices=options.COLOR_MODES, help="convert images to 1 or 3 channels")
     g.add_argument("--max-train-samples", type=_positive_int, help="use only the first N training images")
     g.add_argument("--max-test-samples", type=_positive_int, help="use only the first N test images")
     g.add_argument("--validation-size", type=_non_negative_int,
                    help="images held out of the training set for validation (default: min(5000, 10%%))")
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=_positive_int, help="size of the code / latent z")
-    g.add_argument("--likelihood", choices=["bernoulli", "gaussian"], help="VAE decoder likelihood")
+    g.add_argument("--likelihood", choices=options.LIKELIHOODS, help="VAE decoder likelihood")
     g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
     g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
     g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
                    help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
     g.add_argument("--init-from", metavar="MODEL.keras", help="fine-tune a saved model instead of a new one")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_positive_int, default=train_lib.TrainConfig.epochs)
-    g.add_argument("--batch-size", type=_positive_int, default=train_lib.TrainConfig.batch_size,
+    g.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs)
+    g.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
                    help="global batch size (split across replicas)")
-    g.add_argument("--learning-rate", type=_float(0.0, True), default=train_lib.TrainConfig.learning_rate)
-    g.add_argument("--lr-schedule", choices=train_lib.LR_SCHEDULES, default="cosine")
+    g.add_argument("--learning-rate", type=_float(0.0, True), default=TrainConfig.learning_rate)
+    g.add_argument("--lr-schedule", choices=options.LR_SCHEDULES, default="cosine")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", help="run directory (default: runs/PRESET)")
-    g.add_argument("--strategy", choices=list(distribute.STRATEGIES), default="auto",
+    g.add_argument("--strategy", choices=options.STRATEGIES, default="auto",
                    help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default; multiworker reads "
                    "TF_CONFIG; tpu reads TPU_NAME)")
     g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
-    g.add_argument("--steps-per-execution", type=_positive_int, default=train_lib.TrainConfig.steps_per_execution,
+    g.add_argument("--steps-per-execution", type=_positive_int, default=TrainConfig.steps_per_execution,
                    help="training steps per tf.function call (default: %(default)s)")
     g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
                    help="XLA. Default (auto): on one device, each call's steps compiled together when the run keeps "
@@ -154,7 +153,7 @@ def config_from_args(parser, args):
     if args.init_from and overrides:
         parser.error("--init-from takes the architecture from the saved model; drop the model flags (to change "
                      "training settings such as k, use kerasae.train(init_from=..., model_kwargs={...}))")
-    return train_lib.TrainConfig(
+    return TrainConfig(
         preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
         image_size=args.image_size, color_mode=args.color_mode, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, validation_size=args.validation_size,
@@ -179,9 +178,13 @@ def train_main(argv=None):
     config = config_from_args(parser, args)
     if args.export is not None:
         try:
-            export_lib.check_name(args.export)
+            options.check_name(args.export)
         except ValueError as err:
             parser.error(f"--export: {err}")
+    from kerasae import distribute
+    from kerasae import export as export_lib
+    from kerasae import training as train_lib
+
     try:
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
@@ -211,8 +214,8 @@ def build_export_parser():
     p.add_argument("--name", help="export name: files go to EXPORT_DIR/NAME/VERSION and EXPORT_DIR/NAME/tflite")
     p.add_argument("--export-dir", default="exported", help="(default: exported)")
     p.add_argument("--version", type=_positive_int, help="integer version (default: the next one, from 1)")
-    p.add_argument("--tflite", default=",".join(export_lib.VARIANTS), type=_variants,
-                   help=f"comma-separated TFLite variants, or 'none' (default: {','.join(export_lib.VARIANTS)})")
+    p.add_argument("--tflite", default=",".join(options.VARIANTS), type=_variants,
+                   help=f"comma-separated TFLite variants, or 'none' (default: {','.join(options.VARIANTS)})")
     p.add_argument("--representative-data", metavar="FILE.npz",
                    help="images to calibrate int8 on (array x, x_train or images); default: the run's training data")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
@@ -226,7 +229,7 @@ def _variants(text):
     if text.strip().lower() in ("", "none"):
         return ()
     try:
-        return export_lib.check_variants(text)
+        return options.check_variants(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -239,20 +242,27 @@ def export_main(argv=None):
             parser.error("--verify PATH takes no RUN_DIR or --name")
         if not Path(args.verify).exists():
             parser.error(f"--verify: {args.verify} does not exist")
+    else:
+        if not args.source:
+            parser.error("give a RUN_DIR or MODEL.keras to export (or --verify PATH)")
+        if not args.name:
+            parser.error("--name is required")
+        try:
+            options.check_name(args.name)
+        except ValueError as err:
+            parser.error(" ".join(str(err).split()))
+        if not Path(args.source).exists():
+            parser.error(f"{args.source} does not exist")
+    from kerasae import export as export_lib
+
+    if args.verify:
         problems = export_lib.verify(args.verify)
         for problem in problems:
             print(f"FAIL {problem}")
         if not problems:
             print(f"OK {args.verify}")
         return 1 if problems else 0
-    if not args.source:
-        parser.error("give a RUN_DIR or MODEL.keras to export (or --verify PATH)")
-    if not args.name:
-        parser.error("--name is required")
     try:
-        export_lib.check_name(args.name)
-        if not Path(args.source).exists():
-            raise FileNotFoundError(f"{args.source} does not exist")
         warnings.simplefilter("ignore", export_lib.ParityWarning)  # printed below, from the manifest
         version_dir = export_lib.export_run(args.source, args.name, export_dir=args.export_dir, version=args.version,
                                             tflite=args.tflite, representative_data=args.representative_data,
@@ -291,14 +301,14 @@ def build_evaluate_parser():
 
 
 def evaluate_main(argv=None):
-    from kerasae import evaluate as eval_lib
-
     parser = build_evaluate_parser()
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.json").is_file() or not any((run_dir / f).is_file() for f in ("best.keras",
                                                                                             "model.keras")):
         parser.error(f"RUN_DIR: {args.run_dir} is not a finished kerasae run (needs config.json and a .keras model)")
+    from kerasae import evaluate as eval_lib
+
     try:
         result = eval_lib.evaluate_run(run_dir, k=args.k, max_test_samples=args.max_test_samples,
                                        progress=not args.no_progress)
@@ -308,14 +318,16 @@ def evaluate_main(argv=None):
     return 0
 
 
-def build_reproduce_parser():
-    from kerasae import reproduce
+#: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
+REPRODUCE_STAGES = ("seed", "nll")
 
+
+def build_reproduce_parser():
     p = argparse.ArgumentParser(prog="reproduce.py", description="Train, evaluate and write kerasae's published "
                                 "results (benchmarks/results/*.json) and figures (docs/figures/). Finished runs are "
                                 "reused; interrupted ones resume: rerun the same command.")
-    p.add_argument("--stages", default="seed,nll", type=_choices(reproduce.STAGES),
-                   help=f"comma-separated subset of {','.join(reproduce.STAGES)} (default: all)")
+    p.add_argument("--stages", default="seed,nll", type=_choices(REPRODUCE_STAGES),
+                   help=f"comma-separated subset of {','.join(REPRODUCE_STAGES)} (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: 2 epochs on 3,000 images, k=20; writes under ROOT/quick/ by default")
     p.add_argument("--k", type=_positive_int, help="importance samples (default: 5000 for nll, 500 for seed)")
@@ -340,10 +352,10 @@ def _choices(valid):
 
 
 def reproduce_main(argv=None):
-    from kerasae import reproduce
-
     parser = build_reproduce_parser()
     args = parser.parse_args(argv)
+    from kerasae import reproduce
+
     quick_dir = Path(args.root) / "quick"
     results_dir = args.results_dir or (quick_dir / "results" if args.quick else "benchmarks/results")
     figures_dir = args.figures_dir or (quick_dir / "figures" if args.quick else "docs/figures")

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 SPEC_FORMS = ("mnist", "tfds:NAME[/CONFIG][:VERSION]", "idx:DIR", "images:DIR", "npz:FILE")
-COLOR_MODES = ("grayscale", "rgb")
+from kerasae.options import COLOR_MODES  # noqa: F401  (re-exported)
 DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)  # images:DIR holds files of any size; pick one
 _FOLDER_TEST_FRACTION = 0.1
 _FOLDER_SPLIT_SEED = 1337

@@ -11,7 +11,7 @@ import os
 from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+from kerasae.options import STRATEGIES  # noqa: F401  (re-exported)
 
 #: Seconds a collective op may wait for a peer before failing: a dead worker must not hang the others.
 COLLECTIVE_TIMEOUT_S = 120

@@ -28,7 +28,6 @@ import datetime
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -42,9 +41,8 @@ import tensorflow as tf
 
 from kerasae import fp16 as fp16_lib
 from kerasae.files import json_text, library_versions, load_keras_model, sha256_file
+from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signatures, check_variants  # noqa: F401
 
-SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")  # reconstruct first: it becomes serving_default
-VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 MANIFEST = "manifest.json"
 FORMAT = "kerasae-export/1"
 #: Images the TFLite files are compared with the SavedModel on (the issue's 256 test images).
@@ -72,7 +70,6 @@ KERAS_TOLERANCE = 1e-5
 #: Ops an int8 file may run in float: the boundary (de)quantization and the N(0, I) draw of
 #: `sample` (TFLite has no int8 random kernel; the draw is quantized at once).
 _INT8_FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ExportError(RuntimeError):
@@ -564,34 +561,6 @@ def existing_versions(root):
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def check_name(name):
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"name must be letters, digits, '.', '_' or '-' (no slashes), starting with a letter or "
-                         f"digit, got {name!r}")
-    return name
-
-
-def check_tflite_signatures(signatures):
-    if isinstance(signatures, str):
-        signatures = [s for s in signatures.split(",") if s.strip()]
-    signatures = tuple(dict.fromkeys(s.strip() for s in signatures or ()))
-    unknown = [s for s in signatures if s not in SIGNATURES]
-    if unknown or not signatures:
-        raise ValueError(f"tflite_signatures must name one or more of {', '.join(SIGNATURES)}, got "
-                         f"{', '.join(unknown) or 'none'}")
-    return signatures
-
-
-def check_variants(tflite):
-    if isinstance(tflite, str):
-        tflite = [v for v in tflite.split(",") if v.strip()]
-    variants = tuple(dict.fromkeys(v.strip() for v in tflite or ()))
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown TFLite variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
-    return variants
 
 
 # ---- export -----------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ def load_keras_model(path):
     """
     import keras
 
+    import kerasae.models  # noqa: F401  (registers the classes the file names)
+
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")

@@ -1,25 +1,29 @@
 """Presets are data: a name maps to a model class and the keyword arguments it is built with.
 
 Adding a preset is one `register_preset` line; it then gets the CLI (`--preset`), the
-standard test contract and export for free.
+standard test contract and export for free. The built-in presets name their class
+("kerasae.models:VAE"), which is imported on first use: listing presets and checking a
+preset name need no TensorFlow, so the CLI answers at once.
 """
 
 import dataclasses
+import importlib
 import inspect
-
-from kerasae.models import VAE, Autoencoder, BaseAutoencoder, DenoisingAutoencoder
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
-    cls: type
+    family: str  # "ae", "dae" or "vae": what --arch calls it
     kwargs: dict
     description: str
+    class_path: str  # "module:ClassName"
 
     @property
-    def family(self):
-        return self.cls.family
+    def cls(self):
+        cls = _import(self.class_path)
+        check_keywords(cls, self.kwargs)
+        return cls
 
 
 PRESETS: dict[str, Preset] = {}
@@ -29,10 +33,22 @@ DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp"}
 
 
 def register_preset(name, cls, description, **kwargs):
+    """Register preset `name`: a model class (or "module:ClassName", imported on first use) and its kwargs."""
     if name in PRESETS:
         raise ValueError(f"preset {name!r} is already registered")
-    check_keywords(cls, kwargs)
-    PRESETS[name] = Preset(name, cls, kwargs, description)
+    if isinstance(cls, str):
+        class_path, family = cls, _BUILTIN_FAMILIES.get(cls)
+        if family is None:
+            family = _import(cls).family
+    else:
+        check_keywords(cls, kwargs)
+        class_path, family = f"{cls.__module__}:{cls.__qualname__}", cls.family
+    PRESETS[name] = Preset(name, family, kwargs, description, class_path)
+
+
+def _import(class_path):
+    module, _, name = class_path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def list_presets(family=None):
@@ -53,7 +69,7 @@ def valid_keywords(cls):
         if "__init__" in vars(klass):
             names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
                          if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
-        if klass is BaseAutoencoder:
+        if klass.__module__ == "kerasae.models.base":  # the Keras Model above it takes **kwargs
             break
     return sorted(names)
 
@@ -77,37 +93,41 @@ def build(name, **overrides):
     return get_preset(name).cls(**preset_kwargs(name, **overrides))
 
 
+# The built-in classes' families, so registering them imports nothing.
+_AE, _DAE, _VAE = "kerasae.models:Autoencoder", "kerasae.models:DenoisingAutoencoder", "kerasae.models:VAE"
+_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae"}
+
 _MLP = dict(arch="mlp", hidden_units=(512, 256))
 _CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
 
-register_preset("ae-mlp-seed", Autoencoder,
+register_preset("ae-mlp-seed", _AE,
                 "The classic deep MLP autoencoder 784-512-256-128-32-2-32-128-256-512-784 (2-D code).",
                 arch="mlp", hidden_units=(512, 256, 128, 32), latent_dim=2)
-register_preset("ae-shallow", Autoencoder, "Shallow AE: one Dense layer each way, 784-32-784.",
+register_preset("ae-shallow", _AE, "Shallow AE: one Dense layer each way, 784-32-784.",
                 arch="mlp", hidden_units=(), latent_dim=32)
-register_preset("ae-conv", Autoencoder, "Convolutional AE: conv 32-64 (stride 2), 16-D code.", **_CONV, latent_dim=16)
-register_preset("ae-sparse", Autoencoder, "Sparse AE: 784-512-128 with an L1 penalty on a ReLU code.",
+register_preset("ae-conv", _AE, "Convolutional AE: conv 32-64 (stride 2), 16-D code.", **_CONV, latent_dim=16)
+register_preset("ae-sparse", _AE, "Sparse AE: 784-512-128 with an L1 penalty on a ReLU code.",
                 arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="relu",
                 sparsity="l1", sparsity_weight=0.1)
-register_preset("ae-sparse-kl", Autoencoder,
+register_preset("ae-sparse-kl", _AE,
                 "Sparse AE: 784-512-128 sigmoid code pulled to a mean activation of 0.05 by a KL penalty.",
                 arch="mlp", hidden_units=(512,), latent_dim=128, code_activation="sigmoid",
                 sparsity="kl", sparsity_weight=1.0, sparsity_target=0.05)
-register_preset("ae-contractive", Autoencoder,
+register_preset("ae-contractive", _AE,
                 "Contractive AE: 784-512-64, penalty 0.1 * ||dz/dx||_F^2 on the encoder's Jacobian.",
                 arch="mlp", hidden_units=(512,), latent_dim=64, contractive_weight=0.1)
-register_preset("dae-mlp", DenoisingAutoencoder, "Denoising MLP AE 784-512-256-64, gaussian noise std 0.5.",
+register_preset("dae-mlp", _DAE, "Denoising MLP AE 784-512-256-64, gaussian noise std 0.5.",
                 **_MLP, latent_dim=64, noise_type="gaussian", noise_level=0.5)
-register_preset("dae-conv", DenoisingAutoencoder, "Denoising conv AE, conv 32-64, 32-D code, gaussian noise std 0.5.",
+register_preset("dae-conv", _DAE, "Denoising conv AE, conv 32-64, 32-D code, gaussian noise std 0.5.",
                 **_CONV, latent_dim=32, noise_type="gaussian", noise_level=0.5)
-register_preset("vae-mlp", VAE, "MLP VAE 784-512-256-32, Bernoulli decoder (dynamically binarized data).",
+register_preset("vae-mlp", _VAE, "MLP VAE 784-512-256-32, Bernoulli decoder (dynamically binarized data).",
                 **_MLP, latent_dim=32, likelihood="bernoulli")
-register_preset("vae-mlp-2d", VAE, "MLP VAE with a 2-D latent, Bernoulli decoder: for latent plots and manifolds.",
+register_preset("vae-mlp-2d", _VAE, "MLP VAE with a 2-D latent, Bernoulli decoder: for latent plots and manifolds.",
                 **_MLP, latent_dim=2, likelihood="bernoulli")
-register_preset("vae-conv", VAE, "Convolutional VAE, conv 32-64, 32-D latent, Bernoulli decoder.",
+register_preset("vae-conv", _VAE, "Convolutional VAE, conv 32-64, 32-D latent, Bernoulli decoder.",
                 **_CONV, latent_dim=32, likelihood="bernoulli")
-register_preset("vae-mlp-gaussian", VAE,
+register_preset("vae-mlp-gaussian", _VAE,
                 "MLP VAE 784-512-256-32 with a Gaussian decoder (learned shared std) on intensities in [0, 1].",
                 **_MLP, latent_dim=32, likelihood="gaussian", gaussian_scale="shared")
-register_preset("iwae-mlp", VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
+register_preset("iwae-mlp", _VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
                 **_MLP, latent_dim=32, likelihood="bernoulli", num_importance_samples=5)

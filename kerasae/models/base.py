@@ -15,35 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import layers as stacks
+from kerasae.options import check_choice, check_number, check_positive_int  # noqa: F401  (re-exported)
 
 #: The one registration decorator: every model class is serializable as "kerasae>Name".
 register = keras.saving.register_keras_serializable(package="kerasae")
-
-
-def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_number(name, value, low=None, high=None, *, low_open=False, high_open=False):
-    """A real number in [low, high] (ends open where asked); a clear ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ValueError(f"{name} must be in {lo}{low if low is not None else '-inf'}, "
-                         f"{high if high is not None else 'inf'}{hi}, got {value!r}")
-    return float(value)
 
 
 def _int_tuple(name, values, allow_empty=True):

@@ -5,7 +5,7 @@ import tensorflow as tf
 from kerasae.models.ae import Autoencoder
 from kerasae.models.base import check_choice, check_number, draw, register
 
-NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
+from kerasae.options import NOISE_TYPES  # noqa: F401  (re-exported)
 
 
 def apply_noise(x, noise_type, level, noise):

@@ -9,7 +9,7 @@ from kerasae import losses
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+from kerasae.options import LIKELIHOODS  # noqa: F401  (re-exported)
 GAUSSIAN_SCALES = ("pixel", "shared", "fixed")
 
 

@@ -1,0 +1,76 @@
+"""Names and checks that the API and the command line share, importable without TensorFlow.
+
+The CLI parses its arguments with these before TensorFlow loads, so `--help` and a bad
+argument answer at once; the modules that own each name import it from here.
+"""
+
+import numbers
+import re
+
+#: tf.distribute strategies `TrainConfig.strategy` / `--strategy` accept (see `kerasae.distribute`).
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+LR_SCHEDULES = ("cosine", "constant")
+#: Denoising corruptions (see `kerasae.models.dae`).
+NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
+LIKELIHOODS = ("bernoulli", "gaussian")
+COLOR_MODES = ("grayscale", "rgb")
+#: Exported signatures; reconstruct first, it becomes serving_default.
+SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")
+#: TFLite variants an export can write.
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_number(name, value, low=None, high=None, *, low_open=False, high_open=False):
+    """A real number in [low, high] (ends open where asked); a clear ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value:
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}{low if low is not None else '-inf'}, "
+                         f"{high if high is not None else 'inf'}{hi}, got {value!r}")
+    return float(value)
+
+
+def check_name(name):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"name must be letters, digits, '.', '_' or '-' (no slashes), starting with a letter or "
+                         f"digit, got {name!r}")
+    return name
+
+
+def check_tflite_signatures(signatures):
+    if isinstance(signatures, str):
+        signatures = [s for s in signatures.split(",") if s.strip()]
+    signatures = tuple(dict.fromkeys(s.strip() for s in signatures or ()))
+    unknown = [s for s in signatures if s not in SIGNATURES]
+    if unknown or not signatures:
+        raise ValueError(f"tflite_signatures must name one or more of {', '.join(SIGNATURES)}, got "
+                         f"{', '.join(unknown) or 'none'}")
+    return signatures
+
+
+def check_variants(tflite):
+    if isinstance(tflite, str):
+        tflite = [v for v in tflite.split(",") if v.strip()]
+    variants = tuple(dict.fromkeys(v.strip() for v in tflite or ()))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown TFLite variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
+    return variants
