@@ -8,8 +8,8 @@
 
 The names below load on first use (PEP 562), so `import kerasae` and the command-line
 tools' `--help` do not wait for TensorFlow. Using any model name registers kerasae's
-classes with Keras; `kerasae.load_model` (or `import kerasae.models` before
-`keras.saving.load_model`) reads a saved model.
+classes with Keras, as does importing kerasae after keras; `kerasae.load_model` reads a
+saved model in any case (or call `kerasae.register_classes()` before `keras.saving.load_model`).
 """
 
 import importlib
@@ -49,5 +49,11 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-if "keras" in sys.modules:  # Keras is loaded already, so registering the model classes costs nothing
+def register_classes():
+    """Register kerasae's Keras classes (models, and the optimizer compiled .keras files name) with Keras."""
     importlib.import_module("kerasae.models")
+    importlib.import_module("kerasae.optimizers")
+
+
+if "keras" in sys.modules:  # Keras is loaded already, so registering costs nothing
+    register_classes()

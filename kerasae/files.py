@@ -110,7 +110,9 @@ def load_keras_model(path):
     """
     import keras
 
-    import kerasae.models  # noqa: F401  (registers the classes the file names)
+    import kerasae
+
+    kerasae.register_classes()  # the classes the file names
 
     path = Path(path)
     if not path.is_file():
