@@ -133,7 +133,8 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
         if xla and loop_safe:
             model.train_function = xla_execution_train_function(model)
         x = _batch(model, mnist_small, mnist_binary, n=40)  # batches of 16, 16, 8: the last one partial
-        history = model.fit(make_dataset(x, 16, repeat=True), epochs=3, steps_per_epoch=3, verbose=0)
+        history = model.fit(make_dataset(x, 16, repeat=True), epochs=3, steps_per_epoch=3, verbose=0,
+                            shuffle=False)  # fit's default True: Keras warns it ignores it for a tf.data dataset
         assert int(model.optimizer.iterations.numpy()) == 9
         losses[xla] = history.history["loss"]
     assert np.isfinite(losses[True]).all()

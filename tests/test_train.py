@@ -1,7 +1,11 @@
 """kerasae.training: the run directory, TensorBoard summaries, resuming and fine-tuning."""
 
+import contextlib
 import csv
+import io
 import json
+import re
+import warnings
 
 import keras
 import numpy as np
@@ -197,6 +201,57 @@ def test_one_iterator_steps_divide_the_epoch():
     assert train_lib.one_iterator_steps(469, 0, 16) == 7  # 60,000 images, no validation
     assert train_lib.one_iterator_steps(431, 0, 16) is None  # a prime: 1 step per call would cost more
     assert train_lib.one_iterator_steps(9, 0, 2) is None and train_lib.one_iterator_steps(10, 0, 1) == 1
+
+
+def test_plan_executions_runs_no_more_steps_per_call_than_an_epoch_has():
+    plan = train_lib.plan_executions
+    assert plan(430, 40, 16, replicated=False, custom_loop=False) == (10, True)  # one iterator: whole executions
+    assert plan(15, 2, 16, replicated=False, custom_loop=False) == (15, False)  # 2,048 MNIST images: 16 asked
+    assert plan(431, 0, 16, replicated=False, custom_loop=False) == (16, False)  # the last call runs 15
+    assert plan(9, 1, 4, replicated=True, custom_loop=False) == (1, False)  # Keras' multi-step function fails
+    assert plan(430, 40, 16, replicated=True, custom_loop=False) == (10, True)
+    assert plan(430, 40, 16, replicated=True, custom_loop=True) == (1, False)  # multiworker.loop_fit: a step a call
+
+
+@pytest.fixture(scope="module")
+def verbose_runs(tmp_path_factory):
+    """Two runs with Keras' progress bar on (verbose=1) and per-epoch iterators (9 training steps, 1 validation
+    step: no divisor for one iterator): more steps per call than an epoch has (16) and a number that does not
+    divide it (4: the epoch's last call runs 1 step). Returns {steps per call: metrics}, the printed output, each
+    (step, target) the bar was updated with (printed or not: it skips updates within 0.05 s) and the warnings."""
+    out = tmp_path_factory.mktemp("verbose")
+    updates, runs, stdout = [], {}, io.StringIO()
+    update = keras.utils.Progbar.update
+
+    def recording_update(self, current, values=None, finalize=None):
+        updates.append((current, self.target))
+        return update(self, current, values, finalize)
+
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(stdout):
+        warnings.simplefilter("always")
+        mp.setattr(keras.utils.Progbar, "update", recording_update)
+        for per_call in (16, 4):
+            runs[per_call] = kerasae.train(preset="ae-shallow", out=str(out / str(per_call)),
+                                           steps_per_execution=per_call, **{**SMALL, "verbose": 1}).metrics
+    return runs, stdout.getvalue(), updates, [str(w.message) for w in caught]
+
+
+def test_progress_bar_never_counts_past_the_epoch(verbose_runs):
+    runs, printed, updates, _ = verbose_runs
+    for per_call, metrics in runs.items():
+        assert metrics["one_iterator"] is False
+        assert metrics["steps_per_execution"] == min(per_call, 9)  # what ran: a call has at most the epoch's steps
+    shown = [(int(a), int(b)) for a, b in re.findall(r"(\d+)/(\d+)", re.sub(r"Epoch \d+/\d+", "", printed))]
+    assert shown and all(target == 9 for _, target in shown)
+    assert max(step for step, _ in shown) == 9, printed  # was 16/9 (16 steps per call asked)
+    assert updates and all(step <= target == 9 for step, target in updates), updates  # was 12/9 (4 per call)
+
+
+def test_fit_gets_no_shuffle_warning(verbose_runs):
+    """fit's shuffle defaults to True, which Keras warns is ignored for a tf.data dataset (kerasae shuffles in it)."""
+    messages = verbose_runs[3]
+    assert not [m for m in messages if "shuffle" in m or "ran out of data" in m], messages
 
 
 def test_one_iterator_run_makes_exact_passes(tmp_path):

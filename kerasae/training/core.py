@@ -1,0 +1,248 @@
+"""A training run end to end: `prepare` (config, data, model: everything that can fail on bad input),
+`fit` (model.fit or the multi-worker loop, the test metrics, every output of the run directory) and
+`train`, the two in one.
+
+The rest of the package serves this module: run_dir (files), callbacks, train_functions (how a
+call's steps run), multiworker (the loop for MultiWorkerMirroredStrategy) and figures.
+"""
+
+import dataclasses
+import hashlib
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasae import data as data_lib
+from kerasae import distribute, registry
+from kerasae.config import ZOO_PREFIX, TrainConfig
+from kerasae.files import library_versions, load_keras_model, write_json
+from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, DivergenceGuard,
+                                        EpochProgbarLogger, EpochTimer, ImageSummaries)
+from kerasae.training.figures import save_figures
+from kerasae.training.multiworker import loop_evaluate, loop_fit
+from kerasae.training.run_dir import backup_epoch, prepare_run_dir, read_history, save_model_atomic, trim_history
+from kerasae.training.train_functions import compile_for_fit, plan_executions, train_function_kind
+
+
+class Prepared(NamedTuple):
+    """What `prepare` made, in the order `fit` takes it."""
+
+    run_dir: Path
+    data: data_lib.ImageData
+    val_size: int
+    strategy: tf.distribute.Strategy
+    model: keras.Model
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    run_dir: Path
+    history: list  # one dict per epoch, from history.csv (covers resumed runs too)
+    metrics: dict
+
+
+def _build_model(config, image_shape, strategy):
+    """Build (or load) the model in the strategy's scope, under a mixed policy if asked.
+
+    The policy is set only while the model is made: its layers keep it (and save it), and
+    the process-wide default stays as the caller had it. Losses stay float32 regardless.
+    """
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(distribute.mixed_precision_policy())
+    try:
+        return _make_model(config, image_shape, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _load_init_model(init_from):
+    """The model `init_from` names: a .keras file (CRC-checked, safe_mode=True) or a verified zoo entry."""
+    if str(init_from).startswith(ZOO_PREFIX):
+        from kerasae import zoo  # the zoo sits above training (it exports); only this option reaches up to it
+
+        return zoo.load_keras_model(init_from)
+    return load_keras_model(init_from)
+
+
+def _init_image_shape(init_from):
+    """The image shape (H, W, C) the model `init_from` names takes, read from its config: nothing is built."""
+    path = Path(init_from)
+    if str(init_from).startswith(ZOO_PREFIX):
+        from kerasae import zoo
+
+        path = zoo.version_dir(*zoo.parse_spec(init_from)) / "assets.extra" / "model.keras"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return tuple(json.loads(archive.read("config.json"))["config"]["image_shape"])
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None  # loading the model says what is wrong with the file
+
+
+def _make_model(config, image_shape, strategy):
+    with strategy.scope():
+        if config.init_from:
+            model = _load_init_model(config.init_from)
+            if tuple(model.image_shape) != tuple(image_shape):
+                raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
+                                 f"but the dataset has {tuple(image_shape)}")
+            if config.model_kwargs:  # training settings only (e.g. num_importance_samples)
+                try:
+                    model = model.clone(**config.model_kwargs)
+                except ValueError as err:
+                    raise ValueError(f"init_from {config.init_from}: model_kwargs {err}") from None
+        else:
+            model = registry.build(config.preset, image_shape=image_shape, **config.model_kwargs)
+        return model
+
+
+def evaluation_images(model, x):
+    """What a model is evaluated on: a fixed binarization for Bernoulli models, else x itself."""
+    if getattr(model, "binary_data", False):
+        return data_lib.binarize(x, seed=data_lib.TEST_BINARIZATION_SEED)
+    return x
+
+
+def prepare(config):
+    """Validate the config, load the data and build the model: everything that can fail on bad input.
+
+    Raises ValueError (data errors included) before any training starts, so a CLI can
+    turn it into a usage error.
+    """
+    config.validate()
+    distribute.configure_cpu_replicas(config.cpu_replicas)
+    strategy = distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
+    if config.jit_compile and strategy.num_replicas_in_sync > 1:
+        raise ValueError(f"jit_compile does not work with {strategy.num_replicas_in_sync} replicas: XLA cannot "
+                         "compile a step whose variables live on several devices (Keras turns it off under "
+                         "tf.distribute too); drop jit_compile or use strategy 'default'")
+    keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: weights, shuffling, binarization
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    run_dir = prepare_run_dir(config)
+    image_size, color_mode = config.image_size, config.color_mode
+    if config.init_from and image_size is None and color_mode is None:  # fit the data to the model's input
+        shape = _init_image_shape(config.init_from)
+        if shape is not None:
+            image_size, color_mode = shape[:2], "grayscale" if shape[2] == 1 else "rgb"
+    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=image_size,
+                                 color_mode=color_mode)
+    data = data.take(config.max_train_samples, config.max_test_samples)
+    val_size = config.validation_size
+    if val_size is None:
+        val_size = min(5000, len(data.x_train) // 10)
+    if val_size >= len(data.x_train):
+        raise ValueError(f"validation_size {val_size} leaves no training images (have {len(data.x_train)})")
+    model = _build_model(config, data.image_shape, strategy)
+    return Prepared(run_dir, data, val_size, strategy, model)
+
+
+def train(config=None, **kwargs):
+    """Train per `config` (or TrainConfig(**kwargs)) and write the run directory; returns a TrainResult."""
+    config = config or TrainConfig(**kwargs)
+    return fit(config, *prepare(config))
+
+
+def fit(config, run_dir, data, val_size, strategy, model):
+    """The training half of `train`: fit, evaluate on the test split, write every output."""
+    start = time.time()
+    x_train, x_val = data_lib.split_validation(data.x_train, val_size)
+    binary = getattr(model, "binary_data", False)
+    custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    val_steps = -(-len(x_val) // config.batch_size)
+    replicated = strategy.num_replicas_in_sync > 1
+    execution, repeat = plan_executions(steps_per_epoch, val_steps, config.steps_per_execution,
+                                        replicated=replicated, custom_loop=custom_loop)
+    train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed,
+                                     repeat=repeat)
+    val_ds = (data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size, repeat=repeat)
+              if len(x_val) else None)
+    x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
+    kind = train_function_kind(config, model, replicated, whole_executions=repeat)
+    compile_for_fit(model, config, steps_per_epoch, strategy, execution, kind)
+
+    chief = distribute.is_chief(strategy)  # only the chief writes files
+    if chief:
+        config_json = {"train": config.to_json(), "preset": None if config.init_from else config.preset,
+                       "model": {"class": type(model).__name__, "config": model.get_config()},
+                       "versions": library_versions()}
+        write_json(run_dir / "config.json", config_json)
+    backup_dir, history_path = run_dir / "backup", run_dir / "history.csv"
+    resumed_from = backup_epoch(backup_dir)
+    if chief:
+        trim_history(history_path, resumed_from)
+        (run_dir / "figures").mkdir(exist_ok=True)
+    if resumed_from and config.verbose != 0:
+        print(f"Resuming from {backup_dir} after epoch {resumed_from}")
+    guard = DivergenceGuard()
+    callbacks = [guard, EpochTimer(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
+    if chief:
+        callbacks += [
+            AtomicModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
+                                  monitor="val_loss" if val_ds is not None else "loss"),
+            keras.callbacks.CSVLogger(str(history_path), append=True),
+            keras.callbacks.TensorBoard(str(run_dir / "logs")),
+            ImageSummaries(run_dir / "logs" / "images", x_test[:8]),
+        ]
+    if config.verbose != 0:
+        callbacks.append(EpochProgbarLogger())  # last, as Keras places its own: it shows epoch_time_s
+    if custom_loop:
+        loop_fit(model, strategy, train_ds, config.epochs, val_ds, callbacks, config.verbose)
+    else:
+        model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+                  steps_per_epoch=steps_per_epoch if repeat else None,
+                  validation_steps=val_steps if repeat and val_ds is not None else None,
+                  verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded); fit's default True warns
+    if guard.diverged or model.stop_training:
+        kept = [str(p) for p in (run_dir / "best.keras", backup_dir) if p.exists()]
+        raise FloatingPointError("training diverged (non-finite loss or weights); "
+                                 + (f"the last good state is kept in {' and '.join(kept)}" if kept
+                                    else "it did so before any epoch completed")
+                                 + "; try a lower --learning-rate (in a new --out)")
+
+    test_ds = data_lib.make_dataset(x_test, config.batch_size)
+    if custom_loop:
+        test = loop_evaluate(model, strategy, test_ds)
+    else:
+        if replicated:
+            # A fresh test function: under MirroredStrategy the one traced for fit's repeated validation
+            # iterator returns no logs for this finite one (Keras 3.15): the test metrics came out {}.
+            model.test_function = None
+        test = model.evaluate(test_ds, return_dict=True, verbose=0)
+    history = read_history(history_path)
+    metrics = {
+        "test": {k: float(v) for k, v in test.items()},
+        "final_epoch": history[-1] if history else None,
+        "epochs": len(history),
+        "resumed_from_epoch": resumed_from,
+        "wall_time_s": round(time.time() - start, 2),  # this invocation only (a resumed run restarts the clock)
+        "num_train": len(x_train), "num_validation": len(x_val), "num_test": len(x_test),
+        "dataset": config.dataset,
+        "test_binarization_seed": data_lib.TEST_BINARIZATION_SEED if binary else None,
+        "units": "nats per example (mse: per pixel)",
+        "replicas": strategy.num_replicas_in_sync,
+        "steps_per_execution": model.steps_per_execution, "one_iterator": repeat, "train_function": kind,
+        "weights_sha256": weights_digest(model),
+        "versions": library_versions(),
+    }
+    if chief:
+        save_model_atomic(model, run_dir / "model.keras")
+        write_json(run_dir / "metrics.json", metrics)
+        save_figures(model, x_test, data.y_test, run_dir / "figures")
+    return TrainResult(model=model, run_dir=run_dir, history=history, metrics=metrics)
+
+
+def weights_digest(model):
+    """sha256 of the model's weights: equal digests mean bit-identical weights (across workers, reruns)."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""Training under MultiWorkerMirroredStrategy, which `model.fit` cannot drive (keras-team/keras#20585):
+`loop_fit` and `loop_evaluate` run the model's own train and test steps with `strategy.run`, through the
+same callbacks as `fit`, and turn a dead peer into WorkerLostError.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class WorkerLostError(RuntimeError):
+    """A peer worker died or stopped answering during multi-worker training."""
+
+
+def _replicated(model, strategy, step):
+    @tf.function
+    def run(batch):
+        strategy.run(step, args=(batch,))
+
+    return run
+
+
+def _logs(model, prefix=""):
+    return {prefix + m.name: float(m.result()) for m in model.metrics}  # a collective read: every worker calls it
+
+
+def loop_evaluate(model, strategy, dataset, prefix=""):
+    """model.evaluate for multi-worker: the model's own test_step over the sharded dataset."""
+    model.reset_metrics()
+    step = _replicated(model, strategy, model.test_step)
+    for batch in strategy.experimental_distribute_dataset(dataset):
+        step(batch)
+    return _logs(model, prefix)
+
+
+def loop_fit(model, strategy, dataset, epochs, validation_data=None, callbacks=(), verbose="auto"):
+    """model.fit for MultiWorkerMirroredStrategy: `strategy.run(model.train_step)` per batch.
+
+    The same training step, callbacks (BackupAndRestore, CSVLogger, TensorBoard...) and
+    History as fit. A dead peer surfaces as WorkerLostError within the collective timeout.
+    """
+    steps = int(dataset.cardinality())
+    callback_list = keras.callbacks.CallbackList(
+        list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
+        verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps if steps > 0 else None)
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)  # outside tf.function: creates its variables once
+    train_step = _replicated(model, strategy, model.train_step)
+    batches = strategy.experimental_distribute_dataset(dataset)
+    model.stop_training, model._initial_epoch = False, None
+    logs = {}
+    try:
+        callback_list.on_train_begin()
+        initial_epoch = model._initial_epoch or 0
+        _check_workers_agree(strategy, initial_epoch)
+        for epoch in range(initial_epoch, epochs):
+            model.reset_metrics()
+            callback_list.on_epoch_begin(epoch)
+            for i, batch in enumerate(batches):
+                callback_list.on_train_batch_begin(i)
+                train_step(batch)
+                callback_list.on_train_batch_end(i, {})
+            logs = _logs(model)
+            if validation_data is not None:
+                logs.update(loop_evaluate(model, strategy, validation_data, prefix="val_"))
+            if not np.isfinite(logs["loss"]):
+                model.stop_training = True
+                break
+            callback_list.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+        callback_list.on_train_end(logs)
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as err:
+        raise WorkerLostError(
+            f"a peer worker died or stopped answering ({type(err).__name__}); restart every worker with the "
+            "same command to resume from the last completed epoch") from err
+    return model.history
+
+
+def _check_workers_agree(strategy, initial_epoch):
+    """Every worker must resume from the same epoch, else their steps would not line up."""
+    # all values equal  <=>  n * sum(v^2) == sum(v)^2  (ReduceOp has only SUM and MEAN)
+    @tf.function
+    def reduce():
+        per_replica = strategy.run(lambda: tf.constant([1, initial_epoch, initial_epoch**2], tf.int64))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    n, total, squares = reduce().numpy().tolist()
+    if n * squares != total * total:
+        raise ValueError(f"workers would resume from different epochs (this one from {initial_epoch}): every "
+                         "worker must read the chief's backup, so put --out on storage they all share")

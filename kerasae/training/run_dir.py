@@ -1,0 +1,93 @@
+"""The run directory's files: creating it, model saves that are never half-written, the resume point
+and history.csv.
+
+Kept apart from the callbacks and the loops because both use it (the checkpoint callbacks save
+through `save_model_atomic` and `check_free_space`; `fit` trims and reads the history), and it
+needs no TensorFlow beyond `model.save`.
+"""
+
+import csv
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+from kerasae.config import _IGNORED_FOR_COMPAT
+from kerasae.files import atomic_path, json_text, write_checksum
+
+
+def save_model_atomic(model, path):
+    """model.save to a temporary file next to `path`, renamed onto it when complete (see `atomic_path`).
+
+    Whenever the process dies or the write fails (disk full, permission denied: an OSError naming
+    `path`), `path` holds the previous model or nothing, never half a file.
+    """
+    with atomic_path(path, suffix=".keras") as tmp:  # Keras insists on the extension
+        model.save(tmp)
+        write_checksum(path, tmp)  # checked by load_keras_model
+
+
+def check_free_space(directory, needed):
+    """Raise ENOSPC before an HDF5 write that would not fit: HDF5 crashes the whole process (segfault in
+    H5Fclose) when the disk fills during a .h5 write, instead of raising an error."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (needs about {needed:,} bytes, {free:,} free)")
+
+
+def prepare_run_dir(config):
+    """Create the run directory, refusing one that holds a run with a different config."""
+    run_dir = Path(config.out)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"out: cannot write to run directory {str(run_dir)!r} ({err.strerror})") from err
+    wanted = {k: v for k, v in json.loads(json_text(config.to_json())).items()
+              if k not in _IGNORED_FOR_COMPAT}
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        try:
+            previous = json.loads(config_path.read_text()).get("train", {})
+        except (json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(f"out: {config_path} is not a kerasae run config; use another --out") from err
+        differing = sorted(k for k in set(wanted) | set(previous)
+                           if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k))
+        if differing:
+            raise ValueError(f"out: {str(run_dir)!r} holds a run with a different config (differs in: "
+                             f"{', '.join(differing)}); choose another --out or delete that directory")
+    return run_dir
+
+
+def backup_epoch(backup_dir):
+    """The epoch a run in `backup_dir` resumes from (0: no backup)."""
+    meta = Path(backup_dir) / "training_metadata.json"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.exists() else 0
+
+
+def trim_history(history_path, resume_epoch):
+    """Keep the history rows of epochs before `resume_epoch`; a fresh run starts a fresh history."""
+    if not history_path.exists():
+        return
+    with open(history_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if resume_epoch == 0 or not rows:
+        history_path.unlink()
+        return
+    with open(history_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["epoch"]) < resume_epoch)
+
+
+def read_history(history_path):
+    """history.csv as one dict per epoch (an empty list when there is none yet)."""
+    if not Path(history_path).exists():
+        return []
+    with open(history_path, newline="") as f:
+        # CSVLogger writes "NA" for a metric an epoch lacks (val_* when training without validation)
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("NA", "", None)}
+                for row in csv.DictReader(f)]
