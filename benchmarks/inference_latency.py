@@ -15,7 +15,7 @@ batch 1 and batch 256, as a user calls it, numpy in and numpy out:
   `model.predict_on_batch(x)` (a compiled tf.function).
 
 Every figure is the median (with min/max and 10th/90th percentiles) of many warm calls, each timed
-alone. The issue's targets are reported as pass/fail: TFLite decode at batch 1 <= 0.3 ms, and the
+alone. The targets are reported as pass/fail: TFLite decode at batch 1 <= 0.3 ms, and the
 SavedModel's batch-256 reconstruct within 1.2x of the raw Keras model's `model(x)`.
 
     python benchmarks/inference_latency.py                # the full benchmark (quiet machine only)

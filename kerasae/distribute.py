@@ -59,8 +59,8 @@ def get_strategy(name="auto"):
 
 
 #: One MirroredStrategy per device set and process. Each new one numbers its collective ops from the
-#: same keys, so a second model trained in the process under a second strategy met the first's
-#: all-reduce ("Shape mismatch in the collective instance 100") and failed.
+#: same keys, so a second model trained in the process under a second strategy would meet the first's
+#: all-reduce and fail ("Shape mismatch in the collective instance 100").
 _MIRRORED = {}
 
 

@@ -54,7 +54,7 @@ def test_mirrored_runs_the_real_training_path():
         run = runs[name]
         assert (run["replicas"], run["one_iterator"], run["steps_per_execution"], run["iterations"]) == (
             replicas, one_iterator, per_call, iterations), name
-        assert set(run["test"]) == {"loss", "reconstruction_loss", "kl", "elbo"}, name  # was {} under mirrored
+        assert set(run["test"]) == {"loss", "reconstruction_loss", "kl", "elbo"}, name  # empty if fit's test function were reused
         assert all(np.isfinite(v) for v in run["test"].values()), name
     for path in ("whole", "partial"):
         single, mirrored = runs[f"{path}-default"], runs[f"{path}-mirrored"]
@@ -63,7 +63,7 @@ def test_mirrored_runs_the_real_training_path():
             for key in ("loss", "val_loss", "reconstruction_loss"):
                 assert row_mirrored[key] == pytest.approx(row_single[key], rel=1e-2), (path, key)
         assert mirrored["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=1e-2), path
-    # a second model, other shapes, same process: each MirroredStrategy numbered its all-reduces from
-    # the same keys, so this one failed with "Shape mismatch in the collective instance"
+    # a second model, other shapes, same process: a second MirroredStrategy would number its all-reduces
+    # from the same keys and fail with "Shape mismatch in the collective instance"
     assert runs["other-model"]["replicas"] == 2 and np.isfinite(runs["other-model"]["test"]["loss"])
     assert runs["jit_error"] is not None and "jit_compile" in runs["jit_error"] and "2 replicas" in runs["jit_error"]

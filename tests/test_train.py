@@ -244,8 +244,8 @@ def test_progress_bar_never_counts_past_the_epoch(verbose_runs):
         assert metrics["steps_per_execution"] == min(per_call, 9)  # what ran: a call has at most the epoch's steps
     shown = [(int(a), int(b)) for a, b in re.findall(r"(\d+)/(\d+)", re.sub(r"Epoch \d+/\d+", "", printed))]
     assert shown and all(target == 9 for _, target in shown)
-    assert max(step for step, _ in shown) == 9, printed  # was 16/9 (16 steps per call asked)
-    assert updates and all(step <= target == 9 for step, target in updates), updates  # was 12/9 (4 per call)
+    assert max(step for step, _ in shown) == 9, printed  # Keras alone shows 16/9 (16 steps per call asked)
+    assert updates and all(step <= target == 9 for step, target in updates), updates  # Keras alone reaches 12/9 (4 per call)
 
 
 def test_fit_gets_no_shuffle_warning(verbose_runs):

@@ -214,7 +214,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     else:
         if replicated:
             # A fresh test function: under MirroredStrategy the one traced for fit's repeated validation
-            # iterator returns no logs for this finite one (Keras 3.15): the test metrics came out {}.
+            # iterator returns no logs for this finite one (Keras 3.15), which would leave the test metrics empty.
             model.test_function = None
         test = model.evaluate(test_ds, return_dict=True, verbose=0)
     history = read_history(history_path)

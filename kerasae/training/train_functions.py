@@ -18,8 +18,8 @@ def one_iterator_steps(steps_per_epoch, val_steps, wanted):
     """The steps per execution that let `model.fit` keep one iterator for the whole run, or None.
 
     model.fit makes a new iterator every epoch unless it gets a repeated dataset and step
-    counts; a new iterator idled every other epoch's first execution for 1.5-2 s on the 2-core
-    benchmark machine (a third of an epoch). With one iterator, Keras runs whole executions, so
+    counts; a new iterator idles every other epoch's first execution for 1.5-2 s on a 2-core CPU
+    (a third of an MNIST epoch). With one iterator, Keras runs whole executions, so
     the steps per execution must divide the training and validation steps per epoch (or epochs
     stop being exact passes). The largest such divisor <= `wanted`, if it is at least 4 (or
     `wanted`): fewer steps per call would bring back the per-call overhead `wanted` amortizes.
@@ -37,8 +37,8 @@ def whole_execution_train_function(model):
     must feed a value for placeholder tensor", keras-team/keras#19246). With one repeated
     iterator and steps per execution dividing the epoch (`one_iterator_steps`), no call can
     run out: a loop over `get_next()` does the same steps with no cond and no Optional.
-    `fit` uses it under several replicas (without XLA it was no faster than Keras' own on one
-    device, 16.6k vs 16.4k samples/s; one device gets `xla_execution_train_function`).
+    `fit` uses it under several replicas only: on one device it is no faster than Keras' own
+    without XLA (16.6k vs 16.4k samples/s), and one device gets `xla_execution_train_function`.
     """
     strategy, steps = model.distribute_strategy, model.steps_per_execution
 
