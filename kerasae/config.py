@@ -9,6 +9,8 @@ from pathlib import Path
 
 from kerasae.options import LR_SCHEDULES, STRATEGIES, check_choice, check_number, check_positive_int
 
+#: `init_from` names a pretrained zoo model with this prefix ("zoo:vae-mlp"), else a .keras file.
+ZOO_PREFIX = "zoo:"
 _IGNORED_FOR_COMPAT = ("verbose",)  # fields that may change between reruns into the same --out
 
 
@@ -37,7 +39,7 @@ class TrainConfig:
     out: str | None = None  # None: runs/<preset>
     strategy: str = "auto"
     cpu_replicas: int | None = None
-    init_from: str | None = None
+    init_from: str | None = None  # a .keras file or "zoo:NAME[/VERSION]": fine-tune it instead of a new model
     steps_per_execution: int = 16  # several steps per tf.function call: ~2x samples/s on CPU for the MLP VAE
     jit_compile: bool | None = None  # None (auto): XLA where the model gains; see train_function_kind
     mixed_precision: bool = False
@@ -56,8 +58,13 @@ class TrainConfig:
 
         if self.init_from is None:
             registry.preset_kwargs(self.preset, **self.model_kwargs)
+        elif str(self.init_from).startswith(ZOO_PREFIX):
+            from kerasae import zoo
+
+            zoo.version_dir(*zoo.parse_spec(self.init_from))  # a ValueError listing the zoo's models
         elif not Path(self.init_from).is_file():
-            raise ValueError(f"init_from: no such model file {self.init_from!r}")
+            raise ValueError(f"init_from: no such model file {self.init_from!r} (a .keras file, or "
+                             f"{ZOO_PREFIX}NAME for a pretrained model)")
         for name in ("epochs", "batch_size", "steps_per_execution"):
             check_positive_int(name, getattr(self, name))
         for name in ("max_train_samples", "max_test_samples", "cpu_replicas"):

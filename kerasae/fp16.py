@@ -45,8 +45,7 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
             # overfits them (measured: 500 images, 784 inputs -> 2x the error on test images).
             if (isinstance(layer, keras.layers.Dense) and len(layer.input.shape) == 2
                     and len(x) >= 2 * layer.input.shape[1]):
-                inputs = keras.Model(net.inputs, layer.input).predict(_net_input(copy, net, x), batch_size=1024,
-                                                                       verbose=0)
+                inputs = _layer_inputs(net, layer, _net_input(copy, net, x))
                 layer.kernel.assign(gptq_float16(layer.kernel.numpy(), inputs, damp).astype(np.float32))
             elif isinstance(layer, _ROUNDED):
                 layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
@@ -70,6 +69,19 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
         err = trials[name]
     error(keep)  # leave the copy holding the chosen kernels
     return copy, tuple(layer.name for layer in layers if layer.name in keep)
+
+
+def _layer_inputs(net, layer, x, batch_size=1024):
+    """What `layer` of `net` receives on x, computed eagerly in batches of `batch_size`.
+
+    Not `keras.Model(net.inputs, layer.input).predict`: every such sub-model traces its own
+    predict tf.function (twice with a smaller last batch), and TensorFlow counts all of them
+    as one function retracing, since they share their Python code: from the fifth trace on
+    it logged "N out of the last N calls to ... triggered tf.function retracing".
+    """
+    sub = keras.Model(net.inputs, layer.input)
+    return np.concatenate([np.asarray(sub([x[i:i + batch_size]], training=False))
+                           for i in range(0, len(x), batch_size)])
 
 
 def _net_input(model, net, x):

@@ -50,7 +50,8 @@ def save_latent_scatter(z, labels, path, title="Test-set codes"):
     plt = _figure()
     z = np.asarray(z)
     fig, ax = plt.subplots(figsize=(6, 5))
-    points = ax.scatter(z[:, 0], z[:, 1], c=labels if labels is not None else "tab:blue", cmap="tab10", s=2)
+    colours = dict(c="tab:blue") if labels is None else dict(c=labels, cmap="tab10")
+    points = ax.scatter(z[:, 0], z[:, 1], s=2, **colours)
     if labels is not None:
         fig.colorbar(points, ax=ax, label="label")
     ax.set_xlabel("z[0]")

@@ -1,8 +1,11 @@
-"""The pretrained zoo in `exported/`: exported by `scripts/reproduce.py --export-zoo`, loaded by `load_pretrained`.
+"""The pretrained zoo: exported by `scripts/reproduce.py --export-zoo`, loaded by `load_pretrained`.
 
 Each entry is a SavedModel version directory (every signature; see exported/README.md)
-plus its fp32 and int8 TFLite decode models, with the metrics reproduce measured in its
-manifest. Nothing is loaded before every file's sha256 matches the manifest.
+holding the kerasae Keras model too (`assets.extra/model.keras`), plus its fp32 and int8
+TFLite decode models, with the metrics reproduce measured in its manifest. Nothing is
+loaded before every file's sha256 matches the manifest. The zoo lives in the checkout's
+exported/ folder and ships inside the package as `kerasae/pretrained`, so it loads from
+any directory after `pip install .`.
 """
 
 import dataclasses
@@ -15,6 +18,7 @@ from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
 from kerasae import export as export_lib
+from kerasae.config import ZOO_PREFIX
 from kerasae.files import atomic_path
 
 #: zoo name -> (results file, where its metrics are, lower-is-better metric that decides an update)
@@ -25,24 +29,37 @@ ZOO = {
     "vae-mlp": ("nll.json", None, "nll"),  # the best VAE of the likelihood runs
 }
 ZOO_TFLITE = dict(tflite=("fp32", "int8"), tflite_signatures=("decode",))
-MAX_ZOO_BYTES = 40 * 2**20
+MAX_ZOO_BYTES = 56 * 2**20
 
 
 def default_zoo_dir():
-    """$KERASAE_ZOO, else ./exported, else the exported/ folder of the source checkout kerasae runs from."""
+    """$KERASAE_ZOO, else the zoo installed with the package, else the checkout's exported/ (source runs)."""
     if os.environ.get("KERASAE_ZOO"):
         return Path(os.environ["KERASAE_ZOO"])
-    for candidate in (Path("exported"), Path(__file__).resolve().parents[1] / "exported"):
-        if candidate.is_dir() and any(candidate.iterdir()):
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "pretrained", package.parent / "exported"):
+        if candidate.is_dir() and available(candidate):
             return candidate
-    return Path("exported")
+    return package / "pretrained"
+
+
+def available(zoo_dir=None):
+    """Names of the models in the zoo (default: `default_zoo_dir()`)."""
+    zoo_dir = Path(zoo_dir) if zoo_dir is not None else default_zoo_dir()
+    if not zoo_dir.is_dir():
+        return []
+    return sorted(p.name for p in zoo_dir.iterdir() if export_lib.existing_versions(p))
 
 
 # ---- loading -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
 class Pretrained:
-    """A verified zoo model: its signatures as methods (`model.decode(z=...)`), its manifest and path."""
+    """A verified zoo model: its signatures as methods (`model.decode(z=...)`), its manifest and path.
+
+    `keras_model()` gives the trainable kerasae model behind the SavedModel (to fine-tune it,
+    or to use `encode`, `posterior`, `score`, ... from Python).
+    """
 
     name: str
     path: Path
@@ -57,31 +74,56 @@ class Pretrained:
     def metrics(self):
         return self.manifest.get("metrics")
 
+    def keras_model(self):
+        """The kerasae Keras model of this entry (sha256-verified, loaded in Keras safe mode)."""
+        return export_lib.load_keras_model(self.path)
+
     def __getattr__(self, signature):
         if signature.startswith("_") or signature not in self.saved_model.signatures:
             raise AttributeError(signature)
         return self.saved_model.signatures[signature]
 
 
-def load_pretrained(name, zoo_dir=None, version=None):
-    """Verify exported/<name> against its manifest (sha256 of every file), then load its SavedModel.
-
-    Raises ValueError for an unknown name and export.VerificationError, listing every bad
-    file, when anything changed since export; nothing is loaded in that case.
-    """
+def version_dir(name, zoo_dir=None, version=None):
+    """The version directory of zoo entry `name` (newest by default); ValueError naming what exists."""
     zoo_dir = Path(zoo_dir) if zoo_dir is not None else default_zoo_dir()
     root = zoo_dir / name
     versions = export_lib.existing_versions(root) if root.is_dir() else []
     if not versions:
-        available = sorted(p.name for p in zoo_dir.iterdir() if export_lib.existing_versions(p)) \
-            if zoo_dir.is_dir() else []
-        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; available: {', '.join(available) or 'none'}")
+        names = available(zoo_dir)
+        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; available: {', '.join(names) or 'none'}. "
+                         "The zoo ships with kerasae (pip install .); point zoo_dir or $KERASAE_ZOO at another "
+                         "zoo, or build one with `python scripts/reproduce.py --export-zoo`")
     if version is not None and version not in versions:
         raise ValueError(f"{name} has no version {version!r}; available: {versions}")
-    version_dir = root / str(version or max(versions))
-    export_lib.verify(version_dir, deep=False, strict=True)
-    manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
-    return Pretrained(name, version_dir, manifest, tf.saved_model.load(str(version_dir)))
+    return root / str(version or max(versions))
+
+
+def load_pretrained(name, zoo_dir=None, version=None):
+    """Verify zoo entry `name` against its manifest (sha256 of every file), then load its SavedModel.
+
+    Raises ValueError for an unknown name (listing the available ones) and
+    export.VerificationError, listing every bad file, when anything changed since export;
+    nothing is loaded in that case.
+    """
+    path = version_dir(name, zoo_dir, version)
+    export_lib.verify(path, deep=False, strict=True)
+    manifest = json.loads((path / "assets.extra" / export_lib.MANIFEST).read_text())
+    return Pretrained(name, path, manifest, tf.saved_model.load(str(path)))
+
+
+def parse_spec(spec):
+    """"zoo:NAME" or "zoo:NAME/VERSION" -> (name, version or None)."""
+    name, _, version = str(spec)[len(ZOO_PREFIX):].partition("/")
+    if not str(spec).startswith(ZOO_PREFIX) or not name or (version and not version.isdigit()):
+        raise ValueError(f"init_from: {spec!r} must be {ZOO_PREFIX}NAME or {ZOO_PREFIX}NAME/VERSION")
+    return name, int(version) if version else None
+
+
+def load_keras_model(spec):
+    """The verified Keras model of "zoo:NAME[/VERSION]": what `init_from` / `--init-from` take."""
+    name, version = parse_spec(spec)
+    return export_lib.load_keras_model(version_dir(name, version=version))
 
 
 # ---- exporting -------------------------------------------------------------------------------------
@@ -107,8 +149,68 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
+def rebuild_keras_model(version_dir):
+    """The kerasae model of an export made before exports held model.keras: its config, the SavedModel's weights.
+
+    The manifest records the model's class and full config; the SavedModel holds every weight
+    under the model's own variable paths. Each weight is matched by path and shape (a
+    ValueError names any that is missing or differs); `export_model` then checks the result
+    against the SavedModel's signatures before anything is written.
+    """
+    import keras
+
+    from kerasae import register_classes
+
+    register_classes()
+    version_dir = Path(version_dir)
+    manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
+    cls = keras.saving.get_registered_object(manifest["model"]["registered_name"])
+    if cls is None:
+        raise ValueError(f"{version_dir}: unknown model class {manifest['model']['registered_name']!r}")
+    model = cls.from_config(manifest["model"]["config"])
+    model.build((None, *model.image_shape))
+    saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(version_dir)).variables}
+    problems = [w.path for w in model.weights if w.path not in saved or tuple(saved[w.path].shape) != tuple(w.shape)]
+    if problems or len(saved) != len(model.weights):
+        raise ValueError(f"{version_dir}: the SavedModel's variables do not match a {cls.__name__} of its manifest's "
+                         f"config (missing or reshaped: {problems or 'none'}; {len(saved)} saved, "
+                         f"{len(model.weights)} in the model)")
+    for weight in model.weights:
+        weight.assign(saved[weight.path])
+    return model
+
+
+def add_keras_models(zoo_dir="exported"):
+    """Re-export, as its next version, each zoo entry that holds no model.keras (metrics kept).
+
+    Returns {name: new version directory}. Entries that hold one are left alone.
+    """
+    import tempfile
+
+    zoo_dir, done = Path(zoo_dir), {}
+    for name in available(zoo_dir):
+        old = version_dir(name, zoo_dir)
+        if (old / export_lib.KERAS_MODEL).is_file():
+            continue
+        problems = [p for p in export_lib.verify(old, deep=False) if export_lib.KERAS_MODEL not in p]
+        if problems:
+            raise export_lib.VerificationError(f"{old}: " + "; ".join(problems))
+        manifest = json.loads((old / "assets.extra" / export_lib.MANIFEST).read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            model_path = Path(tmp) / "model.keras"
+            rebuild_keras_model(old).save(model_path)
+            done[name] = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=manifest["metrics"],
+                                               source=f"{manifest['source']} (weights from {name} version "
+                                                      f"{manifest['version']})", **ZOO_TFLITE)
+        shutil.rmtree(old)
+    readme = zoo_dir / "README.md"
+    if readme.is_file():
+        update_readme_table(readme, zoo_table(zoo_dir))
+    return done
+
+
 def _latest_manifest(root):
-    """The manifest of the newest version under exported/<name>, or None when there is none."""
+    """The manifest of the newest version under the zoo's <name>/, or None when there is none."""
     versions = export_lib.existing_versions(root)
     if not versions:
         return None
@@ -136,11 +238,11 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
             done[name] = f"kept (its {metric} {current:.4g} <= the new {value:.4g})"
             continue
         model_path = Path(run_dir) / "best.keras"
-        version_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_TFLITE)
+        new_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_TFLITE)
         for old in export_lib.existing_versions(root):
-            if str(old) != version_dir.name:
+            if str(old) != new_dir.name:
                 shutil.rmtree(root / str(old))
-        done[name] = version_dir
+        done[name] = new_dir
     readme = zoo_dir / "README.md"
     if readme.is_file():
         update_readme_table(readme, zoo_table(zoo_dir))
@@ -163,7 +265,8 @@ def _size(files):
 
 def zoo_table(zoo_dir):
     """Markdown: one row per zoo model with its measured test metrics and file sizes (from the manifests)."""
-    rows = ["| model | class, latent | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 | version |",
+    rows = ["| model | class, latent | test metrics (see notes) | SavedModel + model.keras | decode TFLite fp32 / int8 "
+            "| version |",
             "|---|---|---|---|---|---|"]
     for name in ZOO:
         manifest = _latest_manifest(Path(zoo_dir) / name)

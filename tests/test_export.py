@@ -8,6 +8,7 @@ tests (atomicity, overwrite, CLI) use a tiny model and fp32 TFLite only.
 import gc
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -410,6 +411,115 @@ def test_verify_detects_changed_bytes(exports, tmp_path):
     assert export.verify(tmp_path / "nothing-here") and cli.export_main(["--verify", str(src)]) == 0
 
 
+# ---- the Keras model in every export -----------------------------------------------------------------
+
+KERAS_FILE = "assets.extra/model.keras"  # written out: the path users are told about (exported/README.md)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_export_holds_the_trainable_keras_model(exports, name):
+    import zipfile
+
+    import h5py
+
+    case = exports[name]
+    path = case.version_dir / KERAS_FILE
+    assert path.is_file()
+    assert case.manifest["files"]["saved_model"][KERAS_FILE] == {"sha256": _sha(path), "bytes": path.stat().st_size}
+    with zipfile.ZipFile(path) as archive:  # config and weights only: no compile config, no optimizer variables
+        assert not json.loads(archive.read("config.json")).get("compile_config")
+        with h5py.File(archive.open("model.weights.h5"), "r") as weights:
+            assert "optimizer" not in weights and {"encoder", "decoder"} <= set(weights)
+    model = export.load_keras_model(case.version_dir)
+    assert type(model) is type(case.model) and model.get_config() == case.model.get_config()
+    assert not model.compiled
+    for got, want in zip(model.weights, case.model.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.path)
+    # the SavedModel's reconstructions on real MNIST test images, from the reloaded model's own method
+    served = _loaded(case).signatures["reconstruct"](x=tf.constant(case.x))["reconstruction"].numpy()
+    np.testing.assert_allclose(np.asarray(model.reconstruct(case.x)), served, rtol=0, atol=1e-5)
+    measured = case.manifest["keras_model"]["savedmodel_vs_reloaded_max_diff"]
+    assert set(measured) == ALL_SIGNATURES and all(d <= 1e-5 for out in measured.values() for d in out.values())
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_changed_or_missing_keras_model_fails_verify_and_load(exports, tmp_path):
+    from kerasae.files import ModelFileError
+
+    copy = tmp_path / "ae"
+    shutil.copytree(exports["ae"].version_dir.parent, copy)
+    version_dir, path = copy / "1", copy / "1" / KERAS_FILE
+    original = path.read_bytes()
+    _flip_a_byte(path)
+    problems = export.verify(version_dir, deep=False)
+    assert len(problems) == 1 and "model.keras" in problems[0] and "sha256" in problems[0], problems
+    with pytest.raises(export.VerificationError, match=r"model\.keras: sha256 mismatch"):
+        export.load_keras_model(version_dir)
+    path.unlink()
+    with pytest.raises(export.VerificationError, match=r"model\.keras: missing"):
+        export.load_keras_model(version_dir)
+
+    # deep verify loads it: a file that does not load is a problem even where its hash is listed
+    path.write_bytes(b"not a zip archive")
+    manifest_path = version_dir / "assets.extra" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["saved_model"][KERAS_FILE]["sha256"] = _sha(path)
+    manifest_path.write_text(json.dumps(manifest))
+    assert export.verify(version_dir, deep=False) == []
+    assert any("the Keras model does not load" in p and "model.keras" in p for p in export.verify(version_dir))
+
+    # an export from before model.keras existed: a clear error naming the file, not a Keras traceback
+    del manifest["files"]["saved_model"][KERAS_FILE]
+    manifest_path.write_text(json.dumps(manifest))
+    path.write_bytes(original)
+    with pytest.raises(ModelFileError, match=r"model\.keras: this export holds no Keras model"):
+        export.load_keras_model(version_dir)
+
+
+def test_an_export_whose_keras_model_differs_from_the_savedmodel_is_not_committed(tiny, tmp_path, monkeypatch):
+    write = export.keras_model.write_keras_model
+
+    def off_by_a_little(model, version_dir):  # what a lossy save would give: the reload no longer matches
+        changed = model.clone()
+        for weight in changed.trainable_weights:
+            weight.assign(weight + 1e-3)
+        return write(changed, version_dir)
+
+    monkeypatch.setattr(export.core, "write_keras_model", off_by_a_little)
+    with pytest.raises(export.ExportError, match=r"reconstruction differs from assets.extra/model.keras reloaded"):
+        export.export_model(tiny, tmp_path, "t", tflite=())
+    assert not (tmp_path / "t").exists()
+
+
+# ---- no tf.function retracing ----------------------------------------------------------------------------
+
+def test_export_does_not_retrace_tf_functions(mnist, tmp_path, caplog, monkeypatch):
+    """An export (fp16 GPTQ on 2,000 images: every Dense layer's inputs computed) logs no retracing warning."""
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    # TF warns at most twice per traced Python function per process: start from a fresh count, so that
+    # warnings earlier tests triggered cannot hide one from this export
+    monkeypatch.setattr(polymorphic_function, "_frequent_tracing_detector_manager",
+                        polymorphic_function._FrequentTracingDetectorManager())
+    keras.utils.set_random_seed(0)
+    model = kerasae.build("vae-mlp", hidden_units=(32, 32), latent_dim=4)  # 6 Dense layers
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(mnist.x_train, batch_size=100, epochs=1, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        version_dir = export.export_model(model, tmp_path, "t", tflite=("fp16",), tflite_signatures=("decode",),
+                                          representative_data=mnist.x_train, parity_data=mnist.x_test)
+    rounding = json.loads((version_dir / "assets.extra" / "manifest.json").read_text())[
+        "tflite"]["files"]["decode.fp16.tflite"]["float32_weights"]["float16_rounding"]
+    assert rounding.startswith("GPTQ on 2000 calibration images")  # the path that computes layer inputs ran
+    retraced = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
+    assert retraced == []
+
+
 # ---- atomicity and versions ------------------------------------------------------------------------
 
 def test_versions_and_no_overwrite_without_flag(tiny, tmp_path):
@@ -442,7 +552,7 @@ def tiny_export(tiny, tmp_path_factory):
     return base
 
 
-@pytest.mark.parametrize("where", ["saved_model", "tflite", "manifest", "commit"])
+@pytest.mark.parametrize("where", ["saved_model", "keras_model", "tflite", "manifest", "commit"])
 def test_a_failed_export_leaves_nothing_behind(tiny, tiny_export, tmp_path, monkeypatch, where):
     base = tmp_path / "exported"
     shutil.copytree(tiny_export, base)
@@ -464,8 +574,11 @@ def test_a_failed_export_leaves_nothing_behind(tiny, tiny_export, tmp_path, monk
             raise RuntimeError("simulated crash")
         return rename(src, dst)
 
-    patch = {"saved_model": (export, "write_saved_model", boom), "tflite": (export, "convert_tflite", crash_on_score),
-             "manifest": (export, "_hash_tree", boom), "commit": (export.os, "rename", crash_on_tflite_swap)}[where]
+    # each name patched in the module that looks it up (kerasae.export re-exports names; patching those does nothing)
+    patch = {"saved_model": (export.core, "write_saved_model", boom),
+             "keras_model": (export.core, "write_keras_model", boom),
+             "tflite": (export.variants, "convert_tflite", crash_on_score),
+             "manifest": (export.manifest, "_hash_tree", boom), "commit": (os, "rename", crash_on_tflite_swap)}[where]
     monkeypatch.setattr(*patch)
     attempts = [("keep", {"version": 1, "overwrite": True}), ("fresh", {})]  # replacing a version; a new name
     if where == "commit":
@@ -489,7 +602,7 @@ def test_parity_bounds_flag_or_fail(tiny, tmp_path, monkeypatch):
     assert tflite["files"]["decode.fp32.tflite"]["within_tolerance"]
     with pytest.raises(export.ExportError, match="fp16"):
         export.export_model(tiny, tmp_path, "strict", tflite=("fp16",), parity_data=images, strict_parity=True)
-    monkeypatch.setattr(export, "BROKEN_FP32", -1.0)
+    monkeypatch.setattr(export.variants, "BROKEN_FP32", -1.0)  # where _write_tflite looks it up
     with pytest.raises(export.ExportError, match="broken conversion"):  # a broken fp32 file is never kept
         export.export_model(tiny, tmp_path, "broken", tflite=("fp32",), parity_data=images)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flagged"]

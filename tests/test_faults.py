@@ -188,7 +188,7 @@ def test_a_failed_export_names_the_target_and_keeps_earlier_versions(tiny, first
             (Path(path) / "variables" / "variables.data-00000-of-00001").write_bytes(b"half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-        monkeypatch.setattr(export, "write_saved_model", half_then_enospc)
+        monkeypatch.setattr(export.core, "write_saved_model", half_then_enospc)  # where export_model looks it up
     else:
         break_writes()
     with pytest.raises((export.ExportError, ValueError)) as info:
@@ -209,7 +209,7 @@ def test_export_cli_reports_a_full_disk_and_exits_1(tiny, tmp_path, monkeypatch,
     def enospc(model, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(export, "write_saved_model", enospc)
+    monkeypatch.setattr(export.core, "write_saved_model", enospc)  # where export_model looks it up
     code = cli.export_main([str(tmp_path / "tiny.keras"), "--name", "t", "--export-dir", str(tmp_path / "exp"),
                             "--tflite", "none"])
     err = capsys.readouterr().err.strip().splitlines()

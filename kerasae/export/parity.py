@@ -1,0 +1,111 @@
+"""Parity: how far a TFLite file is from its SavedModel, and a SavedModel from the Keras model it came from.
+
+The tolerances live here with the measurements they bound. `check_parity` runs TFLite files in
+LiteRT against the SavedModel on real images; `_keras_parity` runs every SavedModel signature
+against the Keras model's own methods (the model exported, or the model.keras reloaded from
+the export). Both report max_diff, which `_diffs` defines.
+"""
+
+from pathlib import Path
+
+from kerasae import _backend  # noqa: F401
+import numpy as np
+import tensorflow as tf
+
+from kerasae.export.errors import ExportError
+from kerasae.export.saved_model import _codes, keras_outputs
+from kerasae.export.tflite import run_tflite
+from kerasae.options import SIGNATURES
+
+#: Images the TFLite files are compared with the SavedModel on (the issue's 256 test images).
+NUM_PARITY_IMAGES = 256
+#: Parity tolerances: variant -> (metric, bound, outputs it applies to; None: every output).
+#: max_diff is max |tflite - savedmodel| / max(1, max |savedmodel|), per output: the absolute
+#: error for outputs within [-1, 1] (images) and the error relative to the output's largest
+#: magnitude beyond (logits, codes, scores in nats), because float32 summation order alone moves
+#: a 500-nat score by ~1e-4. fp16 is bounded on the images in [0, 1]; its other diffs are recorded.
+PARITY_TOLERANCES = {
+    "fp32": ("max_diff", 1e-5, None),
+    "fp16": ("max_diff", 1e-3, ("reconstruction", "x_mean")),
+    "dynamic": ("mean_abs_diff", 0.02, ("reconstruction",)),
+    "int8": ("mean_abs_diff", 0.02, ("reconstruction",)),
+}
+#: An fp32 file this far off (max_diff), or with a non-finite output, is a broken conversion
+#: (e.g. uninitialized variables giving NaN): the export always fails. Milder misses are flagged.
+BROKEN_FP32 = 1e-3
+#: max_diff allowed between a SavedModel signature and the Keras model method it exports.
+KERAS_TOLERANCE = 1e-5
+
+
+def _keras_parity(model, loaded, images, num_samples=16):
+    """max_diff of every SavedModel signature against the Keras model's methods on `images`."""
+    x = tf.constant(images, tf.float32)
+    z = tf.constant(_codes(loaded, images))
+    result = {}
+    for signature in ("serving_default", *SIGNATURES):
+        feed = {"x": x} if signature not in ("decode", "sample") else {"z": z}
+        if signature == "sample":
+            got = loaded.signatures["sample"](num_samples=tf.constant(num_samples, tf.int32))
+            feed = {"z": got["z"]}
+        else:
+            got = loaded.signatures[signature](**feed)
+        want = keras_outputs(model, signature, **feed)
+        result[signature] = {k: _diffs(np.asarray(got[k]), np.asarray(want[k], np.float32))["max_diff"]
+                             for k in sorted(want)}
+    return result
+
+
+def keras_parity_problems(keras_parity, what):
+    """Messages for the outputs of a `_keras_parity` result beyond KERAS_TOLERANCE; `what` names the model."""
+    return [f"SavedModel {sig} {key} differs from {what} by {diff:.3g}"
+            for sig, outputs in keras_parity.items() for key, diff in outputs.items() if not diff <= KERAS_TOLERANCE]
+
+
+def check_parity(saved_model_dir, tflite_files, images, num_samples=64):
+    """Run each TFLite file in LiteRT and compare it with the SavedModel on `images`.
+
+    `tflite_files` are paths named <signature>.<variant>.tflite. decode is fed the SavedModel's
+    codes of the images; sample's draws differ from any other run's, so its x_mean is compared
+    with the SavedModel's decode of the z it returned. Returns {file name: {output key:
+    {"max_abs_diff", "mean_abs_diff", "max_diff"}}} (max_diff: see PARITY_TOLERANCES).
+    """
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    images = np.asarray(images, np.float32)
+    feeds = {"decode": {"z": _codes(loaded, images)}, "sample": {"num_samples": np.array(num_samples, np.int32)}}
+    reference, result = {}, {}
+    for path in map(Path, tflite_files):
+        signature = path.name.split(".")[0]
+        feed = feeds.get(signature, {"x": images})
+        got = run_tflite(path, signature, **feed)
+        if signature == "sample":
+            if len(got["z"]) != num_samples:
+                raise ExportError(f"{path.name}: asked for {num_samples} samples, got z of shape {got['z'].shape}")
+            want = {"x_mean": loaded.signatures["decode"](z=tf.constant(got["z"]))["x_mean"].numpy()}
+        else:
+            if signature not in reference:
+                out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feed.items()})
+                reference[signature] = {k: v.numpy() for k, v in out.items()}
+            want = reference[signature]
+        result[path.name] = {k: _diffs(got[k], want[k]) for k in sorted(want)}
+    return result
+
+
+def _diffs(got, want):
+    if got.shape != want.shape:
+        raise ExportError(f"TFLite output shape {got.shape} != SavedModel's {want.shape}")
+    if got.size == 0:
+        return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_diff": 0.0}
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))  # NaN where either is NaN: fails any bound
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "max_diff": float(diff.max() / max(1.0, float(np.abs(want).max())))}
+
+
+def parity_failures(parity):
+    """Violations of PARITY_TOLERANCES in a `check_parity` result: {file name: [messages]}."""
+    failures = {}
+    for file_name, outputs in sorted(parity.items()):
+        metric, bound, keys = PARITY_TOLERANCES[file_name.split(".")[1]]
+        for key, diffs in sorted(outputs.items()):
+            if (keys is None or key in keys) and not diffs[metric] <= bound:
+                failures.setdefault(file_name, []).append(f"{key} {metric} {diffs[metric]:.3g} > {bound:g}")
+    return failures

@@ -1,0 +1,181 @@
+"""TFLite files: converting one SavedModel signature, reading a file's ops, running it in LiteRT.
+
+Every file is converted with TFLite builtin ops only (`convert_tflite`), and checked for
+non-builtin ops in the flatbuffer and in what LiteRT resolves (`load_interpreter`). int8 files
+are calibrated on `representative_inputs` and must compute in integers throughout
+(`_int8_float_ops`); their input/output quantization is read back for the manifest.
+"""
+
+import warnings
+from pathlib import Path
+
+from kerasae import _backend  # noqa: F401
+import numpy as np
+import tensorflow as tf
+
+from kerasae.export.errors import ExportError
+from kerasae.export.saved_model import _codes
+from kerasae.options import VARIANTS
+
+#: Ops an int8 file may run in float: the boundary (de)quantization and the N(0, I) draw of
+#: `sample` (TFLite has no int8 random kernel; the draw is quantized at once).
+_INT8_FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL"}
+
+
+def _litert():
+    from ai_edge_litert import interpreter
+
+    return interpreter
+
+
+def _batches(arrays, key, batch_size=16):
+    for i in range(0, len(arrays), batch_size):
+        yield {key: np.asarray(arrays[i:i + batch_size], np.float32)}
+
+
+def representative_inputs(loaded, signature, images, seed=0):
+    """Calibration inputs for an int8 `signature`: a list of input dicts.
+
+    Images for x-signatures. For decode, the codes of those images (z or z_mean) plus as many
+    draws from the prior, since decode serves both reconstructions and generation. For sample,
+    a few num_samples values (the decoder is calibrated on the graph's own N(0, I) draws).
+    """
+    images = np.asarray(images, np.float32)
+    if signature == "sample":
+        return [{"num_samples": np.array(32, np.int32)} for _ in range(max(1, len(images) // 32))]
+    if signature == "decode":
+        codes = _codes(loaded, images)
+        prior = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
+        return list(_batches(np.concatenate([codes, prior]), "z"))
+    return list(_batches(images, "x"))
+
+
+def convert_tflite(saved_model_dir, signature, variant, representative=None):
+    """Convert one signature of a SavedModel to TFLite bytes, builtin ops only.
+
+    fp32: as is. fp16: float16 weights (dequantized at load, float compute; `export_model`
+    then puts the biases and code/output layers back to float32, see kerasae.fp16). dynamic:
+    dynamic-range quantization (int8 weights, activations quantized on the fly). int8: full
+    integer quantization calibrated on `representative` (input dicts), int8 builtins only;
+    inputs and outputs stay float32 (quantized/dequantized inside the graph), so every
+    variant keeps the same float contract.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if not representative:
+            raise ValueError("int8 conversion needs representative data")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: iter(representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    elif variant != "fp32":
+        raise ValueError(f"unknown TFLite variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    with warnings.catch_warnings():  # int8 calibration runs the deprecated tf.lite.Interpreter internally
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+        return converter.convert()
+
+
+def tflite_op_codes(model_bytes):
+    """[(op name, custom code or None)] of a .tflite flatbuffer, read from the file itself."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if k.isupper()}
+    model = schema.Model.GetRootAs(model_bytes, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        custom = oc.CustomCode()
+        codes.append((names.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "UNKNOWN"),
+                      custom.decode() if custom else None))
+    return codes
+
+
+def non_builtin_ops(model_bytes):
+    """Names of ops that are not TFLite builtins (Flex/select-TF or custom ops); [] when clean."""
+    return sorted({custom or name for name, custom in tflite_op_codes(model_bytes)
+                   if custom is not None or name in ("CUSTOM", "UNKNOWN")})
+
+
+def load_interpreter(model_bytes, delegates=True):
+    """A LiteRT interpreter for `model_bytes`, tensors allocated; raises if any op is not a builtin.
+
+    `delegates=False` skips the default XNNPACK delegate, whose fused DELEGATE nodes would hide
+    the ops we inspect; the default (what users get) is what parity is measured with.
+    """
+    bad = non_builtin_ops(model_bytes)
+    if bad:
+        raise ExportError(f"TFLite model uses non-builtin ops {bad}")
+    litert = _litert()
+    kwargs = {} if delegates else {
+        "experimental_op_resolver_type": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+    interpreter = litert.Interpreter(model_content=bytes(model_bytes), **kwargs)
+    interpreter.allocate_tensors()
+    if not delegates:
+        runtime = sorted({op["op_name"] for op in interpreter._get_ops_details()
+                          if op["op_name"].startswith("Flex") or op["op_name"] in ("CUSTOM", "UNKNOWN")})
+        if runtime:
+            raise ExportError(f"TFLite model runs non-builtin ops {runtime}")
+    return interpreter
+
+
+def _int8_float_ops(interpreter):
+    """Ops of an int8 file that compute in float32 (beyond the allowed boundary ops): [] if fully integer."""
+    tensors = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    float_ops = set()
+    for op in interpreter._get_ops_details():
+        indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if op["op_name"] not in _INT8_FLOAT_OK and any(tensors.get(i) == np.float32 for i in indices):
+            float_ops.add(op["op_name"])
+    return sorted(float_ops)
+
+
+def _int8_quantization(interpreter, signature):
+    """Scale/zero-point where float inputs are quantized and float outputs dequantized.
+
+    q = round(x / scale) + zero_point, x = (q - zero_point) * scale.
+    """
+    runner = interpreter.get_signature_runner(signature)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+
+    def params(index):
+        scale, zero_point = tensors[index]["quantization"]
+        return {"tensor_dtype": np.dtype(tensors[index]["dtype"]).name, "scale": float(scale),
+                "zero_point": int(zero_point)}
+
+    result = {"inputs": {}, "outputs": {}}
+    for key, detail in runner.get_input_details().items():
+        for op in ops:
+            if op["op_name"] == "QUANTIZE" and detail["index"] in list(op["inputs"]):
+                result["inputs"][key] = params(op["outputs"][0])
+        result["inputs"].setdefault(key, {"tensor_dtype": np.dtype(detail["dtype"]).name})  # sample's int32 count
+    for key, detail in runner.get_output_details().items():
+        for op in ops:
+            if op["op_name"] == "DEQUANTIZE" and detail["index"] in list(op["outputs"]):
+                result["outputs"][key] = params(op["inputs"][0])
+        # sample's z comes straight from the float32 random draw, never quantized
+        result["outputs"].setdefault(key, {"tensor_dtype": np.dtype(detail["dtype"]).name})
+    return result
+
+
+def _io_details(interpreter, signature):
+    runner = interpreter.get_signature_runner(signature)
+
+    def describe(details):
+        return {k: {"shape": [None if s < 0 else int(s) for s in d["shape_signature"]],
+                    "dtype": np.dtype(d["dtype"]).name} for k, d in sorted(details.items())}
+
+    return {"inputs": describe(runner.get_input_details()), "outputs": describe(runner.get_output_details())}
+
+
+def run_tflite(model_bytes_or_path, signature, **inputs):
+    """Run one signature of a .tflite file (bytes or path) in LiteRT; returns {output key: array}."""
+    model_bytes = Path(model_bytes_or_path).read_bytes() if isinstance(model_bytes_or_path, (str, Path)) \
+        else model_bytes_or_path
+    runner = load_interpreter(model_bytes).get_signature_runner(signature)
+    return {k: np.array(v) for k, v in runner(**inputs).items()}

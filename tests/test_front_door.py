@@ -1,0 +1,190 @@
+"""What a new user meets first: the installed package, fast command-line answers, the zoo from anywhere."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = ("train.py", "export.py", "evaluate.py", "reproduce.py")
+
+
+def test_the_package_list_names_every_package():
+    """pyproject lists packages by hand (to map exported/ in as kerasae.pretrained): a new one must be added."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "kerasae").rglob("__init__.py")}
+    assert set(config["packages"]) == on_disk | {"kerasae.pretrained"}
+    assert config["package-dir"] == {"kerasae.pretrained": "exported"}
+    assert "tensorboard>=2.16" in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+_PROBE = """
+import runpy, sys
+sys.argv = [{script!r}, *{args!r}]
+try:
+    runpy.run_path({path!r}, run_name="__main__")
+except SystemExit as exit:
+    code = exit.code
+print("EXIT", code, "TF", "tensorflow" in sys.modules, "KERAS", "keras" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("args,code", [(["--help"], 0), (["--no-such-flag"], 2)])
+def test_scripts_answer_before_tensorflow_loads(script, args, code, tmp_path):
+    """--help and a usage error come from argparse alone: no TensorFlow or Keras import (seconds) first."""
+    probe = _PROBE.format(script=script, args=args, path=str(REPO / "scripts" / script))
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == f"EXIT {code} TF False KERAS False", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "vae", "--preset", "ae-conv"], "is a ae model, not --arch vae"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--arch", "ae", "--k", "5"], "--k applies to vae presets"),
+    (["--export", "a/b"], "--export: name must be"),
+])
+def test_train_usage_errors_need_no_tensorflow(args, message, tmp_path):
+    """Errors that need the preset registry still answer before TF loads (the registry imports classes lazily)."""
+    probe = _PROBE.format(script="train.py", args=args, path=str(REPO / "scripts" / "train.py"))
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "EXIT 2 TF False KERAS False", proc.stderr[-2000:]
+    assert message in proc.stderr and proc.stderr.count("\n") <= 30
+
+
+def test_reproduce_stages_named_for_the_parser_match_reproduce():
+    from kerasae import cli, reproduce
+
+    assert cli.REPRODUCE_STAGES == tuple(reproduce.STAGES)
+
+
+def test_import_kerasae_is_lazy_and_names_resolve(tmp_path):
+    code = ("import sys, kerasae; assert 'tensorflow' not in sys.modules; kerasae.list_presets(); "
+            "assert 'tensorflow' not in sys.modules; print(kerasae.VAE.__name__, kerasae.TrainConfig().epochs, "
+            "kerasae.export.MANIFEST, sorted(set(kerasae.__all__) - set(dir(kerasae))))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["VAE", "30", "manifest.json", "[]"], proc.stderr[-2000:]
+
+
+# ---- the pretrained zoo from anywhere -----------------------------------------------------------
+
+def test_zoo_loads_from_another_directory_without_environment(tmp_path):
+    """The zoo ships with the package: no KERASAE_ZOO, and the working directory holds no exported/."""
+    code = ("import numpy as np, kerasae; vae = kerasae.load_pretrained('vae-mlp'); "
+            "x = vae.decode(z=np.zeros([1, vae.manifest['latent_dim']], np.float32))['x_mean']; "
+            "print(tuple(x.shape), vae.path.parent.parent.name)")
+    env = {k: v for k, v in os.environ.items() if k != "KERASAE_ZOO"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shape, zoo_dir = proc.stdout.split("\n")[-2].rsplit(" ", 1)
+    assert shape == "(1, 28, 28, 1)" and zoo_dir in ("pretrained", "exported")
+
+
+def test_an_unknown_zoo_model_names_what_is_available():
+    from kerasae import zoo
+
+    with pytest.raises(ValueError, match=r"no pretrained model 'vae-nope'.*available: ae-mlp-seed, dae-mlp, "
+                                         r"vae-mlp, vae-mlp-2d.*reproduce.py --export-zoo"):
+        zoo.load_pretrained("vae-nope")
+    with pytest.raises(ValueError, match="zoo:NAME or zoo:NAME/VERSION"):
+        zoo.load_keras_model("zoo:vae-mlp/latest")
+
+
+@pytest.mark.parametrize("name", ["ae-mlp-seed", "dae-mlp", "vae-mlp-2d", "vae-mlp"])
+def test_every_zoo_entry_holds_its_keras_model(name, mnist_small):
+    """The Keras model in each entry is the SavedModel's model: same reconstructions, same scores."""
+    from kerasae import zoo
+
+    entry = zoo.load_pretrained(name)
+    model = entry.keras_model()
+    assert type(model).__name__ == entry.manifest["model"]["class"]
+    assert model.get_config() == entry.manifest["model"]["config"]
+    x = mnist_small.x_test[:32]
+    np.testing.assert_allclose(model.reconstruct(x).numpy(), entry.reconstruct(x=x)["reconstruction"].numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(model.score(x).numpy(), entry.score(x=x)["score"].numpy(), rtol=1e-5, atol=1e-3)
+
+
+def _drop_keras_model(version_dir):
+    """Make an export look like one written before exports held model.keras."""
+    from kerasae import export
+
+    (version_dir / export.KERAS_MODEL).unlink()
+    for path in (version_dir / "assets.extra" / export.MANIFEST, version_dir.parent / "tflite" / export.MANIFEST):
+        manifest = json.loads(path.read_text())
+        del manifest["files"]["saved_model"][export.KERAS_MODEL]
+        path.write_text(json.dumps(manifest))
+
+
+def test_an_export_without_its_keras_model_gets_one_rebuilt_from_the_saved_model(tmp_path):
+    """add_keras_models: the model from the manifest's config and the SavedModel's weights, as the next version."""
+    import keras
+
+    import kerasae
+    from kerasae import export, zoo
+
+    keras.utils.set_random_seed(3)
+    model = kerasae.build("vae-mlp", hidden_units=(64,), latent_dim=4)
+    model.build((None, 28, 28, 1))
+    old = export.export_model(model, tmp_path, "tiny-vae", tflite=("fp32",), metrics={"test": {"nll": 500.0}})
+    _drop_keras_model(old)
+    with pytest.raises(kerasae.files.ModelFileError, match="holds no Keras model"):
+        export.load_keras_model(old)
+    rebuilt = zoo.rebuild_keras_model(old)
+    for want, got in zip(model.weights, rebuilt.weights, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+
+    done = zoo.add_keras_models(tmp_path)
+    assert done == {"tiny-vae": tmp_path / "tiny-vae" / "2"} and not old.exists()
+    entry = zoo.load_pretrained("tiny-vae", zoo_dir=tmp_path)
+    assert entry.metrics == {"test": {"nll": 500.0}} and "weights from tiny-vae version 1" in entry.manifest["source"]
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(entry.keras_model().score(x).numpy(), model.score(x).numpy(), rtol=1e-6)
+    assert zoo.add_keras_models(tmp_path) == {}  # entries that hold one are left alone
+
+
+def test_a_rebuild_refuses_weights_that_do_not_fit_the_config(tmp_path):
+    from kerasae import export, zoo
+
+    import kerasae
+
+    model = kerasae.build("ae-shallow", latent_dim=8)
+    model.build((None, 28, 28, 1))
+    version_dir = export.export_model(model, tmp_path, "ae", tflite=())
+    manifest_path = version_dir / "assets.extra" / export.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["config"]["latent_dim"] = 9
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="do not match a Autoencoder.*encoder/enc_out/kernel"):
+        zoo.rebuild_keras_model(version_dir)
+
+
+def test_fine_tune_a_zoo_model_on_other_images(tmp_path):
+    """init_from="zoo:NAME": the verified zoo model trains on the user's images, converted to its input shape."""
+    import kerasae
+    from kerasae import zoo
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((300, 32, 32, 3)) * 255).astype(np.uint8)  # another size and colour mode than MNIST
+    np.savez(tmp_path / "mine.npz", x_train=images[:240], x_test=images[240:])
+    result = kerasae.train(init_from="zoo:ae-mlp-seed", dataset=f"npz:{tmp_path / 'mine.npz'}", epochs=1,
+                           batch_size=60, validation_size=60, out=str(tmp_path / "run"), verbose=0)
+    assert type(result.model).__name__ == "Autoencoder" and tuple(result.model.image_shape) == (28, 28, 1)
+    start = zoo.load_pretrained("ae-mlp-seed").keras_model()
+    moved = [not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(start.weights, result.model.weights)]
+    assert all(moved)  # every weight was trained from the zoo's values
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["init_from"] == "zoo:ae-mlp-seed"
+
+
+def test_an_unknown_zoo_model_is_a_usage_error(tmp_path):
+    from conftest import run_script
+
+    proc = run_script("train.py", "--init-from", "zoo:nope", "--out", tmp_path / "run", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert "no pretrained model 'nope'" in proc.stderr and "available: ae-mlp-seed" in proc.stderr
