@@ -55,10 +55,15 @@ def check_name(name):
     return name
 
 
+def _name_list(names):
+    """"a,b" or ["a", "b"] -> ("a", "b"): stripped, blanks and repeats dropped, order kept."""
+    if isinstance(names, str):
+        names = names.split(",")
+    return tuple(dict.fromkeys(n.strip() for n in names or () if n.strip()))
+
+
 def check_tflite_signatures(signatures):
-    if isinstance(signatures, str):
-        signatures = [s for s in signatures.split(",") if s.strip()]
-    signatures = tuple(dict.fromkeys(s.strip() for s in signatures or ()))
+    signatures = _name_list(signatures)
     unknown = [s for s in signatures if s not in SIGNATURES]
     if unknown or not signatures:
         raise ValueError(f"tflite_signatures must name one or more of {', '.join(SIGNATURES)}, got "
@@ -67,9 +72,7 @@ def check_tflite_signatures(signatures):
 
 
 def check_variants(tflite):
-    if isinstance(tflite, str):
-        tflite = [v for v in tflite.split(",") if v.strip()]
-    variants = tuple(dict.fromkeys(v.strip() for v in tflite or ()))
+    variants = _name_list(tflite)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown TFLite variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
