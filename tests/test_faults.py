@@ -5,6 +5,9 @@ Write faults are simulated three ways where the machine allows: the writer patch
 ENOSPC (always); a read-only directory (chmod 555 as a normal user; as root, who ignores permissions, a tmpfs
 remounted read-only); a real tiny tmpfs that fills up (root only, where mount works). After a failed write the
 earlier outputs must be byte-identical.
+
+Needs: the tmpfs cases (a full disk, and read-only as root) need root and `mount -t tmpfs`, as in CI, which
+runs as root; elsewhere they are skipped with the reason, and the patched-writer and chmod cases still run.
 """
 
 import contextlib
@@ -57,7 +60,7 @@ def _shift_weights(model, by):
 def _mount_tmpfs(path, size_bytes):
     path.mkdir(parents=True, exist_ok=True)
     if not AS_ROOT or not shutil.which("mount"):
-        pytest.skip("a tiny tmpfs needs root")
+        pytest.skip("a tiny tmpfs needs root and mount (CI runs as root)")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
