@@ -196,10 +196,13 @@ def torch_vae(torch, hidden_units, latent_dim=LATENT_DIM, pixels=IMAGE_PIXELS):
             self.encoder = mlp([pixels, *hidden_units, 2 * latent_dim])
             self.decoder = mlp([latent_dim, *reversed(hidden_units), pixels])
 
-        def forward(self, x):
+        def forward(self, x, eps=None):
+            """The batch-mean negative ELBO of x; eps [B, latent_dim]: the reparameterization noise (None: drawn)."""
             h = self.encoder(x)
             mean, log_var = h[:, :latent_dim], h[:, latent_dim:]
-            z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)  # reparameterized
+            if eps is None:
+                eps = torch.randn_like(mean)
+            z = mean + torch.exp(0.5 * log_var) * eps  # reparameterized
             logits = self.decoder(z)
             # -log p(x|z) for Bernoulli(sigmoid(logits)) pixels, summed over pixels
             reconstruction = functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)

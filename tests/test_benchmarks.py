@@ -2,7 +2,8 @@
 
 The numbers of a --quick run mean nothing (and the machine may be busy); these tests check the
 structure and that every figure is a positive finite number, with and without torch (the
-optional `bench` extra: CI installs `.[dev]` only).
+optional `bench` extra: CI installs `.[dev]` only). The PyTorch reference behind the speed ratios is
+checked to compute kerasae's loss and gradients (skipped without torch).
 """
 
 import json
@@ -155,6 +156,64 @@ def test_train_throughput_quick_with_torch(tmp_path):
     speedup = result["targets"]["kerasae_vs_torch_eager"]
     assert positive(speedup["value"]) and isinstance(speedup["pass"], bool)
     assert "scaling" not in result
+
+
+def _import_benchmark(name):
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_torch_reference_computes_kerasaes_loss_and_gradients(mnist_binary, monkeypatch):
+    """The speed ratios compare kerasae with a PyTorch twin of `vae-mlp`: with the Keras weights copied into it,
+    the same binarized batch and the same reparameterization noise, the twin's loss (the batch-mean negative
+    ELBO) equals the loss kerasae's training step minimizes, and so does the gradient's global norm."""
+    torch = pytest.importorskip("torch")
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import kerasae
+
+    bench = _import_benchmark("train_throughput")
+    rng = np.random.default_rng(0)
+    model = kerasae.build("vae-mlp", seed=0)
+    twin = bench.torch_vae(torch, bench.HIDDEN_UNITS, bench.LATENT_DIM)
+    pairs = []
+    for keras_stack, torch_stack in ((model.encoder, twin.encoder), (model.decoder, twin.decoder)):
+        dense = [layer for layer in keras_stack.layers if isinstance(layer, keras.layers.Dense)]
+        linear = [module for module in torch_stack if isinstance(module, torch.nn.Linear)]
+        assert len(dense) == len(linear) == len(bench.HIDDEN_UNITS) + 1
+        pairs += list(zip(dense, linear))
+    with torch.no_grad():
+        for layer, module in pairs:
+            kernel, bias = layer.get_weights()
+            bias = rng.normal(scale=0.05, size=bias.shape).astype(np.float32)  # nonzero: the copy is checked
+            layer.set_weights([kernel, bias])
+            module.weight.copy_(torch.from_numpy(kernel.T.copy()))
+            module.bias.copy_(torch.from_numpy(bias))
+    assert sum(p.numel() for p in twin.parameters()) == model.count_params()
+
+    x = mnist_binary[:64]
+    eps = rng.standard_normal((len(x), bench.LATENT_DIM)).astype(np.float32)
+    monkeypatch.setattr(model, "training_noise", lambda kind, shape, step=None, stream=0: tf.constant(eps[:, None]))
+    with tf.GradientTape() as tape:
+        terms = model.compute_terms(x, training=True, step=tf.constant(0, tf.int64))
+        keras_loss = tf.nn.compute_average_loss(terms["loss"])  # as train_step
+    keras_grads = tape.gradient(keras_loss, model.trainable_variables)
+
+    torch_loss = twin(torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(eps))
+    torch_loss.backward()
+    assert float(torch_loss.detach()) == pytest.approx(float(keras_loss), rel=1e-5)
+    torch_norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in twin.parameters()))
+    assert torch_norm == pytest.approx(float(tf.linalg.global_norm(keras_grads)), rel=1e-4)
+    by_variable = dict(zip((v.path for v in model.trainable_variables), keras_grads))
+    for layer, module in pairs:  # layer by layer, so a mismatch names its layer
+        for name, param in (("kernel", module.weight), ("bias", module.bias)):
+            keras_grad = by_variable[f"{layer.path}/{name}"].numpy()
+            assert float(param.grad.norm()) == pytest.approx(float(np.linalg.norm(keras_grad)), rel=1e-4), layer.name
 
 
 # ---- inference_latency.py --------------------------------------------------------------------

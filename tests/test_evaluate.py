@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kerasae
 from kerasae import evaluate as ev
@@ -29,11 +30,59 @@ def test_psnr_and_reconstruction_metrics_known_values():
     assert m["mse_per_pixel"] == pytest.approx(0.01)
     assert m["bce_per_image"] == pytest.approx(-4 * np.log(0.9), rel=1e-6)
     assert m["psnr_db"] == pytest.approx(20.0)
+    # PSNR is per image, then averaged: MSEs 0.01 and 0.0001 give (20 + 40) / 2 dB, not 10 log10(1 / 0.00505)
+    x = np.zeros((2, 2, 2, 1))
+    x_hat = np.stack([np.full((2, 2, 1), 0.1), np.full((2, 2, 1), 0.01)])
+    np.testing.assert_allclose(ev.psnr(x, x_hat), [20.0, 40.0])
+    m = ev.reconstruction_metrics(x, x_hat)
+    assert m["psnr_db"] == pytest.approx(30.0) and m["mse_per_pixel"] == pytest.approx((0.01 + 0.0001) / 2)
+    # BCE's targets are the images (first argument), its probabilities the reconstruction (clipped to 1e-7)
+    x = np.array([1.0, 0.0, 1.0, 0.0]).reshape(1, 2, 2, 1)
+    x_hat = np.array([0.8, 0.3, 1.0, 0.5]).reshape(1, 2, 2, 1)
+    bce = -(np.log(0.8) + np.log(0.7) + np.log(1 - 1e-7) + np.log(0.5))
+    assert ev.reconstruction_metrics(x, x_hat)["bce_per_image"] == pytest.approx(bce, rel=1e-9)
+    assert ev.psnr(x, x_hat)[0] == pytest.approx(-10 * np.log10((0.04 + 0.09 + 0.0 + 0.25) / 4))
 
 
-def test_iw_nll_with_one_sample_is_minus_the_sampled_elbo(vae, mnist_binary):
-    nll, elbo = ev.importance_weighted_nll(vae, mnist_binary[:8], k=1, progress=False)
-    np.testing.assert_allclose(nll, -elbo, rtol=1e-12)
+def _numpy_log_weights(model, x, eps):
+    """log p(x, z) - log q(z | x) [k, B] for a Bernoulli VAE at z = mean + sigma * eps [k, B, D], with scipy's
+    normal densities and numpy's Bernoulli log-likelihood (float64); the networks are the model's."""
+    from scipy.stats import norm
+
+    mean, log_var = (t.numpy().astype(np.float64) for t in model.encode(x))
+    z = mean + np.exp(0.5 * log_var) * eps
+    logits = model.decode_logits(z.reshape(-1, z.shape[-1]).astype(np.float32)).numpy().astype(np.float64)
+    logits = logits.reshape(len(eps), len(x), -1)
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    log_px_z = (x * logits - np.logaddexp(0.0, logits)).sum(axis=-1)
+    return (log_px_z + norm.logpdf(z).sum(axis=-1)
+            - norm.logpdf(z, loc=mean, scale=np.exp(0.5 * log_var)).sum(axis=-1))
+
+
+def test_iw_nll_and_elbo_match_numpy_importance_sampling(vae, mnist_binary, rng, monkeypatch):
+    """importance_weighted_nll with known noise: -log mean_k exp(log w) (scipy's logsumexp) and mean_k log w per
+    image, across batches (5 images) and sample chunks (3 + 3 + 1 of k = 7)."""
+    from scipy.special import logsumexp
+
+    x, k = mnist_binary[:8], 7
+    eps = rng.standard_normal((k, len(x), vae.latent_dim)).astype(np.float32)
+    cursor, seeds = {"image": 0, "sample": 0}, []
+
+    def known_normal(shape, seed, **kwargs):  # hands out eps in the order the batches and chunks ask for it
+        s, b, _ = (int(v) for v in shape)
+        out = eps[cursor["sample"]:cursor["sample"] + s, cursor["image"]:cursor["image"] + b]
+        cursor["sample"] += s
+        if cursor["sample"] == k:
+            cursor["image"], cursor["sample"] = cursor["image"] + b, 0
+        seeds.append(tuple(int(v) for v in seed))
+        return tf.constant(out)
+
+    monkeypatch.setattr(tf.random, "stateless_normal", known_normal)
+    nll, elbo = ev.importance_weighted_nll(vae, x, k=k, batch_size=5, samples_per_chunk=3, progress=False)
+    assert cursor == {"image": 8, "sample": 0} and len(seeds) == 6 and len(set(seeds)) == 6  # no draw reused
+    log_w = _numpy_log_weights(vae, x, eps.astype(np.float64))
+    np.testing.assert_allclose(nll, -(logsumexp(log_w, axis=0) - np.log(k)), rtol=1e-5)
+    np.testing.assert_allclose(elbo, log_w.mean(axis=0), rtol=1e-5)
 
 
 def test_iw_nll_is_tighter_than_the_elbo_and_agrees_with_the_model_bound(vae, mnist_binary):
@@ -62,9 +111,30 @@ def test_vae_evaluation_cache_is_keyed_by_weights_images_and_k(vae, mnist_binary
     assert len(calls) == 3 and len(json.loads(cache.read_text())) == 4
 
 
-def test_active_units_and_kl_per_dimension(vae, mnist_binary):
-    stats = ev.posterior_statistics(vae, mnist_binary)
-    assert len(stats["kl_per_dim"]) == 4 and stats["kl"] == pytest.approx(sum(stats["kl_per_dim"]), abs=1e-3)
+class _KnownPosterior:
+    """A stand-in model whose q(z|x) parameters are linear in x: mean = x A, log_var = x B (numpy-checkable)."""
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def encode(self, x):
+        return tf.constant(x @ self.a), tf.constant(x @ self.b)
+
+
+def test_active_units_and_kl_per_dimension_known_posterior(rng):
+    x = rng.standard_normal((300, 4))
+    # Cov_x of the posterior mean per unit: ~0, 0.05^2, 0.2^2 and 1 (threshold 0.01): 2 active units
+    model = _KnownPosterior(np.diag([0.0, 0.05, 0.2, 1.0]), rng.normal(scale=0.3, size=(4, 4)))
+    stats = ev.posterior_statistics(model, x, batch_size=64)
+    mean, log_var = x @ model.a, x @ model.b
+    np.testing.assert_allclose(stats["activity_per_dim"], np.var(mean, axis=0), atol=1e-5)
+    assert stats["active_units"] == 2 and stats["active_unit_threshold"] == 0.01
+    kl_per_dim = np.mean(0.5 * (mean**2 + np.exp(log_var) - 1 - log_var), axis=0)  # KL(N(m, v) || N(0, 1))
+    np.testing.assert_allclose(stats["kl_per_dim"], kl_per_dim, atol=1e-5)
+    assert stats["kl"] == pytest.approx(kl_per_dim.sum(), rel=1e-6)
+
+
+def test_a_vae_without_active_units(vae, mnist_binary):
     dead = kerasae.build("vae-mlp", hidden_units=[32], latent_dim=4, seed=0)
     kernel, bias = dead.encoder.get_layer("enc_out").get_weights()
     kernel[:, :4] = 0.0  # the posterior mean no longer depends on x: every unit inactive
@@ -72,28 +142,105 @@ def test_active_units_and_kl_per_dimension(vae, mnist_binary):
     assert ev.posterior_statistics(dead, mnist_binary)["active_units"] == 0
 
 
-def test_denoising_rows_and_seeded_corruption(mnist_small):
+class _KnownDenoiser:
+    """A stand-in model whose reconstruction is a known function of its input: 0.5 x + 0.2."""
+
+    def reconstruct(self, x):
+        return 0.5 * np.asarray(x) + 0.2
+
+
+def test_denoising_psnrs_are_against_the_clean_images(mnist_small, rng, monkeypatch):
+    """evaluate_denoising with the noise fixed to a known array: PSNR/MSE of the noisy images and of the
+    reconstructions of the noisy images, each against the CLEAN images (numpy; against the noisy ones the
+    denoised PSNR would differ by > 1 dB here)."""
     x = mnist_small.x_test[:16]
     np.testing.assert_array_equal(ev.corrupt(x, "masking", 0.5, seed=3), ev.corrupt(x, "masking", 0.5, seed=3))
-    identity = kerasae.build("ae-shallow", seed=0)
-    rows = ev.evaluate_denoising(identity, x)
-    assert [(r["noise"], r["level"]) for r in rows] == list(ev.DENOISING_NOISES)
-    for r in rows:
-        assert r["gain_db"] == pytest.approx(r["psnr_denoised_db"] - r["psnr_noisy_db"])
-        assert np.isfinite(r["psnr_noisy_db"]) and r["mse_noisy"] > 0
+    normal, uniform = rng.standard_normal(x.shape), rng.random(x.shape)
+    monkeypatch.setattr(ev, "draw", lambda kind, shape, seed=None: tf.constant(
+        {"normal": normal, "uniform": uniform}[kind], tf.float32))
+    noisy = {("gaussian", 0.5): np.clip(x + 0.5 * normal, 0.0, 1.0), ("masking", 0.3): np.where(uniform < 0.3, 0.0, x)}
+    rows = ev.evaluate_denoising(_KnownDenoiser(), x, noises=list(noisy))
+    assert [(r["noise"], r["level"]) for r in rows] == list(noisy)
+
+    def psnr(a, b):
+        return np.mean([10 * np.log10(1.0 / np.mean((ai - bi) ** 2)) for ai, bi in zip(a, b)])
+
+    for row, corrupted in zip(rows, noisy.values()):
+        denoised = 0.5 * corrupted + 0.2
+        expected = {"psnr_noisy_db": psnr(x, corrupted), "psnr_denoised_db": psnr(x, denoised),
+                    "mse_noisy": np.mean((x - corrupted) ** 2), "mse_denoised": np.mean((x - denoised) ** 2)}
+        expected["gain_db"] = expected["psnr_denoised_db"] - expected["psnr_noisy_db"]
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, rel=1e-5), (row, key, value)
+        assert abs(psnr(corrupted, denoised) - expected["psnr_denoised_db"]) > 1.0  # the test tells them apart
 
 
-def test_pca_baseline_and_knn(rng):
-    x_train = rng.uniform(size=(200, 4, 4, 1)).astype(np.float32)
-    full, _, _ = ev.pca_baseline(x_train, x_train[:50], 16)
-    assert full["metrics"]["mse_per_pixel"] < 1e-10  # all components: exact
-    low, z_train, z_test = ev.pca_baseline(x_train, x_train[:50], 2)
-    assert low["metrics"]["mse_per_pixel"] > 1e-3 and z_train.shape == (200, 2) and z_test.shape == (50, 2)
-    centers = np.array([[0, 0], [10, 10]])
-    y = np.arange(100) % 2
-    z = centers[y] + rng.normal(size=(100, 2))
-    assert ev.knn_accuracy(z, y, z, y) == 1.0
-    assert ev.knn_accuracy(rng.normal(size=(100, 2)), y, rng.normal(size=(100, 2)), y) < 0.75
+def test_evaluate_autoencoder_scores_the_reconstruction_against_the_images(mnist_small):
+    x = mnist_small.x_test[:16]
+    result = ev.evaluate_autoencoder(_KnownDenoiser(), x)
+    x_hat = 0.5 * x.astype(np.float64) + 0.2
+    assert result["mse_per_pixel"] == pytest.approx(np.mean((x - x_hat) ** 2), rel=1e-6)
+    bce = -(x * np.log(x_hat) + (1 - x) * np.log(1 - x_hat)).sum(axis=(1, 2, 3)).mean()
+    assert result["bce_per_image"] == pytest.approx(bce, rel=1e-6)
+
+
+def test_vae_evaluation_scores_the_binarized_test_images(vae, mnist_small):
+    """evaluate_vae binarizes grayscale test images once (TEST_BINARIZATION_SEED) and scores everything on them."""
+    from kerasae.data import TEST_BINARIZATION_SEED, binarize
+
+    grey = mnist_small.x_test[:32]
+    binary = binarize(grey, seed=TEST_BINARIZATION_SEED)
+    result = ev.evaluate_vae(vae, grey, k=2, progress=False)
+    expected = ev.reconstruction_metrics(binary, vae.reconstruct(binary).numpy())
+    for key, value in expected.items():
+        assert result["reconstruction"][key] == pytest.approx(value, rel=1e-6), key
+    mean, log_var = (t.numpy().astype(np.float64) for t in vae.encode(binary))
+    kl = 0.5 * (mean**2 + np.exp(log_var) - 1 - log_var).sum(axis=1).mean()
+    assert result["kl"] == pytest.approx(kl, rel=1e-5) and result["num_images"] == 32
+
+
+def test_pca_baseline_matches_numpy_svd(rng):
+    """PCA fitted on the training images: test reconstructions and explained variance from numpy's SVD."""
+    basis = rng.normal(size=(3, 16))
+    x_train = np.clip(0.5 + 0.1 * rng.normal(size=(200, 3)) @ basis + 0.01 * rng.normal(size=(200, 16)), 0, 1)
+    x_test = np.clip(0.5 + 0.1 * rng.normal(size=(50, 3)) @ basis[::-1] + 0.01 * rng.normal(size=(50, 16)), 0, 1)
+    x_train, x_test = x_train.reshape(200, 4, 4, 1), x_test.reshape(50, 4, 4, 1)
+    full, _, _ = ev.pca_baseline(x_train, x_test, 16)
+    assert full["metrics"]["mse_per_pixel"] < 1e-10 and full["explained_variance"] == pytest.approx(1.0)
+    result, z_train, z_test = ev.pca_baseline(x_train, x_test, 2)
+    flat_train, flat_test = x_train.reshape(200, -1), x_test.reshape(50, -1)
+    center = flat_train.mean(axis=0)
+    _, singular, vt = np.linalg.svd(flat_train - center, full_matrices=False)
+    components = vt[:2]
+    expected_test = (flat_test - center) @ components.T
+    x_hat = np.clip(expected_test @ components + center, 0, 1).reshape(x_test.shape)
+    for key, value in ev.reconstruction_metrics(x_test, x_hat).items():
+        assert result["metrics"][key] == pytest.approx(value, rel=1e-6), key
+    assert result["explained_variance"] == pytest.approx((singular[:2] ** 2).sum() / (singular**2).sum(), rel=1e-6)
+    signs = np.sign(np.sum(z_test * expected_test, axis=0))  # a component's sign is arbitrary
+    np.testing.assert_allclose(z_test * signs, expected_test, atol=1e-8)
+    np.testing.assert_allclose(z_train * signs, (flat_train - center) @ components.T, atol=1e-8)
+
+
+def test_knn_accuracy_hand_computed():
+    """5-NN fitted on the training codes, scored on the test codes (1-D codes, majorities by hand)."""
+    z_train = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 10.0, 10.1, 10.2, 10.3, 10.4, 10.5])[:, None]
+    y_train = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    z_test = np.array([0.25, 10.25, 0.05, 10.45, 5.0, 4.0])[:, None]
+    # predictions: 0, 1, 0, 1, then 5.0 and 4.0 -> 0 (their 5 nearest: 0.5 .. 0.1, 4.5-4.9 and 3.5-3.9 away;
+    # 10.0 is 5.0 and 6.0 away). True labels 0, 1, 1, 1, 1, 0: right 1st, 2nd, 4th and 6th.
+    y_test = np.array([0, 1, 1, 1, 1, 0])
+    assert ev.knn_accuracy(z_train, y_train, z_test, y_test) == pytest.approx(4 / 6)
+
+
+def test_knn_accuracy_matches_numpy_brute_force(rng):
+    y_train, y_test = rng.integers(0, 3, 300), rng.integers(0, 3, 100)
+    z_train = rng.normal(size=(300, 2)) + 1.5 * y_train[:, None]
+    z_test = rng.normal(size=(100, 2)) + 1.5 * y_test[:, None]
+    distances = ((z_test[:, None, :] - z_train[None, :, :]) ** 2).sum(axis=-1)
+    votes = y_train[np.argsort(distances, axis=1)[:, :5]]
+    predicted = np.array([np.bincount(v, minlength=3).argmax() for v in votes])  # ties: the smaller label
+    assert ev.knn_accuracy(z_train, y_train, z_test, y_test) == pytest.approx(np.mean(predicted == y_test))
 
 
 def test_mmd_separates_the_prior_from_other_codes(rng):
@@ -133,6 +280,16 @@ def test_evaluate_cli(tiny_run, tmp_path):
     assert bad.returncode == 2 and "not a finished kerasae run" in bad.stderr
     bad = run_script("evaluate.py", tiny_run, "--k", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "--k" in bad.stderr
+
+
+def test_run_data_is_the_runs_split(tiny_run, mnist_small):
+    """evaluate's view of a run: its test images, and its training images without the validation ones (500
+    training images hold out 500 // 10 = 50, the last ones), as the PCA baseline and the kNN codes need."""
+    data, x_train = ev.run_data(tiny_run)
+    assert len(data.x_test) == 100 and len(x_train) == 450
+    np.testing.assert_array_equal(data.x_test[:64], mnist_small.x_test)
+    np.testing.assert_array_equal(x_train[:256], mnist_small.x_train)
+    np.testing.assert_array_equal(x_train, data.x_train[:450])
 
 
 @pytest.mark.slow

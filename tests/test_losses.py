@@ -4,6 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy.special import logsumexp
+from scipy.stats import norm
 
 import kerasae
 from kerasae import losses
@@ -91,15 +93,88 @@ def test_model_log_likelihood_is_the_decoder_distributions(preset, kwargs, rng):
 
 def test_log_mean_exp_is_stable_and_exact(rng):
     log_w = rng.normal(loc=-2000.0, scale=5.0, size=(50, 3))  # exp underflows to 0 in float64
-    top = log_w.max(axis=0)
-    expected = top + np.log(np.mean(np.exp(log_w - top), axis=0))
+    expected = logsumexp(log_w, axis=0) - np.log(50)
     np.testing.assert_allclose(losses.log_mean_exp(tf.constant(log_w)).numpy(), expected, rtol=1e-12)
 
 
-def test_iwae_bound_with_one_sample_is_the_single_sample_elbo(rng):
-    log_px_z, log_pz, log_qz = (rng.normal(size=(1, 6)) for _ in range(3))
-    bound = losses.iwae_bound(tf.constant(log_px_z), tf.constant(log_pz), tf.constant(log_qz)).numpy()
-    np.testing.assert_allclose(bound, (log_px_z + log_pz - log_qz)[0], rtol=1e-12)
+def test_iwae_bound_hand_computed_and_against_scipy(rng):
+    """log (1/k) sum_i w_i with log w_i = log p(x|z_i) + beta (log p(z_i) - log q(z_i|x))."""
+    zero = tf.zeros([2, 1], tf.float64)
+    # weights 1 and 3: log 2; weights e^-5 and e^-5: -5
+    log_px_z = tf.constant([[0.0, -5.0], [np.log(3.0), -5.0]], tf.float64)
+    np.testing.assert_allclose(losses.iwae_bound(log_px_z, zero, zero).numpy(), [np.log(2.0), -5.0], rtol=1e-12)
+    log_pz, log_qz = tf.constant([[-1.0], [-2.0]], tf.float64), tf.constant([[-3.0], [-1.0]], tf.float64)
+    # log w = 2 beta and -beta: beta = 0.5 gives log((e + e^-0.5) / 2)
+    expected = np.log((np.e + np.exp(-0.5)) / 2)
+    np.testing.assert_allclose(losses.iwae_bound(zero, log_pz, log_qz, beta=0.5).numpy(), [expected], rtol=1e-12)
+    for k, beta in ((1, 1.0), (9, 1.0), (9, 0.3)):
+        log_px_z = rng.normal(-100.0, 5.0, size=(k, 6))
+        log_pz, log_qz = rng.normal(-3.0, 1.0, size=(2, k, 6))
+        bound = losses.iwae_bound(*(tf.constant(t) for t in (log_px_z, log_pz, log_qz)), beta=beta).numpy()
+        np.testing.assert_allclose(bound, logsumexp(log_px_z + beta * log_pz - beta * log_qz, axis=0) - np.log(k),
+                                   rtol=1e-12)
+
+
+def _numpy_sample_terms(model, x, eps):
+    """log p(x|z), log p(z), log q(z|x) [k, B] at z = mean + sigma * eps [k, B, D], in float64 with scipy's
+    normal densities and numpy's Bernoulli log-likelihood; only the networks (and the decoder's scale) are the
+    model's."""
+    mean, log_var = (t.numpy().astype(np.float64) for t in model.encode(x))
+    z = mean + np.exp(0.5 * log_var) * eps
+    logits = model.decode_logits(z.reshape(-1, model.latent_dim).astype(np.float32)).numpy().astype(np.float64)
+    logits = logits.reshape(len(eps), len(x), -1)
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    if model.likelihood == "bernoulli":
+        log_px_z = (x * logits - np.logaddexp(0.0, logits)).sum(axis=-1)
+    else:
+        scale = model.decoder_scale().numpy().astype(np.float64).reshape(-1)
+        log_px_z = norm.logpdf(x, loc=1.0 / (1.0 + np.exp(-logits)), scale=scale).sum(axis=-1)
+    log_pz = norm.logpdf(z).sum(axis=-1)
+    log_qz = norm.logpdf(z, loc=mean, scale=np.exp(0.5 * log_var)).sum(axis=-1)
+    return log_px_z, log_pz, log_qz, mean, log_var
+
+
+@pytest.mark.parametrize("preset, kwargs", [
+    ("vae-mlp", {}),
+    ("vae-mlp", {"num_importance_samples": 3}),
+    ("vae-mlp", {"num_importance_samples": 4, "beta": 0.5}),
+    ("vae-mlp-gaussian", {"gaussian_scale": "pixel"}),
+    ("vae-mlp-gaussian", {"gaussian_scale": "fixed", "fixed_scale": 0.3, "beta": 2.0}),
+])
+def test_vae_training_terms_with_known_noise(preset, kwargs, mnist_binary, mnist_small, rng, monkeypatch):
+    """compute_terms of a training step with the reparameterization noise fixed to a known array, against
+    numpy/scipy: reconstruction = -mean_k log p(x|z_k), kl = KL(q || N(0, I)) in closed form, elbo =
+    -(reconstruction + kl), and loss = reconstruction + beta kl (k = 1) or -log mean_k w_k with
+    log w = log p(x|z) + beta (log p(z) - log q(z|x)) (the beta-IWAE bound, k > 1)."""
+    model = kerasae.build(preset, hidden_units=(32,), latent_dim=3, seed=0, **kwargs)
+    x = mnist_binary[:6] if model.likelihood == "bernoulli" else mnist_small.x_train[:6]
+    k, beta = model.num_importance_samples, model.beta
+    eps = rng.standard_normal((len(x), k, model.latent_dim)).astype(np.float32)  # drawn batch-first [B, k, D]
+    monkeypatch.setattr(model, "training_noise", lambda kind, shape, step=None, stream=0: tf.constant(eps))
+    terms = model.compute_terms(x, training=True, step=tf.constant(5, tf.int64))
+    log_px_z, log_pz, log_qz, mean, log_var = _numpy_sample_terms(model, x, np.swapaxes(eps, 0, 1).astype(np.float64))
+    reconstruction = -log_px_z.mean(axis=0)
+    kl = 0.5 * np.sum(mean**2 + np.exp(log_var) - log_var - 1.0, axis=-1)
+    if k == 1:
+        loss = reconstruction + beta * kl
+    else:
+        loss = -(logsumexp(log_px_z + beta * (log_pz - log_qz), axis=0) - np.log(k))
+    expected = {"reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl), "loss": loss}
+    for name, value in expected.items():
+        np.testing.assert_allclose(terms[name].numpy(), value, rtol=1e-5, atol=1e-4, err_msg=name)
+    evaluation = model.compute_terms(x, training=False)  # same noise (patched), so the same terms
+    np.testing.assert_allclose(evaluation["loss"].numpy(), loss, rtol=1e-5, atol=1e-4)
+
+
+def test_model_importance_weighted_bound_with_known_noise(trained_vae, mnist_binary, rng, monkeypatch):
+    from kerasae.models import vae as vae_module
+
+    x, k = mnist_binary[:10], 6
+    eps = rng.standard_normal((k, len(x), trained_vae.latent_dim)).astype(np.float32)
+    monkeypatch.setattr(vae_module, "draw", lambda kind, shape, seed=None, step=None, stream=0: tf.constant(eps))
+    log_px_z, log_pz, log_qz, _, _ = _numpy_sample_terms(trained_vae, x, eps.astype(np.float64))
+    np.testing.assert_allclose(trained_vae.importance_weighted_bound(x, k).numpy(),
+                               logsumexp(log_px_z + log_pz - log_qz, axis=0) - np.log(k), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +192,6 @@ def test_model_terms_match_numpy(trained_vae, mnist_binary):
     mean, log_var = (t.numpy() for t in trained_vae.encode(x))
     kl = 0.5 * np.sum(mean**2 + np.exp(log_var) - log_var - 1.0, axis=-1)
     np.testing.assert_allclose(terms["kl"].numpy(), kl, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(terms["elbo"].numpy(), -(terms["reconstruction_loss"] + terms["kl"]).numpy(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(terms["loss"].numpy(), -terms["elbo"].numpy(), rtol=1e-6)  # beta = 1, k = 1
     # score: -log p(x | z = mean) + KL, from numpy BCE on the decoder's logits at the mean
     logits = trained_vae.decode_logits(mean).numpy()
     bce = (np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))).sum(axis=(1, 2, 3))

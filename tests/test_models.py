@@ -23,10 +23,68 @@ def test_dae_corrupts_only_in_training(mnist_small, monkeypatch):
     model.predict(x, batch_size=32, verbose=0)
     model.reconstruct(x[:4])
     assert not calls, "evaluation/inference corrupted the input"
-    # clean target: the evaluation loss is deterministic and equals the clean reconstruction error
-    first, second = model.compute_terms(x[:8]), model.compute_terms(x[:8])
-    np.testing.assert_array_equal(first["loss"].numpy(), second["loss"].numpy())
-    np.testing.assert_array_equal(np.asarray(model.encoder_input(x[:8], training=False)), x[:8])
+
+
+def _softplus(t):
+    return np.logaddexp(0.0, t)
+
+
+def _numpy_bce_and_mse(x, logits):
+    """Per-image binary cross-entropy (nats, from logits) and MSE per pixel of sigmoid(logits), in float64."""
+    x, logits = np.asarray(x, np.float64), np.asarray(logits, np.float64)
+    bce = (_softplus(logits) - x * logits).sum(axis=(1, 2, 3))
+    return bce, ((1.0 / (1.0 + np.exp(-logits)) - x) ** 2).mean(axis=(1, 2, 3))
+
+
+@pytest.mark.parametrize("noise_type, level", [("gaussian", 0.5), ("masking", 0.4), ("salt_and_pepper", 0.3)])
+def test_dae_training_loss_is_the_clean_images_reconstruction_error(noise_type, level, mnist_small, rng,
+                                                                     monkeypatch):
+    """A training step encodes the corrupted images and scores the reconstruction against the CLEAN ones;
+    evaluation (training=False, `evaluate`) encodes the clean images. Noise fixed to a known array."""
+    model = kerasae.build("dae-mlp", hidden_units=(32,), latent_dim=8, noise_type=noise_type, noise_level=level,
+                          seed=3)
+    out = model.decoder.get_layer("dec_out")
+    kernel, bias = out.get_weights()
+    out.set_weights([kernel, rng.normal(scale=3.0, size=bias.shape)])  # confident pixels: targets matter
+    x = mnist_small.x_train[:16]
+    normal = rng.standard_normal(x.shape).astype(np.float32)
+    uniform = rng.random(x.shape).astype(np.float32)
+    requests = []
+
+    def known_noise(kind, shape, step=None, stream=0):
+        requests.append((kind, int(step)))
+        return tf.constant({"normal": normal, "uniform": uniform}[kind])
+
+    monkeypatch.setattr(model, "training_noise", known_noise)
+    # the corruptions, written out in numpy
+    if noise_type == "gaussian":
+        corrupted = np.clip(x + level * normal, 0.0, 1.0)
+    elif noise_type == "masking":
+        corrupted = np.where(uniform < level, 0.0, x)
+    else:
+        corrupted = np.where(uniform < level / 2, 1.0, np.where(uniform < level, 0.0, x))
+    assert np.mean(corrupted != x) > 0.05  # masking changes ink only (~19% of MNIST pixels)
+
+    terms = model.compute_terms(x, training=True, step=tf.constant(7, tf.int64))
+    assert requests and all(step == 7 for _, step in requests)
+    logits = model.decoder(model.encoder(corrupted.astype(np.float32))).numpy()
+    bce, mse = _numpy_bce_and_mse(x, logits)
+    np.testing.assert_allclose(terms["reconstruction_loss"].numpy(), bce, rtol=1e-5)
+    np.testing.assert_allclose(terms["loss"].numpy(), bce, rtol=1e-5)
+    np.testing.assert_allclose(terms["mse"].numpy(), mse, rtol=1e-5)
+    wrong_target, _ = _numpy_bce_and_mse(corrupted, logits)  # what reconstructing the corrupted input would give
+    assert np.abs(wrong_target - bce).max() > 100 * 1e-5 * bce.max(), "cannot tell the clean target from the corrupted"
+
+    requests.clear()
+    clean_bce, clean_mse = _numpy_bce_and_mse(x, model.decoder(model.encoder(x)).numpy())
+    evaluation = model.compute_terms(x, training=False)
+    np.testing.assert_allclose(evaluation["loss"].numpy(), clean_bce, rtol=1e-5)
+    np.testing.assert_allclose(evaluation["mse"].numpy(), clean_mse, rtol=1e-5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    result = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert result["loss"] == pytest.approx(clean_bce.mean(), rel=1e-5)
+    assert result["mse"] == pytest.approx(clean_mse.mean(), rel=1e-5)
+    assert not requests, "evaluation drew training noise"
 
 
 @pytest.mark.parametrize("noise_type,level", [("gaussian", 0.3), ("masking", 0.5), ("salt_and_pepper", 0.2)])
