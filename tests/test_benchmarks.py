@@ -290,3 +290,16 @@ def test_other_load_counts_other_processes_not_the_benchmarks_own():
     other = _common.other_load(start)
     assert own is not None and other is not None
     assert other - own > 0.35, (own, other)  # ~0.6 core for 2.5 s, minus whatever else ran meanwhile
+
+
+def test_main_job_quick_records_what_the_run_measured(tmp_path):
+    """main_job.py runs the README's command (plus the quick flags) and copies the run's own metrics.json."""
+    out, run_dir = tmp_path / "main_job.json", tmp_path / "run"
+    result = load_result(run_benchmark("main_job.py", "--quick", "--out", out, "--run-dir", run_dir), out)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    job = result["job"]
+    assert job["command"] == ["python", "scripts/train.py", "--arch", "vae", "--epochs", "1",
+                              "--max-train-samples", "2048"]
+    assert job["test"] == metrics["test"] and job["test_negative_elbo"] == -metrics["test"]["elbo"]
+    assert job["epochs"] == 1 and job["wall_time_s"] > job["train_wall_time_s"] == metrics["wall_time_s"]
+    assert result["quick"] and job["weights_sha256"] == metrics["weights_sha256"]

@@ -188,3 +188,20 @@ def test_an_unknown_zoo_model_is_a_usage_error(tmp_path):
     proc = run_script("train.py", "--init-from", "zoo:nope", "--out", tmp_path / "run", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert "no pretrained model 'nope'" in proc.stderr and "available: ae-mlp-seed" in proc.stderr
+
+
+def test_readme_quotes_the_main_job_as_measured():
+    """README's main-job figures are those benchmarks/main_job.py wrote, from a quiet machine."""
+    import re
+
+    result = json.loads((REPO / "benchmarks" / "results" / "main_job.json").read_text())
+    job = result["job"]
+    assert job["command"] == ["python", "scripts/train.py", "--arch", "vae"] and not result["quick"]
+    assert not result["machine_at_start"]["busy"] and not result["machine_at_end"]["busy"]
+    text = " ".join((REPO / "README.md").read_text().split())
+    quoted = re.search(r"the whole command takes (\d+) s \((\d+) s of it training (\d+) epochs\) and reaches a "
+                       r"test negative ELBO of ([\d.]+) nats \(reconstruction ([\d.]+), KL ([\d.]+)\)", text)
+    assert quoted, "README no longer quotes the main job"
+    assert [float(v) for v in quoted.groups()] == [
+        round(job["wall_time_s"]), round(job["train_wall_time_s"]), job["epochs"], round(-job["test"]["elbo"], 2),
+        round(job["test"]["reconstruction_loss"], 2), round(job["test"]["kl"], 2)]
