@@ -120,6 +120,11 @@ def parse_spec(spec):
     return name, int(version) if version else None
 
 
+def keras_model_path(spec):
+    """Where the Keras model of "zoo:NAME[/VERSION]" lies (unverified: `load_keras_model` verifies)."""
+    return version_dir(*parse_spec(spec)) / export_lib.KERAS_MODEL
+
+
 def load_keras_model(spec):
     """The verified Keras model of "zoo:NAME[/VERSION]": what `init_from` / `--init-from` take."""
     name, version = parse_spec(spec)
@@ -149,7 +154,7 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
-def rebuild_keras_model(version_dir):
+def rebuild_keras_model(path):
     """The kerasae model of an export made before exports held model.keras: its config, the SavedModel's weights.
 
     The manifest records the model's class and full config; the SavedModel holds every weight
@@ -162,17 +167,17 @@ def rebuild_keras_model(version_dir):
     from kerasae import register_classes
 
     register_classes()
-    version_dir = Path(version_dir)
-    manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
+    path = Path(path)
+    manifest = json.loads((path / "assets.extra" / export_lib.MANIFEST).read_text())
     cls = keras.saving.get_registered_object(manifest["model"]["registered_name"])
     if cls is None:
-        raise ValueError(f"{version_dir}: unknown model class {manifest['model']['registered_name']!r}")
+        raise ValueError(f"{path}: unknown model class {manifest['model']['registered_name']!r}")
     model = cls.from_config(manifest["model"]["config"])
     model.build((None, *model.image_shape))
-    saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(version_dir)).variables}
+    saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(path)).variables}
     problems = [w.path for w in model.weights if w.path not in saved or tuple(saved[w.path].shape) != tuple(w.shape)]
     if problems or len(saved) != len(model.weights):
-        raise ValueError(f"{version_dir}: the SavedModel's variables do not match a {cls.__name__} of its manifest's "
+        raise ValueError(f"{path}: the SavedModel's variables do not match a {cls.__name__} of its manifest's "
                          f"config (missing or reshaped: {problems or 'none'}; {len(saved)} saved, "
                          f"{len(model.weights)} in the model)")
     for weight in model.weights:

@@ -78,7 +78,7 @@ def _init_image_shape(init_from):
     if str(init_from).startswith(ZOO_PREFIX):
         from kerasae import zoo
 
-        path = zoo.version_dir(*zoo.parse_spec(init_from)) / "assets.extra" / "model.keras"
+        path = zoo.keras_model_path(init_from)
     try:
         with zipfile.ZipFile(path) as archive:
             return tuple(json.loads(archive.read("config.json"))["config"]["image_shape"])
