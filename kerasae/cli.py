@@ -84,10 +84,17 @@ def build_train_parser():
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="mnist",
-                   help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR or npz:FILE (default: mnist)")
+                   help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR, tfrecord:DIR|GLOB or npz:FILE "
+                        "(default: mnist)")
     g.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
-    g.add_argument("--image-size", type=_image_size, help="resize images to HxW (default: keep; images:DIR 64x64)")
+    g.add_argument("--image-size", type=_image_size,
+                   help="resize images to HxW (default: keep; images:DIR of mixed sizes 64x64)")
     g.add_argument("--color-mode", choices=options.COLOR_MODES, help="convert images to 1 or 3 channels")
+    g.add_argument("--data-mode", choices=options.DATA_MODES, default=TrainConfig.data_mode,
+                   help="memory: decode all images into RAM; stream: read and decode them while training; auto "
+                        "(default): stream images/tfrecord/tfds data whose pixels pass 1 GiB")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out unreadable images (counted and named in the log) instead of stopping")
     g.add_argument("--max-train-samples", type=_positive_int, help="use only the first N training images")
     g.add_argument("--max-test-samples", type=_positive_int, help="use only the first N test images")
     g.add_argument("--validation-size", type=_non_negative_int,
@@ -157,7 +164,8 @@ def config_from_args(parser, args):
                      "training settings such as k, use kerasae.train(init_from=..., model_kwargs={...}))")
     return TrainConfig(
         preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
-        image_size=args.image_size, color_mode=args.color_mode, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, color_mode=args.color_mode, data_mode=args.data_mode,
+        skip_bad_images=args.skip_bad_images, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, validation_size=args.validation_size,
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples, seed=args.seed,
         out=args.out, strategy=args.strategy, cpu_replicas=args.cpu_replicas, init_from=args.init_from,
@@ -186,6 +194,7 @@ def train_main(argv=None):
     from kerasae import distribute
     from kerasae import export as export_lib
     from kerasae import training as train_lib
+    from kerasae.data import DataError
 
     try:
         prepared = train_lib.prepare(config)
@@ -193,9 +202,9 @@ def train_main(argv=None):
         parser.error(" ".join(str(err).split()))
     try:
         result = train_lib.fit(config, *prepared)
-    except (train_lib.WorkerLostError, FloatingPointError, OSError) as err:  # OSError: a write failed (disk full...)
+    except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
         print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
     test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
@@ -378,3 +387,45 @@ def reproduce_main(argv=None):
         for name, path in zoo.export_zoo(results_dir, zoo_dir).items():
             print(f"zoo: {name} -> {path}")
     return 0
+
+
+# ---- scripts/convert.py -----------------------------------------------------------------------
+
+def build_convert_parser():
+    p = argparse.ArgumentParser(
+        prog="convert.py", description="Convert a dataset (any --dataset spec) into TFRecord shards that "
+        "train.py streams with --dataset tfrecord:OUT_DIR. Image files keep their encoding; arrays become PNG.")
+    p.add_argument("dataset", help="mnist, tfds:NAME, idx:DIR, images:DIR, tfrecord:DIR|GLOB or npz:FILE")
+    p.add_argument("out_dir", help="new directory for the shards and kerasae_dataset.json")
+    p.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
+    p.add_argument("--image-size", type=_image_size,
+                   help="the image size the shards declare (images are resized when read; default: as found)")
+    p.add_argument("--color-mode", choices=options.COLOR_MODES, help="the channels the shards declare")
+    p.add_argument("--shard-mb", type=_positive_int, default=100, help="approximate shard size (default: 100 MB)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order the images are written in")
+    p.add_argument("--skip-bad-images", action="store_true", help="leave out unreadable images instead of stopping")
+    return p
+
+
+def convert_main(argv=None):
+    parser = build_convert_parser()
+    args = parser.parse_args(argv)
+    if Path(args.out_dir).exists() and (not Path(args.out_dir).is_dir() or any(Path(args.out_dir).iterdir())):
+        parser.error(f"out_dir {args.out_dir} already exists and is not an empty directory")
+    from kerasae import data as data_lib
+
+    try:
+        data = data_lib.open_dataset(args.dataset, data_dir=args.data_dir, image_size=args.image_size,
+                                     color_mode=args.color_mode, mode="stream" if _streamable(args.dataset) else "auto",
+                                     skip_bad_images=args.skip_bad_images)
+        data_lib.write_tfrecords(data, args.out_dir, shard_bytes=args.shard_mb << 20, seed=args.seed)
+    except ValueError as err:  # DataError included: bad spec or images
+        parser.error(" ".join(str(err).split()))
+    except OSError as err:
+        print(f"convert.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _streamable(spec):
+    return spec.partition(":")[0] in ("images", "tfrecord", "tfds")

@@ -7,11 +7,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kerasae.options import LR_SCHEDULES, STRATEGIES, check_choice, check_number, check_positive_int
+from kerasae.options import DATA_MODES, LR_SCHEDULES, STRATEGIES, check_choice, check_number, check_positive_int
 
 #: `init_from` names a pretrained zoo model with this prefix ("zoo:vae-mlp"), else a .keras file.
 ZOO_PREFIX = "zoo:"
-_IGNORED_FOR_COMPAT = ("verbose",)  # fields that may change between reruns into the same --out
+#: Fields that may change between reruns into the same --out (data_mode: the same images either way).
+_IGNORED_FOR_COMPAT = ("verbose", "data_mode")
 
 
 @dataclasses.dataclass
@@ -28,6 +29,8 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: tuple | None = None
     color_mode: str | None = None
+    data_mode: str = "auto"  # "memory", "stream" or "auto" (by size): see kerasae.data.open_dataset
+    skip_bad_images: bool = False  # leave out unreadable images (logged) instead of raising DataError
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -77,6 +80,7 @@ class TrainConfig:
         check_number("learning_rate", self.learning_rate, low=0.0, low_open=True)
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("data_mode", self.data_mode, DATA_MODES)
         if self.strategy == "default" and self.cpu_replicas and self.cpu_replicas > 1:
             raise ValueError("cpu_replicas > 1 needs strategy 'mirrored' or 'auto'")
 

@@ -91,6 +91,15 @@ def is_multi_worker(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def num_workers(strategy):
+    """How many worker processes (input pipelines) share the training: 1 unless multi-worker."""
+    resolver = getattr(strategy, "cluster_resolver", None) if is_multi_worker(strategy) else None
+    spec = resolver.cluster_spec() if resolver is not None else None
+    if not spec or not spec.jobs:
+        return 1
+    return sum(spec.num_tasks(job) for job in spec.jobs if job in ("chief", "worker"))
+
+
 def is_chief(strategy):
     """Whether this process writes the run's files: the chief, or worker 0 of a cluster without one."""
     if not is_multi_worker(strategy):

@@ -42,14 +42,30 @@ def load_model(run_dir):
     return load_keras_model(path)
 
 
+#: Training images (the first of the run's training split) that baselines such as PCA fit on, when the
+#: run's data is streamed rather than held in memory.
+MAX_BASELINE_TRAIN_IMAGES = 20_000
+
+
 def run_data(run_dir):
-    """The run's dataset (same slice as in training): (ImageData, training images without validation)."""
+    """The run's dataset (same slice as in training): (ImageData, training images without validation).
+
+    Streamed data is decoded here: its test split (all of it, or --max-test-samples) and at most
+    MAX_BASELINE_TRAIN_IMAGES training images.
+    """
     train = json.loads((Path(run_dir) / "config.json").read_text())["train"]
-    config = train_lib.TrainConfig(**train)
-    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                                 color_mode=config.color_mode).take(config.max_train_samples, config.max_test_samples)
-    val = config.validation_size if config.validation_size is not None else min(5000, len(data.x_train) // 10)
-    return data, data_lib.split_validation(data.x_train, val)[0]
+    fields = train_lib.TrainConfig.__dataclass_fields__  # a newer run's config may carry more
+    config = train_lib.TrainConfig(**{k: v for k, v in train.items() if k in fields})
+    data = data_lib.open_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                                 color_mode=config.color_mode, mode=config.data_mode,
+                                 skip_bad_images=config.skip_bad_images, log=lambda *a: None)
+    data = data.take(config.max_train_samples, config.max_test_samples)
+    val = config.validation_size if config.validation_size is not None else min(5000, data.num_train // 10)
+    x_train = data.split_validation(val)[0]
+    if data.streamed:
+        x_train = x_train.head(MAX_BASELINE_TRAIN_IMAGES).to_arrays()[0]
+        data = data.take(1).to_memory()  # the test split whole; one training image
+    return data, x_train
 
 
 def _batches(x, batch_size):

@@ -14,6 +14,7 @@ LR_SCHEDULES = ("cosine", "constant")
 NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 LIKELIHOODS = ("bernoulli", "gaussian")
 COLOR_MODES = ("grayscale", "rgb")
+DATA_MODES = ("auto", "memory", "stream")  # in memory or read while training; see kerasae.data.open_dataset
 #: Exported signatures; reconstruct first, it becomes serving_default.
 SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")
 #: TFLite variants an export can write.

@@ -93,6 +93,8 @@ def assert_trained(entry, reps):
     ("inference_latency.py", ["--calls", "-3"]),
     ("fp16_parity.py", ["no/such/run"]),
     ("fp16_parity.py", []),
+    ("streaming.py", ["--sizes", "10000,x"]),
+    ("streaming.py", ["--repeats", "0"]),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)

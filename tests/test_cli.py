@@ -4,9 +4,11 @@ import csv
 import json
 
 import keras
+import numpy as np
 import pytest
 
 from conftest import run_script
+import kerasae.data
 from kerasae import cli
 
 TINY = ["--max-train-samples", "300", "--max-test-samples", "100", "--epochs", "1", "--batch-size", "64",
@@ -97,8 +99,68 @@ def test_list_presets(capsys):
     assert all(name in out for name in cli.registry.list_presets())
 
 
+def _mnist_png_folder(root, train, test):
+    """The first `train` and `test` MNIST images as PNG files in root/train and root/test."""
+    from PIL import Image
+
+    mnist = kerasae.data.load_mnist()
+    for split, x in (("train", mnist.x_train[:train]), ("test", mnist.x_test[:test])):
+        (root / split).mkdir(parents=True)
+        for i, image in enumerate(np.round(x[..., 0] * 255).astype(np.uint8)):
+            Image.fromarray(image).save(root / split / f"{i:05d}.png")
+    return root
+
+
+def test_bad_images_and_unstreamable_data_are_one_line_usage_errors(capsys, tmp_path):
+    folder = _mnist_png_folder(tmp_path / "png", 40, 10)
+    (folder / "train" / "00007.png").write_bytes((folder / "train" / "00007.png").read_bytes()[:60])  # truncated
+    run = ["--out", str(tmp_path / "run"), *TINY]
+    last = _usage_error(["--dataset", f"images:{folder}", *run], capsys)
+    assert "00007.png" in last and "--skip-bad-images" in last
+    assert not (tmp_path / "run" / "model.keras").exists()
+    last = _usage_error(["--dataset", "mnist", "--data-mode", "stream", *run], capsys)
+    assert "scripts/convert.py" in last
+
+
+def test_convert_then_train_streams_the_shards(capsys, tmp_path):
+    """convert.py writes an image folder as shards; train.py streams them: the splits, labels and a run as usual."""
+    folder = _mnist_png_folder(tmp_path / "png", 200, 40)
+    shards = tmp_path / "shards"
+    assert cli.convert_main([f"images:{folder}", str(shards), "--shard-mb", "1"]) == 0
+    assert sorted(p.name for p in shards.iterdir()) == [
+        "kerasae_dataset.json", "test-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord"]
+    out = tmp_path / "run"
+    assert cli.train_main(["--preset", "vae-mlp", "--dataset", f"tfrecord:{shards}", "--data-mode", "stream",
+                           "--validation-size", "50", "--epochs", "1", "--batch-size", "32", "--verbose", "0",
+                           "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["streamed"] and (metrics["num_train"], metrics["num_validation"], metrics["num_test"]) == (150, 50, 40)
+    assert np.isfinite(metrics["test"]["loss"]) and metrics["test_binarization_seed"] == kerasae.data.TEST_BINARIZATION_SEED
+    assert (out / "figures").is_dir() and any((out / "figures").iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["mnist"], "the following arguments are required: out_dir"),
+    (["bogus:x", "OUT"], "unknown dataset spec 'bogus:x'"),
+    (["mnist", "OUT", "--shard-mb", "0"], "argument --shard-mb"),
+    (["images:/no/such/dir", "OUT"], "/no/such/dir"),
+    (["mnist", "FULL"], "already exists and is not an empty directory"),
+])
+def test_convert_usage_errors(argv, message, capsys, tmp_path):
+    (tmp_path / "FULL").mkdir()
+    (tmp_path / "FULL" / "keep.txt").write_text("mine")
+    argv = [str(tmp_path / a) if a in ("OUT", "FULL") else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        cli.convert_main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("convert.py: error: ") and message in last
+    assert (tmp_path / "FULL" / "keep.txt").read_text() == "mine" and not (tmp_path / "OUT").exists()
+
+
 @pytest.mark.slow
-def test_kill_9_mid_training_then_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("source", ["memory", "streamed"])
+def test_kill_9_mid_training_then_rerun_resumes(tmp_path, source):
     """kill -9 of scripts/train.py after its second epoch has begun; the same command again resumes."""
     import os
     import signal
@@ -109,8 +171,13 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path):
     from conftest import REPO
 
     out = tmp_path / "run"
-    argv = [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "vae-mlp", "--max-train-samples", "8000",
-            "--max-test-samples", "200", "--epochs", "4", "--verbose", "0", "--out", str(out)]
+    if source == "memory":
+        data, steps = ["--max-train-samples", "8000", "--max-test-samples", "200"], 57  # 7200 images / batch 128
+    else:
+        folder = _mnist_png_folder(tmp_path / "png", 3000, 200)
+        data, steps = ["--dataset", f"images:{folder}", "--data-mode", "stream"], 22  # 2700 images / batch 128
+    argv = [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "vae-mlp", *data,
+            "--epochs", "4", "--verbose", "0", "--out", str(out)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     meta = out / "backup" / "training_metadata.json"
@@ -133,7 +200,8 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["resumed_from_epoch"] == killed_at
     model = keras.saving.load_model(out / "model.keras")
-    assert int(model.optimizer.iterations.numpy()) == 4 * 57  # 7200 training images / batch 128 per epoch
+    assert int(model.optimizer.iterations.numpy()) == 4 * steps
+    assert metrics["streamed"] == (source == "streamed")
     assert not (out / "backup").exists()
 
 

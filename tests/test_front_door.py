@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-SCRIPTS = ("train.py", "export.py", "evaluate.py", "reproduce.py")
+SCRIPTS = ("train.py", "export.py", "evaluate.py", "reproduce.py", "convert.py")
 
 
 def test_the_package_list_names_every_package():

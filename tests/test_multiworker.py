@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO
 
-TINY = ["--max-train-samples", "1024", "--max-test-samples", "256", "--verbose", "2"]
 
 
 def _free_ports(n):
@@ -26,11 +27,12 @@ def _free_ports(n):
     return ports
 
 
-def _launch(workers, index, args, cwd):
+def _launch(workers, index, args, cwd, command=None):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), "--strategy", "multiworker", *args],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = command or [str(REPO / "scripts" / "train.py"), "--strategy", "multiworker", *args]
+    return subprocess.Popen([sys.executable, *command], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _cluster():
@@ -41,11 +43,44 @@ def _digest(stdout):
     return next(line.split(": ")[1] for line in stdout.splitlines() if line.startswith("weights sha256: "))
 
 
-def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path):
+def _write_indexed_images(folder, count):
+    """`count` 4x4 grayscale PNGs whose pixels all equal the image's index (mod 256)."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((4, 4), i % 256, np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_two_workers_split_streamed_files_so_each_image_is_read_once_per_epoch(tmp_path):
+    count, batch = 41, 8  # 41 = 5 x 8 + 1: the last batch is too small for two workers and joins the one before
+    _write_indexed_images(tmp_path / "train", count)
+    _write_indexed_images(tmp_path / "test", 2)
+    workers = _cluster()
+    script = str(REPO / "tests" / "multiworker_data_check.py")
+    procs = [_launch(workers, i, [], tmp_path, command=[script, str(tmp_path), str(batch), "2"]) for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    assert [s["workers"] for s in seen] == [2, 2]
+    orders = []
+    for epoch in range(2):
+        steps = [s["epochs"][epoch] for s in seen]
+        assert len(steps[0]) == len(steps[1]) == count // batch  # lockstep: the same number of steps
+        assert all(len(images) >= 1 for worker in steps for images in worker)  # no empty batch
+        everything = sorted(i for worker in steps for images in worker for i in images)
+        assert everything == list(range(count))  # every image exactly once across the workers
+        orders.append([i for step in zip(*steps) for images in step for i in images])
+    assert orders[0] != orders[1]  # reshuffled each epoch
+
+
+def test_two_workers_train_in_lockstep_on_streamed_files_and_only_the_chief_writes(tmp_path):
+    _write_indexed_images(tmp_path / "images" / "train", 300)
+    _write_indexed_images(tmp_path / "images" / "test", 20)
     workers = _cluster()
     outs = [tmp_path / "chief", tmp_path / "worker1"]
-    procs = [_launch(workers, i, ["--preset", "ae-shallow", *TINY, "--epochs", "2", "--out", outs[i]], tmp_path)
-             for i in range(2)]
+    data = ["--dataset", f"images:{tmp_path / 'images'}", "--data-mode", "stream", "--batch-size", "64"]
+    procs = [_launch(workers, i, ["--preset", "ae-shallow", *data, "--epochs", "2", "--verbose", "2",
+                                  "--out", outs[i]], tmp_path) for i in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     for proc, (out, err) in zip(procs, results):
         assert proc.returncode == 0, err[-3000:]
@@ -54,7 +89,7 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tmp_path):
         assert (outs[0] / name).is_file(), name
     assert [p for p in outs[1].rglob("*")] == []  # the non-chief wrote nothing
     metrics = json.loads((outs[0] / "metrics.json").read_text())
-    assert metrics["replicas"] == 2 and metrics["epochs"] == 2
+    assert metrics["replicas"] == 2 and metrics["epochs"] == 2 and metrics["streamed"]
     assert metrics["weights_sha256"] == _digest(results[0][0])
 
 

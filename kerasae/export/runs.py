@@ -74,7 +74,10 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
         image_size = train_cfg.get("image_size")
         data = data_lib.load_dataset(train_cfg["dataset"], data_dir=train_cfg.get("data_dir"),
                                      image_size=tuple(image_size) if image_size else None,
-                                     color_mode=train_cfg.get("color_mode"))
+                                     color_mode=train_cfg.get("color_mode"),
+                                     skip_bad_images=train_cfg.get("skip_bad_images", False),
+                                     max_train_samples=max(num_representative, NUM_FP16_CALIBRATION_IMAGES),
+                                     max_test_samples=NUM_PARITY_IMAGES)
         if tuple(data.image_shape) != shape:
             raise ValueError(f"the run's dataset has images {data.image_shape}, the model takes {shape}")
     elif variants and shape == (28, 28, 1):

@@ -6,7 +6,9 @@ The rest of the package serves this module: run_dir (files), callbacks, train_fu
 call's steps run), multiworker (the loop for MultiWorkerMirroredStrategy) and figures.
 """
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -19,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import data as data_lib
+from kerasae.data.streams import first_unreadable, plain_error_message
 from kerasae import distribute, registry
 from kerasae.config import ZOO_PREFIX, TrainConfig
 from kerasae.files import library_versions, load_keras_model, write_json
@@ -30,11 +33,15 @@ from kerasae.training.run_dir import backup_epoch, prepare_run_dir, read_history
 from kerasae.training.train_functions import compile_for_fit, plan_executions, train_function_kind
 
 
+#: Test images decoded for the figures and image summaries of a streamed dataset.
+FIGURE_IMAGES = 2000
+
+
 class Prepared(NamedTuple):
     """What `prepare` made, in the order `fit` takes it."""
 
     run_dir: Path
-    data: data_lib.ImageData
+    data: data_lib.ImageData | data_lib.StreamedData
     val_size: int
     strategy: tf.distribute.Strategy
     model: keras.Model
@@ -132,14 +139,16 @@ def prepare(config):
         shape = _init_image_shape(config.init_from)
         if shape is not None:
             image_size, color_mode = shape[:2], "grayscale" if shape[2] == 1 else "rgb"
-    data = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, image_size=image_size,
-                                 color_mode=color_mode)
+    log = print if config.verbose != 0 else (lambda *args: None)
+    data = data_lib.open_dataset(config.dataset, data_dir=config.data_dir, image_size=image_size,
+                                 color_mode=color_mode, mode=config.data_mode,
+                                 skip_bad_images=config.skip_bad_images, log=log)
     data = data.take(config.max_train_samples, config.max_test_samples)
     val_size = config.validation_size
     if val_size is None:
-        val_size = min(5000, len(data.x_train) // 10)
-    if val_size >= len(data.x_train):
-        raise ValueError(f"validation_size {val_size} leaves no training images (have {len(data.x_train)})")
+        val_size = min(5000, data.num_train // 10)
+    if val_size >= data.num_train:
+        raise ValueError(f"validation_size {val_size} leaves no training images (have {data.num_train})")
     model = _build_model(config, data.image_shape, strategy)
     return Prepared(run_dir, data, val_size, strategy, model)
 
@@ -153,19 +162,25 @@ def train(config=None, **kwargs):
 def fit(config, run_dir, data, val_size, strategy, model):
     """The training half of `train`: fit, evaluate on the test split, write every output."""
     start = time.time()
-    x_train, x_val = data_lib.split_validation(data.x_train, val_size)
+    x_train, x_val, x_test, y_test = data.split_validation(val_size)
     binary = getattr(model, "binary_data", False)
     custom_loop = distribute.is_multi_worker(strategy)  # model.fit cannot drive it (keras#20585)
-    steps_per_epoch = -(-len(x_train) // config.batch_size)
-    val_steps = -(-len(x_val) // config.batch_size)
+    workers = distribute.num_workers(strategy) if custom_loop and data.streamed else 1
+    steps_per_epoch = data_lib.num_batches(len(x_train), config.batch_size, workers)
+    val_steps = data_lib.num_batches(len(x_val), config.batch_size, workers)
     replicated = strategy.num_replicas_in_sync > 1
     execution, repeat = plan_executions(steps_per_epoch, val_steps, config.steps_per_execution,
                                         replicated=replicated, custom_loop=custom_loop)
-    train_ds = data_lib.make_dataset(x_train, config.batch_size, shuffle=True, binarize=binary, seed=config.seed,
-                                     repeat=repeat)
-    val_ds = (data_lib.make_dataset(evaluation_images(model, x_val), config.batch_size, repeat=repeat)
-              if len(x_val) else None)
-    x_test = evaluation_images(model, data.x_test)  # binarized once: for the image summaries and the test metrics
+    if data.streamed:  # fixed binarization per batch of the stream; the figures' images decoded here
+        fixed_seed = data_lib.TEST_BINARIZATION_SEED if binary else None
+        x_fig, y_fig = x_test.head(FIGURE_IMAGES).to_arrays()
+        x_fig = evaluation_images(model, x_fig)
+    else:  # binarized once: for the image summaries and the test metrics
+        fixed_seed, (x_val, x_test) = None, (evaluation_images(model, x) for x in (x_val, x_test))
+        x_fig, y_fig = x_test, y_test
+    pipeline = functools.partial(input_pipeline, config.batch_size, custom_loop and data.streamed)
+    train_ds = pipeline(x_train, shuffle=True, binarize=binary, seed=config.seed, repeat=repeat)
+    val_ds = pipeline(x_val, repeat=repeat, fixed_binarization_seed=fixed_seed) if len(x_val) else None
     kind = train_function_kind(config, model, replicated, whole_executions=repeat)
     compile_for_fit(model, config, steps_per_epoch, strategy, execution, kind)
 
@@ -190,17 +205,18 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                   monitor="val_loss" if val_ds is not None else "loss"),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
-            ImageSummaries(run_dir / "logs" / "images", x_test[:8]),
+            ImageSummaries(run_dir / "logs" / "images", x_fig[:8]),
         ]
     if config.verbose != 0:
         callbacks.append(EpochProgbarLogger())  # last, as Keras places its own: it shows epoch_time_s
-    if custom_loop:
-        loop_fit(model, strategy, train_ds, config.epochs, val_ds, callbacks, config.verbose)
-    else:
-        model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
-                  steps_per_epoch=steps_per_epoch if repeat else None,
-                  validation_steps=val_steps if repeat and val_ds is not None else None,
-                  verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded); fit's default True warns
+    with _data_errors(data):
+        if custom_loop:
+            loop_fit(model, strategy, train_ds, config.epochs, val_ds, callbacks, config.verbose, steps=steps_per_epoch)
+        else:
+            model.fit(train_ds, epochs=config.epochs, validation_data=val_ds, callbacks=callbacks,
+                      steps_per_epoch=steps_per_epoch if repeat else None,
+                      validation_steps=val_steps if repeat and val_ds is not None else None,
+                      verbose=config.verbose, shuffle=False)  # the pipeline shuffles (seeded); fit's default warns
     if guard.diverged or model.stop_training:
         kept = [str(p) for p in (run_dir / "best.keras", backup_dir) if p.exists()]
         raise FloatingPointError("training diverged (non-finite loss or weights); "
@@ -208,15 +224,17 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                     else "it did so before any epoch completed")
                                  + "; try a lower --learning-rate (in a new --out)")
 
-    test_ds = data_lib.make_dataset(x_test, config.batch_size)
-    if custom_loop:
-        test = loop_evaluate(model, strategy, test_ds)
-    else:
-        if replicated:
-            # A fresh test function: under MirroredStrategy the one traced for fit's repeated validation
-            # iterator returns no logs for this finite one (Keras 3.15), which would leave the test metrics empty.
-            model.test_function = None
-        test = model.evaluate(test_ds, return_dict=True, verbose=0)
+    test_ds = pipeline(x_test, fixed_binarization_seed=fixed_seed)
+    with _data_errors(data):
+        if custom_loop:
+            test = loop_evaluate(model, strategy, test_ds)
+        else:
+            if replicated:
+                # A fresh test function: under MirroredStrategy the one traced for fit's repeated validation
+                # iterator returns no logs for this finite one (Keras 3.15), which would leave the test metrics
+                # empty.
+                model.test_function = None
+            test = model.evaluate(test_ds, return_dict=True, verbose=0)
     history = read_history(history_path)
     metrics = {
         "test": {k: float(v) for k, v in test.items()},
@@ -225,7 +243,8 @@ def fit(config, run_dir, data, val_size, strategy, model):
         "resumed_from_epoch": resumed_from,
         "wall_time_s": round(time.time() - start, 2),  # this invocation only (a resumed run restarts the clock)
         "num_train": len(x_train), "num_validation": len(x_val), "num_test": len(x_test),
-        "dataset": config.dataset,
+        "dataset": config.dataset, "streamed": data.streamed,
+        "skipped_images": list(getattr(data, "skipped", ())),
         "test_binarization_seed": data_lib.TEST_BINARIZATION_SEED if binary else None,
         "units": "nats per example (mse: per pixel)",
         "replicas": strategy.num_replicas_in_sync,
@@ -236,8 +255,42 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if chief:
         save_model_atomic(model, run_dir / "model.keras")
         write_json(run_dir / "metrics.json", metrics)
-        save_figures(model, x_test, data.y_test, run_dir / "figures")
+        save_figures(model, x_fig, y_fig, run_dir / "figures")
     return TrainResult(model=model, run_dir=run_dir, history=history, metrics=metrics)
+
+
+def input_pipeline(batch_size, per_worker, x, **kwargs):
+    """make_dataset for `x`; under multi-worker training on streamed data, a function of the worker's
+    InputContext, so that each worker reads only its own files."""
+    if not per_worker:
+        return data_lib.make_dataset(x, batch_size, **kwargs)
+
+    def per_worker_dataset(context):
+        return data_lib.make_dataset(x, batch_size, num_workers=context.num_input_pipelines,
+                                     worker_index=context.input_pipeline_id, **kwargs)
+
+    return per_worker_dataset
+
+
+@contextlib.contextmanager
+def _data_errors(data):
+    """An image that breaks while training (changed or removed after the scan) as a one-line DataError."""
+    if not data.streamed:
+        yield
+        return
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as err:
+        first = plain_error_message(err) if err.message else str(err)
+        try:
+            culprit = first_unreadable(data)  # one more decode pass, to name the file
+        except tf.errors.OpError:
+            culprit = None
+        raise data_lib.DataError(
+            f"reading {data.source} failed during training ({type(err).__name__}: {first})"
+            + (f"; {culprit} no longer reads" if culprit else "")
+            + "; a file changed or disappeared since the run started? Fix it and rerun the same command: "
+            "training resumes from the last completed epoch") from None
 
 
 def weights_digest(model):

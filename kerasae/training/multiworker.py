@@ -24,29 +24,38 @@ def _logs(model, prefix=""):
     return {prefix + m.name: float(m.result()) for m in model.metrics}  # a collective read: every worker calls it
 
 
+def distribute_dataset(strategy, dataset):
+    """A tf.data.Dataset (auto-sharded) or a function of a tf.distribute.InputContext (each worker builds its
+    own shard: streamed files) as the strategy's distributed dataset."""
+    if callable(dataset):
+        return strategy.distribute_datasets_from_function(dataset)
+    return strategy.experimental_distribute_dataset(dataset)
+
+
 def loop_evaluate(model, strategy, dataset, prefix=""):
     """model.evaluate for multi-worker: the model's own test_step over the sharded dataset."""
     model.reset_metrics()
     step = _replicated(model, strategy, model.test_step)
-    for batch in strategy.experimental_distribute_dataset(dataset):
+    for batch in distribute_dataset(strategy, dataset):
         step(batch)
     return _logs(model, prefix)
 
 
-def loop_fit(model, strategy, dataset, epochs, validation_data=None, callbacks=(), verbose="auto"):
+def loop_fit(model, strategy, dataset, epochs, validation_data=None, callbacks=(), verbose="auto", steps=None):
     """model.fit for MultiWorkerMirroredStrategy: `strategy.run(model.train_step)` per batch.
 
     The same training step, callbacks (BackupAndRestore, CSVLogger, TensorBoard...) and
     History as fit. A dead peer surfaces as WorkerLostError within the collective timeout.
     """
-    steps = int(dataset.cardinality())
+    if steps is None and not callable(dataset):
+        steps = int(dataset.cardinality())
     callback_list = keras.callbacks.CallbackList(
         list(callbacks), add_history=True, add_progbar=verbose != 0, model=model,
-        verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps if steps > 0 else None)
+        verbose=1 if verbose == "auto" else verbose, epochs=epochs, steps=steps if steps and steps > 0 else None)
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)  # outside tf.function: creates its variables once
     train_step = _replicated(model, strategy, model.train_step)
-    batches = strategy.experimental_distribute_dataset(dataset)
+    batches = distribute_dataset(strategy, dataset)
     model.stop_training, model._initial_epoch = False, None
     logs = {}
     try:

@@ -1,0 +1,97 @@
+"""images:DIR: a folder of image files, streamed (decoded in parallel inside tf.data) or loaded.
+
+DIR/train and DIR/test are the splits if both exist; otherwise a seeded 10% of the files is the
+test set. Class subfolders give labels (sorted names -> 0, 1, ...); a flat folder has none. Every
+file is decoded once up front, so a broken one is named before training, not mid-epoch.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kerasae.data.arrays import DataError
+from kerasae.data.idx import existing
+from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, scan
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)  # for folders of mixed sizes without --image-size
+FOLDER_TEST_FRACTION = 0.1
+FOLDER_SPLIT_SEED = 1337
+
+
+def open_image_folder(directory, image_size=None, color_mode=None, skip_bad=False, log=print) -> StreamedData:
+    root = existing(directory, "images:DIR", want_dir=True)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_paths, train_labels, classes = list_images(root / "train")
+        test_paths, test_labels, _ = list_images(root / "test", classes)
+    else:
+        paths, labels, classes = list_images(root)
+        if len(paths) < 2:
+            raise DataError(f"images:{root} has {len(paths)} image(s); need at least 2 to split off a test set")
+        order = np.random.default_rng(FOLDER_SPLIT_SEED).permutation(len(paths))
+        train, test = np.split(order, [len(paths) - max(1, int(len(paths) * FOLDER_TEST_FRACTION))])
+        train_paths, test_paths = paths[train], paths[test]
+        train_labels, test_labels = (None, None) if labels is None else (labels[train], labels[test])
+    # Training files in a seeded order: --max-train-samples and the validation split take the
+    # first images, which must be a random subset, not the first class.
+    order = np.random.default_rng(FOLDER_SPLIT_SEED + 1).permutation(len(train_paths))
+    train_paths = train_paths[order]
+    train_labels = None if train_labels is None else train_labels[order]
+    has_labels = classes is not None
+    splits, dropped = [], []
+    shapes_all = []
+    for name, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):
+        split = Split((0, 0, 0), len(paths), paths=paths, labels=labels, has_labels=has_labels)
+        shapes = scan(split.encoded(), True, split.count)
+        split, gone = drop_unreadable(split, shapes, skip_bad, f"images:{root}")
+        splits.append(split)
+        dropped += gone
+        shapes_all.append(shapes[shapes[:, 0] >= 0])
+    if dropped:
+        log(f"images:{root}: skipped {len(dropped)} unreadable image(s): {', '.join(dropped[:5])}"
+            + (" ..." if len(dropped) > 5 else ""))
+    for split, name in zip(splits, ("train", "test")):
+        if split.count == 0:
+            raise DataError(f"images:{root}: no readable images left in the {name} split")
+    shape = choose_shape(np.concatenate(shapes_all), image_size, color_mode, DEFAULT_FOLDER_IMAGE_SIZE,
+                         f"images:{root}")
+    train, test = (Split(shape, s.count, paths=s.paths, labels=s.labels, has_labels=has_labels) for s in splits)
+    return StreamedData(root.name, train, test, source=f"images:{root}", class_names=classes,
+                        skipped=tuple(dropped))
+
+
+def list_images(directory: Path, classes=None):
+    """(paths, labels or None, class names or None) of the image files under `directory`, sorted.
+
+    Subfolders are classes (their files, recursively, get the folder's label); without subfolders the
+    folder's own files are the images. Files without an image extension are ignored (README, .DS_Store).
+    """
+    subdirs = sorted(p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs or classes:
+        if classes is None:
+            classes = tuple(subdirs)
+        unknown = sorted(set(subdirs) - set(classes))
+        if unknown:
+            raise DataError(f"images:{directory}: class folder(s) {unknown} are not among the training "
+                            f"classes {list(classes)}")
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            found = _image_files(directory / name, recursive=True) if (directory / name).is_dir() else []
+            paths += found
+            labels += [label] * len(found)
+        labels = np.asarray(labels, np.int64)
+    else:
+        paths, labels = _image_files(directory, recursive=False), None
+    if not paths:
+        raise DataError(f"images:{directory}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    return np.asarray(paths), labels, classes
+
+
+def _image_files(directory: Path, recursive: bool):
+    if recursive:
+        found = [os.path.join(top, f) for top, dirs, files in os.walk(directory, followlinks=True)
+                 for f in files]
+    else:
+        found = [str(p) for p in directory.iterdir() if p.is_file()]
+    return sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS) and not Path(f).name.startswith("."))
