@@ -5,7 +5,8 @@ Conventions (so every figure is reproducible and comparable with the literature)
   (`training.evaluation_images`, seed `TEST_BINARIZATION_SEED`): the dynamic
   binarization protocol of Burda et al. (2015) with the test set binarized once.
 - Likelihoods are in nats per image; MSE is per pixel; PSNR is per image, averaged, in dB
-  with peak 1.0 (pixels in [0, 1]).
+  with peak 1.0 (pixels in [0, 1]). Discretized-logistic VAEs also get bits per dimension
+  (nats / (H * W * C * ln 2)), the usual unit for likelihoods of 8-bit images.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ import tensorflow as tf
 from kerasae import data as data_lib
 from kerasae import training as train_lib
 from kerasae.files import load_keras_model, write_json
+from kerasae.losses import bits_per_dim
 from kerasae.models.base import check_positive_int, draw
 from kerasae.models.dae import apply_noise
 
@@ -165,6 +167,9 @@ def posterior_statistics(model, x, batch_size=1000):
 def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None):
     """Test ELBO, NLL (IWAE bound, k samples), active units and KL per dimension, in nats.
 
+    A discretized-logistic model's p(x|z) is a probability of the 8-bit images, so its NLL is a
+    code length: also reported as `nll_bits_per_dim` (and `elbo_bits_per_dim`, the negative ELBO).
+
     `cache`: a JSON file of earlier results keyed by the weights' sha256, the test images,
     k and seed, so a long evaluation (k=5000 on 10,000 images takes a quarter of an hour
     on 2 CPU cores) is not redone by `scripts/evaluate.py` or a rerun of reproduce.
@@ -187,8 +192,12 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None):
     start = time.time()
     x = train_lib.evaluation_images(model, x_test)
     nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress)
+    bits = {}
+    if getattr(model, "likelihood", None) == "discretized_logistic":
+        bits = {"nll_bits_per_dim": bits_per_dim(float(nll.mean()), model.image_shape),
+                "elbo_bits_per_dim": bits_per_dim(-float(elbo.mean()), model.image_shape)}
     return {"nll": float(nll.mean()), "nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1
-            else None, "elbo": float(elbo.mean()), "k": k, "num_images": len(x),
+            else None, "elbo": float(elbo.mean()), **bits, "k": k, "num_images": len(x),
             **posterior_statistics(model, x),
             "reconstruction": reconstruction_metrics(x, reconstruct(model, x)),
             "evaluation_time_s": round(time.time() - start, 1)}

@@ -12,7 +12,9 @@ STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 LR_SCHEDULES = ("cosine", "constant")
 #: Denoising corruptions (see `kerasae.models.dae`).
 NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
-LIKELIHOODS = ("bernoulli", "gaussian")
+#: VAE decoder likelihoods (see `kerasae.models.vae`); the scaled ones learn (or fix) a decoder scale.
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+SCALED_LIKELIHOODS = ("gaussian", "discretized_logistic")
 COLOR_MODES = ("grayscale", "rgb")
 DATA_MODES = ("auto", "memory", "stream")  # in memory or read while training; see kerasae.data.open_dataset
 #: Exported signatures; reconstruct first, it becomes serving_default.

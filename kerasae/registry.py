@@ -131,3 +131,35 @@ register_preset("vae-mlp-gaussian", _VAE,
                 **_MLP, latent_dim=32, likelihood="gaussian", gaussian_scale="shared")
 register_preset("iwae-mlp", _VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
                 **_MLP, latent_dim=32, likelihood="bernoulli", num_importance_samples=5)
+
+# Residual conv stacks (pre-activation blocks, GroupNorm), one per image size, each naming its image shape.
+# The filters set the final map: 28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 32 -> 16 -> 8.
+_RESNET_28 = dict(arch="resnet", image_shape=(28, 28, 1), filters=(16, 32, 64), blocks_per_stage=1,
+                  hidden_units=(), latent_dim=32)
+_RESNET_32 = dict(arch="resnet", image_shape=(32, 32, 3), filters=(32, 64, 128), blocks_per_stage=1,
+                  hidden_units=(), latent_dim=128)
+_RESNET_64 = dict(arch="resnet", image_shape=(64, 64, 3), filters=(16, 32, 64, 128), blocks_per_stage=1,
+                  hidden_units=(), latent_dim=256)
+_NOISE = dict(noise_type="gaussian", noise_level=0.5)
+
+register_preset("ae-resnet-28", _AE, "Residual conv AE for 28x28x1: stages 16-32-64 down to 7x7, 32-D code.",
+                **_RESNET_28)
+register_preset("ae-resnet-32", _AE, "Residual conv AE for 32x32x3: stages 32-64-128 down to 8x8, 128-D code.",
+                **_RESNET_32)
+register_preset("ae-resnet-64", _AE, "Residual conv AE for 64x64x3: stages 16-32-64-128 down to 8x8, 256-D code.",
+                **_RESNET_64)
+register_preset("dae-resnet-28", _DAE, "Denoising residual conv AE for 28x28x1 (7x7 map), 32-D code, gaussian "
+                "noise std 0.5.", **_RESNET_28, **_NOISE)
+register_preset("dae-resnet-32", _DAE, "Denoising residual conv AE for 32x32x3 (8x8 map), 128-D code, gaussian "
+                "noise std 0.5.", **_RESNET_32, **_NOISE)
+register_preset("dae-resnet-64", _DAE, "Denoising residual conv AE for 64x64x3 (8x8 map), 256-D code, gaussian "
+                "noise std 0.5.", **_RESNET_64, **_NOISE)
+register_preset("vae-resnet-28", _VAE, "Residual conv VAE for binarized MNIST: stages 16-32-64 down to 7x7, "
+                "32-D latent, Bernoulli decoder.", **_RESNET_28, likelihood="bernoulli")
+# Colour VAEs model 8-bit pixels: their -ELBO is a code length, reported in bits per dimension.
+register_preset("vae-resnet-32", _VAE, "Residual conv VAE for 32x32x3: stages 32-64-128 down to 8x8, 128-D latent, "
+                "discretized logistic decoder over 8-bit pixels (learned per-pixel scale).", **_RESNET_32,
+                likelihood="discretized_logistic", gaussian_scale="pixel")
+register_preset("vae-resnet-64", _VAE, "Residual conv VAE for 64x64x3: stages 16-32-64-128 down to 8x8, 256-D "
+                "latent, discretized logistic decoder over 8-bit pixels (learned per-pixel scale).", **_RESNET_64,
+                likelihood="discretized_logistic", gaussian_scale="pixel")

@@ -305,3 +305,50 @@ def test_main_job_quick_records_what_the_run_measured(tmp_path):
     assert job["test"] == metrics["test"] and job["test_negative_elbo"] == -metrics["test"]["elbo"]
     assert job["epochs"] == 1 and job["wall_time_s"] > job["train_wall_time_s"] == metrics["wall_time_s"]
     assert result["quick"] and job["weights_sha256"] == metrics["weights_sha256"]
+
+
+def test_data_docs_quote_the_streaming_benchmark():
+    """docs/data.md's memory table and speed figures are those benchmarks/streaming.py wrote on a quiet machine."""
+    import re
+
+    result = json.loads((BENCH / "results" / "streaming.json").read_text())
+    assert not result["quick"] and not result["machine_at_start"]["busy"] and not result["machine_at_end"]["busy"]
+    memory, speed = result["memory"], result["speed"]
+    assert memory["met"] and speed["met"]
+    text = " ".join((REPO / "docs" / "data.md").read_text().split())
+    runs = [*memory["runs"], memory["in_memory_run"]]
+    for run in runs:
+        mode = "streamed" if run["streamed"] else "in memory"
+        row = f"| {run['images']:,} | {mode} | {run['peak_rss_bytes'] / 1e9:.2f} GB | {run['samples_per_s']:.0f} |"
+        assert row in text, row
+    cpu = speed["cpu_ms_per_image"]
+    quoted = (f"({cpu['stream']:.1f} vs {cpu['memory']:.1f} ms, summed over both cores), and epochs that used both "
+              f"cores ran at {speed['stream_samples_per_s']:.0f} images/s streamed and "
+              f"{speed['memory_samples_per_s']:.0f} in memory (ratio {speed['ratio_stream_to_memory']:.2f})")
+    assert quoted in text
+    assert speed["compared_epochs"].endswith("ran on two cores")
+    counts = speed["one_core_epochs"]
+    assert f"({counts['stream']} of 6 streamed and" in text and re.search(rf"\b{counts['memory']} of 6 in-memory", text)
+
+
+def test_streaming_speed_compares_epochs_that_used_as_many_cores(monkeypatch):
+    """The stream/memory ratio compares two-core epochs with two-core epochs (else one-core with one-core)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import streaming
+
+    def epoch(mode, cores, rate):
+        return {"mode": mode, "cores_used": cores, "samples_per_s": rate}
+
+    mixed = [epoch("stream", 0.99, 200), epoch("memory", 1.9, 400), epoch("stream", 1.9, 390),
+             epoch("memory", 0.98, 201)]
+    assert streaming.compared_epochs(mixed) == [mixed[1], mixed[2]]
+    assert streaming.compared_label(mixed, [mixed[1], mixed[2]]) == "the 2 of 4 epochs that ran on two cores"
+    assert streaming.one_core_counts(mixed) == {"one_core_epochs": {"stream": 1, "memory": 1},
+                                                "ratio_all_epochs": round(295 / 300.5, 4)}
+    no_fast_stream = [mixed[0], mixed[1], mixed[3]]  # only memory has a two-core epoch: compare one-core ones
+    assert streaming.compared_epochs(no_fast_stream) == [mixed[0], mixed[3]]
+    no_slow_memory = [mixed[0], mixed[2], mixed[1]]  # both modes have a two-core epoch: those are compared
+    assert streaming.compared_epochs(no_slow_memory) == [mixed[2], mixed[1]]
+    only_stream = [mixed[0], mixed[2]]
+    assert streaming.compared_epochs(only_stream) == only_stream
+    assert streaming.compared_label(only_stream, only_stream) == "all epochs"

@@ -37,6 +37,9 @@ CASES = {
     "vae-bernoulli": ("vae-mlp", {}),
     "vae-gaussian": ("vae-mlp-gaussian", {}),
     "conv": ("vae-conv", {"filters": (16, 32)}),
+    # The residual preset as it is (GroupNorm: means, a [C, C] matmul, rsqrt; Add) on 8-bit intensities (not
+    # binarized): decode exports the logistic's scale; score has round, softplus and the log1mexp series.
+    "vae-discretized": ("vae-resnet-28", {"likelihood": "discretized_logistic", "gaussian_scale": "pixel"}),
 }
 EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.export)
     "ae": {"encode": {"z"}, "decode": {"x_mean", "logits"}},
@@ -44,6 +47,7 @@ EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.expo
     "vae-bernoulli": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "logits"}},
     "vae-gaussian": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
     "conv": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "logits"}},
+    "vae-discretized": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
 }
 ALL_SIGNATURES = {"serving_default", "reconstruct", "encode", "decode", "sample", "score"}
 

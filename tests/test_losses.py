@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.special import logsumexp
-from scipy.stats import norm
+from scipy.stats import logistic, norm
 
 import kerasae
 from kerasae import losses
@@ -81,7 +81,10 @@ def test_closed_forms_match_the_tfp_distributions_in_value_and_gradient(rng):
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("preset, kwargs", [("vae-mlp", {}), ("vae-mlp-gaussian", {"gaussian_scale": "pixel"})])
+@pytest.mark.parametrize("preset, kwargs", [
+    ("vae-mlp", {}), ("vae-mlp-gaussian", {"gaussian_scale": "pixel"}),
+    ("vae-mlp-gaussian", {"likelihood": "discretized_logistic", "gaussian_scale": "pixel"}),
+])
 def test_model_log_likelihood_is_the_decoder_distributions(preset, kwargs, rng):
     model = kerasae.build(preset, **kwargs)
     z = rng.normal(size=(2, 3, model.latent_dim)).astype(np.float32)
@@ -117,8 +120,8 @@ def test_iwae_bound_hand_computed_and_against_scipy(rng):
 
 def _numpy_sample_terms(model, x, eps):
     """log p(x|z), log p(z), log q(z|x) [k, B] at z = mean + sigma * eps [k, B, D], in float64 with scipy's
-    normal densities and numpy's Bernoulli log-likelihood; only the networks (and the decoder's scale) are the
-    model's."""
+    normal densities and logistic CDF differences and numpy's Bernoulli log-likelihood; only the networks (and
+    the decoder's scale) are the model's."""
     mean, log_var = (t.numpy().astype(np.float64) for t in model.encode(x))
     z = mean + np.exp(0.5 * log_var) * eps
     logits = model.decode_logits(z.reshape(-1, model.latent_dim).astype(np.float32)).numpy().astype(np.float64)
@@ -126,6 +129,12 @@ def _numpy_sample_terms(model, x, eps):
     x = np.asarray(x, np.float64).reshape(len(x), -1)
     if model.likelihood == "bernoulli":
         log_px_z = (x * logits - np.logaddexp(0.0, logits)).sum(axis=-1)
+    elif model.likelihood == "discretized_logistic":  # 8-bit bins, the edge ones open-ended
+        k = np.round(x * 255.0)
+        loc, scale = 1.0 / (1.0 + np.exp(-logits)), model.decoder_scale().numpy().astype(np.float64).reshape(-1)
+        upper = np.where(k == 255, 1.0, logistic.cdf((k + 0.5) / 255.0, loc, scale))
+        lower = np.where(k == 0, 0.0, logistic.cdf((k - 0.5) / 255.0, loc, scale))
+        log_px_z = np.log(upper - lower).sum(axis=-1)
     else:
         scale = model.decoder_scale().numpy().astype(np.float64).reshape(-1)
         log_px_z = norm.logpdf(x, loc=1.0 / (1.0 + np.exp(-logits)), scale=scale).sum(axis=-1)
@@ -140,6 +149,9 @@ def _numpy_sample_terms(model, x, eps):
     ("vae-mlp", {"num_importance_samples": 4, "beta": 0.5}),
     ("vae-mlp-gaussian", {"gaussian_scale": "pixel"}),
     ("vae-mlp-gaussian", {"gaussian_scale": "fixed", "fixed_scale": 0.3, "beta": 2.0}),
+    ("vae-mlp-gaussian", {"likelihood": "discretized_logistic", "gaussian_scale": "pixel"}),
+    ("vae-mlp-gaussian", {"likelihood": "discretized_logistic", "gaussian_scale": "channel",
+                          "num_importance_samples": 3}),
 ])
 def test_vae_training_terms_with_known_noise(preset, kwargs, mnist_binary, mnist_small, rng, monkeypatch):
     """compute_terms of a training step with the reparameterization noise fixed to a known array, against
@@ -160,6 +172,9 @@ def test_vae_training_terms_with_known_noise(preset, kwargs, mnist_binary, mnist
     else:
         loss = -(logsumexp(log_px_z + beta * (log_pz - log_qz), axis=0) - np.log(k))
     expected = {"reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl), "loss": loss}
+    if model.likelihood == "discretized_logistic":  # the ELBO of the 8-bit image in bits per subpixel
+        expected["bits_per_dim"] = (reconstruction + kl) / (x[0].size * np.log(2.0))
+    assert set(terms) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(terms[name].numpy(), value, rtol=1e-5, atol=1e-4, err_msg=name)
     evaluation = model.compute_terms(x, training=False)  # same noise (patched), so the same terms

@@ -13,7 +13,8 @@ None, images NHWC in [0, 1] (see `expected_signatures` and exported/README.md):
 
     serving_default = reconstruct   {x} -> {reconstruction}
     encode                          {x} -> {z} (AE/DAE) or {z_mean, z_log_var} (VAE)
-    decode                          {z} -> {x_mean, logits} (AE, Bernoulli VAE) or {x_mean, x_scale} (Gaussian VAE)
+    decode                          {z} -> {x_mean, logits} (AE, Bernoulli VAE) or {x_mean, x_scale} (Gaussian or
+                                    discretized-logistic VAE: the std or the logistic scale of p(x|z))
     sample                          {num_samples} (int32 scalar) -> {z, x_mean}
     score                           {x} -> {score}, nats per example (see `score_definition`)
 

@@ -13,11 +13,16 @@ from kerasae import _backend  # noqa: F401
 import keras
 import tensorflow as tf
 
-from kerasae.options import SIGNATURES
+from kerasae.options import SCALED_LIKELIHOODS, SIGNATURES
 
 
 def _spec(shape, dtype="float32"):
     return {"shape": list(shape), "dtype": dtype}
+
+
+def _scaled(model):
+    """Whether decode returns the decoder's scale (Gaussian std, logistic scale) rather than logits."""
+    return model.family == "vae" and model.likelihood in SCALED_LIKELIHOODS
 
 
 def expected_signatures(model):
@@ -25,7 +30,6 @@ def expected_signatures(model):
     h, w, c = model.image_shape
     image, code = _spec([None, h, w, c]), _spec([None, model.latent_dim])
     vae = model.family == "vae"
-    gaussian = vae and model.likelihood == "gaussian"
     recon = {"inputs": {"x": image}, "outputs": {"reconstruction": image}}
     return {
         "serving_default": recon,
@@ -33,7 +37,7 @@ def expected_signatures(model):
         "encode": {"inputs": {"x": image},
                    "outputs": {"z_mean": code, "z_log_var": code} if vae else {"z": code}},
         "decode": {"inputs": {"z": code},
-                   "outputs": {"x_mean": image, ("x_scale" if gaussian else "logits"): image}},
+                   "outputs": {"x_mean": image, ("x_scale" if _scaled(model) else "logits"): image}},
         "sample": {"inputs": {"num_samples": _spec([], "int32")}, "outputs": {"z": code, "x_mean": image}},
         "score": {"inputs": {"x": image}, "outputs": {"score": _spec([None])}},
     }
@@ -42,8 +46,10 @@ def expected_signatures(model):
 def score_definition(model):
     """What the `score` signature returns for this model, in words (for the manifest)."""
     if model.family == "vae":
+        bits = ("; p(x|z) is a probability of the 8-bit image, so / (H*W*C*ln 2) gives bits/dim"
+                if model.likelihood == "discretized_logistic" else "")
         return (f"negative ELBO at the posterior mean, nats per image: -log p(x | z = z_mean) "
-                f"({model.likelihood} decoder) + KL(q(z|x) || N(0, I)); deterministic")
+                f"({model.likelihood} decoder) + KL(q(z|x) || N(0, I)){bits}; deterministic")
     if model.reconstruction_loss == "bce":
         return ("reconstruction negative log-likelihood, nats per image: binary cross-entropy of x against "
                 "sigmoid(logits) summed over pixels (-log p(x|z) under a Bernoulli decoder for binary x); "
@@ -79,7 +85,7 @@ def _endpoints(model):
     def decode(z):
         logits = model.decode_logits(check(z, z_spec))
         out = {"x_mean": tf.sigmoid(logits)}  # == model.decode(z)
-        if vae and model.likelihood == "gaussian":
+        if _scaled(model):
             out["x_scale"] = tf.broadcast_to(model.decoder_scale(), tf.shape(logits))
         else:
             out["logits"] = logits
@@ -115,7 +121,7 @@ def keras_outputs(model, signature, **inputs):
         return {"score": model.score(inputs["x"])}
     out = {"x_mean": model.decode(inputs["z"])}
     if signature == "decode":
-        if model.family == "vae" and model.likelihood == "gaussian":
+        if _scaled(model):
             out["x_scale"] = tf.broadcast_to(model.decoder_scale(), tf.shape(out["x_mean"]))
         else:
             out["logits"] = model.decode_logits(inputs["z"])

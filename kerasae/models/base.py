@@ -79,11 +79,15 @@ class BaseAutoencoder(keras.Model):
     Args:
         image_shape: (H, W, C) of the images; MLP stacks flatten inside.
         latent_dim: size of the code z.
-        arch: "mlp" or "conv".
-        hidden_units: Dense widths of the encoder (the decoder mirrors them). For conv
-            models, Dense layers after the convolutions.
-        filters: Conv2D filters per stride-2 stage (conv only).
+        arch: "mlp", "conv" or "resnet" (see `kerasae.layers.build_encoder`).
+        hidden_units: Dense widths of the encoder (the decoder mirrors them). For conv and
+            resnet models, Dense layers after the convolutions.
+        filters: conv: Conv2D filters per stride-2 stage; resnet: the width of each stage,
+            with a stride-2 downsampling between consecutive stages.
         activation: hidden activation.
+        blocks_per_stage: residual blocks per resnet stage.
+        norm: the resnet blocks' normalization: "group" (GroupNormalization, min(8, width)
+            groups: independent of the batch, so training and inference agree), "batch" or "none".
         seed: seed of the training noise (DAE corruption, VAE reparameterization),
             which is keyed by (seed, step, example): see `draw`. None picks one.
     """
@@ -91,7 +95,7 @@ class BaseAutoencoder(keras.Model):
     family = None  # "ae", "dae" or "vae": the CLI's --arch
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
-                 filters=(32, 64), activation="relu", seed=None, **kwargs):
+                 filters=(32, 64), activation="relu", seed=None, blocks_per_stage=2, norm="group", **kwargs):
         super().__init__(**kwargs)
         if seed is None:  # resolved now (from numpy's global state) and kept in the config
             seed = int(np.random.randint(0, 2**31 - 1))
@@ -104,17 +108,28 @@ class BaseAutoencoder(keras.Model):
         self.latent_dim = check_positive_int("latent_dim", latent_dim)
         self.arch = check_choice("arch", arch, stacks.ARCHS)
         self.hidden_units = _int_tuple("hidden_units", hidden_units)
-        self.filters = _int_tuple("filters", filters, allow_empty=arch != "conv")
+        self.filters = _int_tuple("filters", filters, allow_empty=arch not in stacks.CONV_ARCHS)
         self.activation = activation
         keras.activations.get(activation)  # fail now, with Keras' message, on an unknown name
+        # Resnet only; configs of other archs, and all saved before resnet existed, lack them: defaults.
+        self.blocks_per_stage = check_positive_int("blocks_per_stage", blocks_per_stage)
+        self.norm = check_choice("norm", norm, stacks.NORMS)
+        if self.arch == "resnet":
+            stacks.check_norm_widths(self.norm, self.filters)
 
-    def _build_networks(self, encoder_output_dim, code_activation=None):
-        """Create the encoder/decoder stacks and metric trackers (after subclass attributes are set)."""
-        common = dict(hidden_units=self.hidden_units, filters=self.filters if self.arch == "conv" else (),
-                      activation=self.activation, dtype=self.dtype_policy)
+    def _build_networks(self, encoder_output_dim, code_activation=None, output_channels=None):
+        """Create the encoder/decoder stacks and metric trackers (after subclass attributes are set).
+
+        `output_channels`: decoder logits per pixel (default the image's channels), for a
+        likelihood with several parameters per channel.
+        """
+        common = dict(hidden_units=self.hidden_units, activation=self.activation, dtype=self.dtype_policy,
+                      filters=self.filters if self.arch in stacks.CONV_ARCHS else (),
+                      blocks_per_stage=self.blocks_per_stage, norm=self.norm)
         self.encoder = stacks.build_encoder(self.arch, self.image_shape, encoder_output_dim,
                                             output_activation=code_activation, **common)
-        self.decoder = stacks.build_decoder(self.arch, self.image_shape, self.latent_dim, **common)
+        self.decoder = stacks.build_decoder(self.arch, self.image_shape, self.latent_dim,
+                                            output_channels=output_channels, **common)
         self._trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
         self.build((None, *self.image_shape))
 
@@ -127,6 +142,8 @@ class BaseAutoencoder(keras.Model):
         config.update(image_shape=list(self.image_shape), latent_dim=self.latent_dim, arch=self.arch,
                       hidden_units=list(self.hidden_units), filters=list(self.filters),
                       activation=self.activation, seed=self.seed)
+        if self.arch == "resnet":  # only where they mean something: mlp/conv configs stay as they were saved
+            config.update(blocks_per_stage=self.blocks_per_stage, norm=self.norm)
         return config
 
     @property
@@ -134,7 +151,8 @@ class BaseAutoencoder(keras.Model):
         """Whether training with jit_compile None (auto) compiles whole executions with XLA.
 
         Measured on CPU, one execution of 16 steps, interleaved: MLPs train 1.2-1.5x faster;
-        XLA's CPU convolutions make vae-conv ~25x slower (2.0-2.4 s vs 90 ms per step).
+        XLA's CPU convolutions make vae-conv ~25x slower (2.0-2.4 s vs 90 ms per step), so
+        conv and resnet models train without it.
         """
         return self.arch == "mlp"
 

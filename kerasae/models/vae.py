@@ -9,8 +9,9 @@ from kerasae import losses
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
-from kerasae.options import LIKELIHOODS  # noqa: F401  (re-exported)
-GAUSSIAN_SCALES = ("pixel", "shared", "fixed")
+from kerasae.options import LIKELIHOODS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
+#: How a scaled decoder's scale (Gaussian std, logistic scale) is parameterized; the name predates the logistic.
+GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed")
 
 
 @register
@@ -18,13 +19,20 @@ class VAE(BaseAutoencoder):
     """q(z|x) = N(mean, diag exp(log_var)), prior p(z) = N(0, I), decoder p(x|z).
 
     Args (beyond `BaseAutoencoder`'s):
-        likelihood: "bernoulli" (binary pixels; train on dynamically binarized data) or
-            "gaussian" (real pixels in [0, 1]; mean = sigmoid(decoder logits)).
-        gaussian_scale: the Gaussian decoder's std: "pixel" (learned per pixel), "shared"
-            (one learned scalar) or "fixed" (`fixed_scale`).
-        fixed_scale: the std when gaussian_scale="fixed".
-        min_scale: floor added to a learned std, so constant pixels (MNIST's border)
-            cannot drive the likelihood to infinity.
+        likelihood: "bernoulli" (binary pixels; train on dynamically binarized data),
+            "gaussian" (real pixels in [0, 1]; mean = sigmoid(decoder logits)) or
+            "discretized_logistic" (8-bit pixels k / 255: a logistic with location
+            sigmoid(decoder logits), integrated over each level's bin of width 1/255, the
+            edge bins reaching to -inf / +inf; see `losses.discretized_logistic_log_prob`).
+            Its log-likelihood is a probability of the 8-bit image, so -elbo is a code length
+            and `bits_per_dim` is reported; a Gaussian density on [0, 1] is not one.
+        gaussian_scale: the decoder's scale (Gaussian std, logistic scale): "pixel" (learned
+            per pixel), "channel" (one learned per colour channel), "shared" (one learned
+            scalar) or "fixed" (`fixed_scale`).
+        fixed_scale: the scale when gaussian_scale="fixed".
+        min_scale: floor added to a learned scale, so constant pixels (MNIST's border)
+            cannot drive a Gaussian density to infinity (a discretized likelihood is bounded
+            by 1 anyway; the floor keeps its scale's gradients tame).
         beta: weight of the KL term (beta-VAE); 1 gives the ELBO.
         num_importance_samples: k. k = 1 trains on the ELBO (analytic KL); k > 1 on the
             IWAE bound with k samples.
@@ -35,11 +43,16 @@ class VAE(BaseAutoencoder):
 
     Metrics (nats per example): `loss` (the training objective), `reconstruction_loss`
     (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (analytic KL(q || p)) and
-    `elbo` (-reconstruction_loss - kl, whatever beta is).
+    `elbo` (-reconstruction_loss - kl, whatever beta is); with the discretized likelihood
+    also `bits_per_dim` = -elbo / (H * W * C * ln 2).
+
+    `decode`, `reconstruct` and `sample` return sigmoid(logits): the mean of p(x|z) for the
+    Bernoulli and Gaussian decoders, the location for the discretized logistic (its median, up
+    to the 1/255 grid). Its mean differs near 0 and 1, where an edge bin takes the tail: a
+    255-term sum that would cost every decode and be no better a picture.
     """
 
     family = "vae"
-    metric_names = ("loss", "reconstruction_loss", "kl", "elbo")
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
                  filters=(32, 64), activation="relu", likelihood="bernoulli", gaussian_scale="shared",
@@ -56,12 +69,18 @@ class VAE(BaseAutoencoder):
             raise ValueError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
         self.kl_warmup_steps = kl_warmup_steps
         self._raw_scale = None
-        if self.likelihood == "gaussian" and self.gaussian_scale != "fixed":
-            init = max(0.1, 2 * self.min_scale)  # std at the start; learned from there (softplus keeps it > 0)
+        if self.likelihood in SCALED_LIKELIHOODS and self.gaussian_scale != "fixed":
+            init = max(0.1, 2 * self.min_scale)  # scale at the start; learned from there (softplus keeps it > 0)
+            shape = {"pixel": self.image_shape, "channel": self.image_shape[-1:], "shared": ()}[self.gaussian_scale]
             self._raw_scale = self.add_weight(
-                name="decoder_scale", shape=self.image_shape if self.gaussian_scale == "pixel" else (),
+                name="decoder_scale", shape=shape,
                 initializer=keras.initializers.Constant(math.log(math.expm1(init - self.min_scale))))
         self._build_networks(2 * self.latent_dim)
+
+    @property
+    def metric_names(self):
+        names = ("loss", "reconstruction_loss", "kl", "elbo")
+        return names + (("bits_per_dim",) if self.likelihood == "discretized_logistic" else ())
 
     def get_config(self):
         config = super().get_config()
@@ -96,9 +115,9 @@ class VAE(BaseAutoencoder):
         return losses.standard_normal(self.latent_dim)
 
     def decoder_scale(self):
-        """The Gaussian decoder's std, broadcast to the image shape (float32)."""
-        if self.likelihood != "gaussian":
-            raise ValueError("decoder_scale() is defined for likelihood='gaussian' only")
+        """The decoder's scale (Gaussian std, logistic scale), broadcast to the image shape (float32)."""
+        if self.likelihood not in SCALED_LIKELIHOODS:
+            raise ValueError(f"decoder_scale() is defined for likelihood in {list(SCALED_LIKELIHOODS)} only")
         if self._raw_scale is None:
             scale = tf.constant(self.fixed_scale, tf.float32)
         else:
@@ -108,14 +127,17 @@ class VAE(BaseAutoencoder):
     def likelihood_from_logits(self, logits):
         if self.likelihood == "bernoulli":
             return losses.bernoulli_likelihood(logits)
-        return losses.gaussian_likelihood(tf.sigmoid(tf.cast(logits, tf.float32)), self.decoder_scale())
+        loc = tf.sigmoid(tf.cast(logits, tf.float32))
+        if self.likelihood == "discretized_logistic":
+            return losses.discretized_logistic_likelihood(loc, self.decoder_scale())
+        return losses.gaussian_likelihood(loc, self.decoder_scale())
 
     def decoder_distribution(self, z, training=False):
         """p(x|z) as a TFP distribution with image-shaped events."""
         return self.likelihood_from_logits(self.decode_logits(z, training=training))
 
     def reconstruct(self, x, training=False):
-        """The mean of p(x|z) at z = the posterior mean (deterministic)."""
+        """sigmoid(decoder logits) at z = the posterior mean (deterministic): see the class docstring."""
         mean, _ = self.encode(x, training=training)
         return self.decode(mean, training=training)
 
@@ -123,8 +145,10 @@ class VAE(BaseAutoencoder):
         """Per-example anomaly score, nats: -log p(x | z=mean) + KL(q(z|x) || p(z)).
 
         The negative ELBO with its expectation replaced by the posterior mean, so it is
-        deterministic (one input, one score). NaN/Inf pixels raise here; in a traced graph (the
-        exported signature) they give a NaN score.
+        deterministic (one input, one score). With the discretized likelihood p(x|z) is a
+        probability of the 8-bit image, so the score reads as a code length (nats;
+        `losses.bits_per_dim` converts). NaN/Inf pixels
+        raise here; in a traced graph (the exported signature) they give a NaN score.
         """
         x = self.check_images(x)
         mean, log_var = self._posterior_params(x)
@@ -141,7 +165,10 @@ class VAE(BaseAutoencoder):
         """
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_prob(x, logits)
-        return losses.gaussian_log_prob(x, tf.sigmoid(tf.cast(logits, tf.float32)), self.decoder_scale())
+        loc = tf.sigmoid(tf.cast(logits, tf.float32))
+        if self.likelihood == "discretized_logistic":
+            return losses.discretized_logistic_log_prob(x, loc, self.decoder_scale())
+        return losses.gaussian_log_prob(x, loc, self.decoder_scale())
 
     def sample_terms(self, x, eps, training=False):
         """Per-sample terms at z = mean + sigma * eps for noise eps [k, B, latent_dim].
@@ -183,4 +210,7 @@ class VAE(BaseAutoencoder):
             loss = reconstruction + beta * kl
         else:
             loss = -losses.iwae_bound(log_px_z, log_pz, log_qz, beta)
-        return {"loss": loss, "reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl)}
+        terms = {"loss": loss, "reconstruction_loss": reconstruction, "kl": kl, "elbo": -(reconstruction + kl)}
+        if self.likelihood == "discretized_logistic":
+            terms["bits_per_dim"] = losses.bits_per_dim(-terms["elbo"], self.image_shape)
+        return terms
