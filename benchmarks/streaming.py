@@ -39,6 +39,8 @@ import _common as common
 TRAIN_FLAGS = ["--preset", "vae-conv", "--likelihood", "gaussian", "--image-size", "64x64", "--color-mode", "rgb",
                "--verbose", "2"]
 MEMORY_TARGET_RATIO, MEMORY_TARGET_BYTES, SPEED_TARGET = 1.25, 3e9, 0.8
+#: CPU time / wall time at which an epoch counts as having run on two cores (one-core epochs sit near 1.0).
+TWO_CORES = 1.5
 
 
 def parse_args(argv=None):
@@ -145,15 +147,16 @@ def speed_in_one_process(folder, rounds, batch_size=128, steps_per_execution=16)
 def one_core_counts(epochs):
     """Epochs of each mode that ran on one core, and the stream/memory ratio of median samples/s over all epochs."""
     rates = {m: float(np.median([e["samples_per_s"] for e in epochs if e["mode"] == m])) for m in ("stream", "memory")}
-    return {"one_core_epochs": {m: sum(e["mode"] == m and e["cores_used"] < 1.5 for e in epochs) for m in rates},
+    one_core = {m: sum(e["mode"] == m and e["cores_used"] < TWO_CORES for e in epochs) for m in rates}
+    return {"one_core_epochs": one_core,
             "ratio_all_epochs": common.ratio(rates["stream"], rates["memory"])}
 
 
-def compared_epochs(epochs, two_cores=1.5):
-    """The epochs the speed ratio compares: those on both cores (CPU / wall >= `two_cores`) when each mode has
+def compared_epochs(epochs):
+    """The epochs the speed ratio compares: those on both cores (CPU / wall >= TWO_CORES) when each mode has
     some, else those on one core when each mode has some, else all."""
     for fast in (True, False):
-        chosen = [e for e in epochs if (e["cores_used"] >= two_cores) == fast]
+        chosen = [e for e in epochs if (e["cores_used"] >= TWO_CORES) == fast]
         if {e["mode"] for e in chosen} == {"stream", "memory"}:
             return chosen
     return epochs
@@ -162,7 +165,7 @@ def compared_epochs(epochs, two_cores=1.5):
 def compared_label(epochs, compared):
     if len(compared) == len(epochs):
         return "all epochs"
-    cores = "two cores" if compared[0]["cores_used"] >= 1.5 else "one core"
+    cores = "two cores" if compared[0]["cores_used"] >= TWO_CORES else "one core"
     return f"the {len(compared)} of {len(epochs)} epochs that ran on {cores}"
 
 

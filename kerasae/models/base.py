@@ -113,9 +113,7 @@ class BaseAutoencoder(keras.Model):
         keras.activations.get(activation)  # fail now, with Keras' message, on an unknown name
         # Resnet only; configs of other archs, and all saved before resnet existed, lack them: defaults.
         self.blocks_per_stage = check_positive_int("blocks_per_stage", blocks_per_stage)
-        self.norm = check_choice("norm", norm, stacks.NORMS)
-        if self.arch == "resnet":
-            stacks.check_norm_widths(self.norm, self.filters)
+        self.norm = check_choice("norm", norm, stacks.NORMS)  # widths vs groups: checked by the resnet builders
 
     def _build_networks(self, encoder_output_dim, code_activation=None, output_channels=None):
         """Create the encoder/decoder stacks and metric trackers (after subclass attributes are set).
