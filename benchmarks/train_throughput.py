@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
+import _torch_twins as twins  # noqa: E402
 
 LATENT_DIM = 32
 HIDDEN_UNITS = (512, 256)
@@ -175,47 +176,10 @@ def kerasae_rep(args, batch, width, images, seed, framework="kerasae"):
 
 # ---- the PyTorch reference ----------------------------------------------------------------------
 
-def torch_vae(torch, hidden_units, latent_dim=LATENT_DIM, pixels=IMAGE_PIXELS):
-    """The same VAE in PyTorch: its forward returns the batch-mean negative ELBO of binary images [B, 784]."""
-    nn, functional = torch.nn, torch.nn.functional
-
-    def mlp(sizes):
-        layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            linear = nn.Linear(n_in, n_out)
-            nn.init.xavier_uniform_(linear.weight)  # Keras' Dense default: Glorot uniform, zero bias
-            nn.init.zeros_(linear.bias)
-            layers.append(linear)
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        return nn.Sequential(*layers)
-
-    class VAE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = mlp([pixels, *hidden_units, 2 * latent_dim])
-            self.decoder = mlp([latent_dim, *reversed(hidden_units), pixels])
-
-        def forward(self, x, eps=None):
-            """The batch-mean negative ELBO of x; eps [B, latent_dim]: the reparameterization noise (None: drawn)."""
-            h = self.encoder(x)
-            mean, log_var = h[:, :latent_dim], h[:, latent_dim:]
-            if eps is None:
-                eps = torch.randn_like(mean)
-            z = mean + torch.exp(0.5 * log_var) * eps  # reparameterized
-            logits = self.decoder(z)
-            # -log p(x|z) for Bernoulli(sigmoid(logits)) pixels, summed over pixels
-            reconstruction = functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
-            kl = 0.5 * (torch.exp(log_var) + mean * mean - 1.0 - log_var).sum(1)  # KL(N(mean, var) || N(0, I))
-            return (reconstruction + kl).mean()
-
-    return VAE()
-
-
 def torch_rep(torch, images_tensor, batch, width, images, epochs, seed, compiled):
     """Epoch wall times of one fresh torch model; the first includes torch.compile's compilation."""
     torch.manual_seed(seed)
-    model = torch_vae(torch, tuple(u * width for u in HIDDEN_UNITS))
+    model = twins.mlp_vae(torch, tuple(u * width for u in HIDDEN_UNITS), LATENT_DIM, IMAGE_PIXELS)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     loss_fn = torch.compile(model) if compiled else model
     x_all = images_tensor[:images]
@@ -333,7 +297,7 @@ def main(argv=None):
         "kerasae": {"path": "kerasae.training.train(TrainConfig(...)) = model.fit with kerasae's pipeline and "
                             "callbacks; epoch time from history.csv's epoch_time_s (saves and figures excluded)",
                     "train_config": {k: v for k, v in example.to_json().items() if k != "out"}},
-        "torch": {"path": "PyTorch reference in this script: eager, and torch.compile(model) (forward + "
+        "torch": {"path": "PyTorch reference (benchmarks/_torch_twins.py mlp_vae): eager, and torch.compile(model) (forward + "
                           "AOT-autograd backward compiled, optimizer eager)",
                   "data": "all images in one tensor, torch.randperm shuffle per epoch, torch.bernoulli per batch",
                   "optimizer": "torch.optim.Adam defaults (constant learning rate; kerasae's cosine decay "

@@ -87,6 +87,9 @@ def assert_trained(entry, reps):
     ("train_throughput.py", ["--steps", "1000"]),
     ("train_throughput.py", ["--scaling-batches", "32,x"]),
     ("train_throughput.py", ["--bogus"]),
+    ("conv_throughput.py", ["--epochs-per-rep", "1"]),
+    ("conv_throughput.py", ["--presets", "vae-conv,vae-mlp"]),
+    ("conv_throughput.py", ["--steps", "0"]),
     ("inference_latency.py", ["--model", "no/such/model.keras"]),
     ("inference_latency.py", ["--batches", "0"]),
     ("inference_latency.py", ["--variants", "fp64"]),
@@ -182,7 +185,7 @@ def test_torch_reference_computes_kerasaes_loss_and_gradients(mnist_binary, monk
     bench = _import_benchmark("train_throughput")
     rng = np.random.default_rng(0)
     model = kerasae.build("vae-mlp", seed=0)
-    twin = bench.torch_vae(torch, bench.HIDDEN_UNITS, bench.LATENT_DIM)
+    twin = _import_benchmark("_torch_twins").mlp_vae(torch, bench.HIDDEN_UNITS, bench.LATENT_DIM)
     pairs = []
     for keras_stack, torch_stack in ((model.encoder, twin.encoder), (model.decoder, twin.decoder)):
         dense = [layer for layer in keras_stack.layers if isinstance(layer, keras.layers.Dense)]
@@ -216,6 +219,31 @@ def test_torch_reference_computes_kerasaes_loss_and_gradients(mnist_binary, monk
         for name, param in (("kernel", module.weight), ("bias", module.bias)):
             keras_grad = by_variable[f"{layer.path}/{name}"].numpy()
             assert float(param.grad.norm()) == pytest.approx(float(np.linalg.norm(keras_grad)), rel=1e-4), layer.name
+
+
+# ---- conv_throughput.py ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_conv_throughput_quick_with_profile(tmp_path):
+    """Both conv presets through kerasae.train and their PyTorch twins, each profiled by op type."""
+    pytest.importorskip("torch")
+    out = tmp_path / "conv.json"
+    result = load_result(run_benchmark("conv_throughput.py", "--quick", "--steps", "1", "--profile", "--out", out), out)
+    assert_header(result, "conv_throughput")
+    assert set(result["presets"]) == {"vae-conv", "vae-resnet-32"}
+    for preset, entry in result["presets"].items():
+        assert entry["images_per_epoch"] == 128
+        for name in ("kerasae", "torch_eager"):
+            assert_summary(entry[name]["samples_per_s"], n=2)
+            assert all(len(times) == 2 and all(positive(t) for t in times) for times in entry[name]["epoch_time_s"])
+        assert entry["kerasae"]["train_function"] == ["keras"]  # conv models train without XLA
+        ratio = entry["target"]["kerasae_vs_torch_eager"]
+        assert ratio["value"] == pytest.approx(entry["kerasae"]["samples_per_s"]["median"]
+                                               / entry["torch_eager"]["samples_per_s"]["median"], rel=1e-3)
+        for framework, conv_op in (("tensorflow", "Conv2D"), ("torch", "convolution")):
+            profile = entry["profile"][framework]
+            assert positive(profile["ms_per_step"]), preset
+            assert any(conv_op in op for op in profile["top_op_types_ms_per_step"]), (preset, framework)
 
 
 # ---- inference_latency.py --------------------------------------------------------------------
@@ -329,6 +357,27 @@ def test_data_docs_quote_the_streaming_benchmark():
     assert speed["compared_epochs"].endswith("ran on two cores")
     counts = speed["one_core_epochs"]
     assert f"({counts['stream']} of 6 streamed and" in text and re.search(rf"\b{counts['memory']} of 6 in-memory", text)
+
+
+def conv_row(preset, entry):
+    """docs/performance.md's table row of one preset of conv_throughput.json."""
+    def spread(summary):
+        return f"{summary['median']:,.0f} ({summary['min']:,.0f}-{summary['max']:,.0f})"
+
+    k, t = entry["kerasae"]["samples_per_s"], entry["torch_eager"]["samples_per_s"]
+    target = entry["target"]["kerasae_vs_torch_eager"]
+    return (f"| `{preset}` | {entry['images_per_epoch']:,} | **{spread(k)}** | {spread(t)} | **{target['value']:.2f}x** | "
+            f"{'met' if target['pass'] else 'not met'} |")
+
+
+def test_performance_docs_quote_the_conv_benchmark():
+    """docs/performance.md's conv table is what benchmarks/conv_throughput.py wrote on a quiet machine."""
+    result = json.loads((BENCH / "results" / "conv_throughput.json").read_text())
+    assert not result["quick"] and not result["machine_at_start"]["busy"] and not result["machine_at_end"]["busy"]
+    text = " ".join((REPO / "docs" / "performance.md").read_text().split())
+    for preset, entry in result["presets"].items():
+        assert conv_row(preset, entry) in text, conv_row(preset, entry)
+        assert "profile" in entry  # the profile the docs discuss
 
 
 def test_streaming_speed_compares_epochs_that_used_as_many_cores(monkeypatch):
