@@ -297,7 +297,8 @@ def main(argv=None):
         "kerasae": {"path": "kerasae.training.train(TrainConfig(...)) = model.fit with kerasae's pipeline and "
                             "callbacks; epoch time from history.csv's epoch_time_s (saves and figures excluded)",
                     "train_config": {k: v for k, v in example.to_json().items() if k != "out"}},
-        "torch": {"path": "PyTorch reference (benchmarks/_torch_twins.py mlp_vae): eager, and torch.compile(model) (forward + "
+        "torch": {"path": "PyTorch reference (benchmarks/_torch_twins.py mlp_vae): eager, and "
+                          "torch.compile(model) (forward + "
                           "AOT-autograd backward compiled, optimizer eager)",
                   "data": "all images in one tensor, torch.randperm shuffle per epoch, torch.bernoulli per batch",
                   "optimizer": "torch.optim.Adam defaults (constant learning rate; kerasae's cosine decay "
