@@ -44,19 +44,27 @@ def copy_weights(model, twin, rng):
             weights = layer.get_weights()
             weights[1] = rng.normal(scale=0.05, size=weights[1].shape).astype(np.float32)
             layer.set_weights(weights)
-            kernel, bias = weights
             if isinstance(layer, kerasae.layers.GroupNorm):
-                assert isinstance(module, torch.nn.GroupNorm) and module.num_groups == min(8, kernel.shape[0])
+                assert isinstance(module, torch.nn.GroupNorm) and module.num_groups == min(8, weights[0].shape[0])
             elif isinstance(layer, keras.layers.Dense):
                 assert isinstance(module, torch.nn.Linear)
-                kernel, bias = _dense_to_nchw(layer, kernel, bias)
-            else:  # Conv2D (kh, kw, in, out) and Conv2DTranspose (kh, kw, out, in) both map to torch by (3, 2, 0, 1)
+            else:
                 assert isinstance(module, torch.nn.ConvTranspose2d if isinstance(layer, keras.layers.Conv2DTranspose)
                                   else torch.nn.Conv2d), (layer.name, module)
-                kernel = kernel.transpose(3, 2, 0, 1)
-            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+            kernel, bias = to_torch_layout(layer, *weights)
+            module.weight.copy_(torch.from_numpy(kernel))
             module.bias.copy_(torch.from_numpy(bias))
     return pairs
+
+
+def to_torch_layout(layer, kernel, bias):
+    """A Keras layer's (kernel, bias), or their gradients, in the layout of its torch module's (weight, bias)."""
+    if isinstance(layer, keras.layers.Dense):
+        kernel, bias = _dense_to_nchw(layer, kernel, bias)
+    elif not isinstance(layer, kerasae.layers.GroupNorm):
+        # Conv2D (kh, kw, in, out) and Conv2DTranspose (kh, kw, out, in) both map to torch by (3, 2, 0, 1)
+        kernel = kernel.transpose(3, 2, 0, 1)
+    return np.ascontiguousarray(kernel), np.ascontiguousarray(bias)
 
 
 def _dense_to_nchw(layer, kernel, bias):
@@ -78,7 +86,8 @@ def _map_shape(size):
     return side, side, c
 
 
-def compare(model, twin, x, rng, monkeypatch, rel=1e-4, bias_rel=None):
+def compare(model, twin, x, rng, monkeypatch, rel):
+    """Equal losses, and every gradient equal to `rel` relative to the norm of all gradients, layer by layer."""
     pairs = copy_weights(model, twin, rng)
     if hasattr(twin, "raw_scale"):
         with torch.no_grad():
@@ -89,20 +98,28 @@ def compare(model, twin, x, rng, monkeypatch, rel=1e-4, bias_rel=None):
     with tf.GradientTape() as tape:
         keras_loss = tf.nn.compute_average_loss(model.compute_terms(x, training=True,
                                                                     step=tf.constant(0, tf.int64))["loss"])
-    by_variable = dict(zip((v.path for v in model.trainable_variables),
-                           tape.gradient(keras_loss, model.trainable_variables)))
-    torch_loss = twin(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(eps))
-    torch_loss.backward()
+    keras_grads = tape.gradient(keras_loss, model.trainable_variables)
+    by_variable = {v.path: g.numpy() for v, g in zip(model.trainable_variables, keras_grads)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order for torch's reductions, busy machine or not
+    try:
+        torch_loss = twin(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(eps))
+        torch_loss.backward()
+    finally:
+        torch.set_num_threads(threads)
     assert float(torch_loss.detach()) == pytest.approx(float(keras_loss), rel=1e-5)
+    # Elementwise, so a transposed or shifted kernel fails even where its norm would not; relative to the norm of
+    # all gradients, because float32 sums in another order move small gradients by more than their own 1e-3.
+    scale = float(tf.linalg.global_norm(keras_grads))
     for layer, module in pairs:  # layer by layer, so a mismatch names its layer
-        for name, param in zip([v.path.rsplit("/", 1)[1] for v in layer.weights], (module.weight, module.bias)):
-            keras_grad = by_variable[f"{layer.path}/{name}"].numpy()
-            tol = rel if name in ("kernel", "gamma") or bias_rel is None else bias_rel
-            assert float(param.grad.norm()) == pytest.approx(float(np.linalg.norm(keras_grad)), rel=tol), \
-                f"{layer.name}/{name}"
+        names = [v.path.rsplit("/", 1)[1] for v in layer.weights]
+        expected = to_torch_layout(layer, *(by_variable[f"{layer.path}/{n}"] for n in names))
+        for name, want, param in zip(names, expected, (module.weight, module.bias)):
+            error = float(np.linalg.norm(param.grad.numpy() - want))
+            assert error <= rel * scale, f"{layer.name}/{name}: |torch - keras| = {error:.3g}, scale {scale:.3g}"
     if hasattr(twin, "raw_scale"):
-        scale_grad = by_variable[model._raw_scale.path].numpy()
-        assert float(twin.raw_scale.grad.norm()) == pytest.approx(float(np.linalg.norm(scale_grad)), rel=rel)
+        want = by_variable[model._raw_scale.path].transpose(2, 0, 1)
+        assert float(np.linalg.norm(twin.raw_scale.grad.numpy() - want)) <= rel * scale
 
 
 @pytest.mark.parametrize("build, preset", [(twins.conv_vae, "vae-conv"), (twins.resnet_vae, "vae-resnet-32")])
@@ -123,15 +140,15 @@ def test_timed_twins_differ_only_in_padding(build, preset):
 def test_conv_twin_is_the_vae_conv_preset(mnist_binary, monkeypatch):
     rng = np.random.default_rng(0)
     model = kerasae.build("vae-conv", seed=0)
-    compare(model, twins.conv_vae(torch, keras_padding=True), mnist_binary[:32], rng, monkeypatch)
+    compare(model, twins.conv_vae(torch, keras_padding=True), mnist_binary[:32], rng, monkeypatch, rel=1e-4)
 
 
 def test_resnet_twin_is_the_vae_resnet_32_preset(monkeypatch):
     rng = np.random.default_rng(1)
     model = kerasae.build("vae-resnet-32", seed=0)
     x = (np.round(rng.random((8, 32, 32, 3)) * 255) / 255).astype(np.float32)
-    # float32 sums through 14 GroupNorms in a different order: most gradients agree to 1e-6, the encoder's Dense to
-    # 1e-4; a bias gradient sums 8 x 32 x 32 terms of both signs, and the stem's moved by up to 1.1e-3 when the
-    # machine was busy (oneDNN then splits its sums differently). A layout, padding or loss mistake moves them by
-    # far more.
-    compare(model, twins.resnet_vae(torch, keras_padding=True), x, rng, monkeypatch, rel=1e-3, bias_rel=5e-3)
+    # On a quiet machine every gradient agrees to 5e-7 of the gradients' norm. With the machine busy, single layers
+    # (the stem's kernel, dec_project's) came out up to 1.5e-3 off in 2 of 16 runs, on TensorFlow's side (torch ran
+    # single-threaded); 5e-3 leaves room for that. Keras' padding replaced by the opposite one-sided pad moves the
+    # loss by 5e-4 here (4e-5 for vae-conv), which the loss check catches first.
+    compare(model, twins.resnet_vae(torch, keras_padding=True), x, rng, monkeypatch, rel=5e-3)
