@@ -32,7 +32,6 @@ import _common as common  # noqa: E402
 import _torch_twins as twins  # noqa: E402
 
 PRESETS = ("vae-conv", "vae-resnet-32")
-FRAMEWORKS = ("kerasae", "torch")
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 STEPS = {"vae-conv": 128, "vae-resnet-32": 16}  # steps per epoch (full run)
@@ -87,7 +86,8 @@ def torch_model(torch, preset):
     return twins.conv_vae(torch) if preset == "vae-conv" else twins.resnet_vae(torch)
 
 
-def torch_epoch(torch, model, optimizer, x_all, binarize):
+def torch_epoch(torch, preset, model, optimizer, x_all):
+    binarize = preset == "vae-conv"  # the Bernoulli preset trains on dynamically binarized images
     order = torch.randperm(len(x_all))
     total = torch.zeros(())
     for i in range(0, len(x_all), BATCH_SIZE):
@@ -110,7 +110,7 @@ def torch_rep(torch, preset, x_all, epochs, seed):
     times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        torch_epoch(torch, model, optimizer, x_all, binarize=preset == "vae-conv")
+        torch_epoch(torch, preset, model, optimizer, x_all)
         times.append(time.perf_counter() - start)
     return times
 
@@ -172,9 +172,9 @@ def profile_torch(torch, preset, x_all):
 
     model = torch_model(torch, preset)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    torch_epoch(torch, model, optimizer, x_all, binarize=preset == "vae-conv")
+    torch_epoch(torch, preset, model, optimizer, x_all)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        torch_epoch(torch, model, optimizer, x_all, binarize=preset == "vae-conv")
+        torch_epoch(torch, preset, model, optimizer, x_all)
     by_type = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
     return _top(by_type, -(-len(x_all) // BATCH_SIZE))
 
