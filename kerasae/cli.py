@@ -6,6 +6,7 @@ are parsed before TensorFlow is imported (this module imports none of it at the 
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 import warnings
@@ -330,15 +331,21 @@ def evaluate_main(argv=None):
 
 
 #: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
-REPRODUCE_STAGES = ("seed", "nll")
+REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll")
+#: `experiments.DATA_DIRS["fashion_mnist"]` (same reason; the same test keeps them equal).
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def build_reproduce_parser():
     p = argparse.ArgumentParser(prog="reproduce.py", description="Train, evaluate and write kerasae's published "
                                 "results (benchmarks/results/*.json) and figures (docs/figures/). Finished runs are "
                                 "reused; interrupted ones resume: rerun the same command.")
-    p.add_argument("--stages", default="seed,nll", type=_choices(REPRODUCE_STAGES),
-                   help=f"comma-separated subset of {','.join(REPRODUCE_STAGES)} (default: all)")
+    p.add_argument("--stages", default=",".join(REPRODUCE_STAGES), type=_choices(REPRODUCE_STAGES),
+                   help=f"comma-separated subset of {','.join(REPRODUCE_STAGES)} (default: all). fashion needs "
+                   "Fashion-MNIST's IDX files (apt install dataset-fashion-mnist, or --fashion-mnist); photos "
+                   "needs scikit-image (pip install scikit-image)")
+    p.add_argument("--fashion-mnist", metavar="DIR", default=FASHION_MNIST_DIR,
+                   help="Fashion-MNIST's four IDX files (default: %(default)s, Debian's dataset-fashion-mnist)")
     p.add_argument("--quick", action="store_true",
                    help="smoke mode: 2 epochs on 3,000 images, k=20; writes under ROOT/quick/ by default")
     p.add_argument("--k", type=_positive_int, help="importance samples (default: 5000 for nll, 500 for seed)")
@@ -367,6 +374,11 @@ def reproduce_main(argv=None):
     args = parser.parse_args(argv)
     from kerasae import reproduce
 
+    if "fashion" in args.stages and not Path(args.fashion_mnist).is_dir():
+        parser.error(f"--stages fashion: no Fashion-MNIST in {args.fashion_mnist}; install it (apt install "
+                     "dataset-fashion-mnist) or pass --fashion-mnist DIR (the four IDX files)")
+    if "photos" in args.stages and importlib.util.find_spec("skimage") is None:
+        parser.error("--stages photos: the photographs come with scikit-image; pip install scikit-image")
     quick_dir = Path(args.root) / "quick"
     results_dir = args.results_dir or (quick_dir / "results" if args.quick else "benchmarks/results")
     figures_dir = args.figures_dir or (quick_dir / "figures" if args.quick else "docs/figures")
@@ -377,7 +389,7 @@ def reproduce_main(argv=None):
             parser.error(f"{flag}: cannot create {path} ({err.strerror})")
     results = reproduce.reproduce(args.stages, root=args.root, results_dir=results_dir, fig_dir=figures_dir,
                                   quick=args.quick, k=args.k, max_test_samples=args.max_test_samples,
-                                  verbose=args.verbose)
+                                  verbose=args.verbose, data_dirs={"fashion_mnist": args.fashion_mnist})
     print(reproduce.summary(results))
     print(f"results: {results_dir}  figures: {figures_dir}")
     if args.export_zoo:

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import training as train_lib
-from kerasae.files import load_keras_model, write_json
+from kerasae.files import atomic_path, load_keras_model, write_json
 from kerasae.losses import bits_per_dim
 from kerasae.models.base import check_positive_int, draw
 from kerasae.models.dae import apply_noise
@@ -117,22 +117,59 @@ def _log_weights_fn(model):
     return log_weights
 
 
-def importance_weighted_nll(model, x, k=5000, batch_size=100, samples_per_chunk=500, seed=0, progress=True):
+#: How often a long evaluation saves its finished batches (see importance_weighted_nll's `checkpoint`).
+CHECKPOINT_SECONDS = 120
+#: Memory for the decoder's activations in one call of an importance-weighted evaluation.
+DECODER_MEMORY_BYTES = 2 << 30
+
+
+def evaluation_batches(model, k, budget=DECODER_MEMORY_BYTES):
+    """(images per batch, samples per chunk) so that one decoder call of their product fits `budget`.
+
+    Bounded by the sum of every decoder layer's output (float32), an overestimate of what one call
+    holds at once: an MLP's 2,000 floats per image allow the full 100 x 500, a residual 32x32x3
+    decoder's ~10^6 one image x ~500 samples.
+    """
+    per_image = 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in model.decoder.layers)
+    images = max(1, budget // per_image)  # decoder images per call
+    chunk = min(k, 500, images)
+    return max(1, min(100, images // chunk)), chunk
+
+
+def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk=None, seed=0, progress=True,
+                            checkpoint=None):
     """-log p(x) estimated by the IWAE bound with k samples, per example, plus the k-sample ELBO.
 
     Memory stays bounded: samples are drawn `samples_per_chunk` at a time for
-    `batch_size` images (a decoder batch of their product), and the log-sum-exp over all
-    k runs in float64. The draws are seeded (stateless, keyed by batch and chunk).
+    `batch_size` images (a decoder batch of their product; both default to `evaluation_batches`),
+    and the log-sum-exp over all k runs in float64. The draws are seeded (stateless, keyed by batch and chunk).
     Returns (nll [N], elbo [N]): elbo is the mean log weight, an unbiased k-sample
     estimate of the ELBO.
+
+    `checkpoint`: an .npz path for evaluations that take hours (a residual VAE at k=5000): the
+    finished batches are saved there every CHECKPOINT_SECONDS, a call with the same path resumes
+    after them (the draws are keyed by batch, so the result is an uninterrupted call's), and the
+    file is removed at the end. The caller keys the path to the model, images, k and seed.
     """
     k = check_positive_int("k", k)
     x = model.check_images(x).numpy()
     log_weights = _log_weights_fn(model)
-    chunk = min(k, samples_per_chunk)
+    default_batch, default_chunk = evaluation_batches(model, k)
+    batch_size = batch_size or default_batch
+    chunk = min(k, samples_per_chunk or default_chunk)
     nll, elbo = np.empty(len(x)), np.empty(len(x))
+    done = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        with np.load(checkpoint) as saved:
+            done = int(saved["done"])
+            nll[:done], elbo[:done] = saved["nll"][:done], saved["elbo"][:done]
+    saved_at = time.time()
     bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
+    if bar is not None and done:
+        bar.add(done)
     for b, (start, xb) in enumerate(_batches(x, batch_size)):
+        if start < done:
+            continue
         parts = []
         for c, lo in enumerate(range(0, k, chunk)):
             s = min(chunk, k - lo)
@@ -144,6 +181,12 @@ def importance_weighted_nll(model, x, k=5000, batch_size=100, samples_per_chunk=
         elbo[start:start + len(xb)] = lw.mean(axis=0)
         if bar is not None:
             bar.add(len(xb))
+        if checkpoint is not None and time.time() - saved_at >= CHECKPOINT_SECONDS:
+            with atomic_path(checkpoint, suffix=".npz") as tmp:
+                np.savez(tmp, done=start + len(xb), nll=nll[:start + len(xb)], elbo=elbo[:start + len(xb)])
+            saved_at = time.time()
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return nll, elbo
 
 
@@ -164,7 +207,7 @@ def posterior_statistics(model, x, batch_size=1000):
             "kl": float(kl.sum(axis=1).mean())}
 
 
-def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None):
+def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, checkpoint=None):
     """Test ELBO, NLL (IWAE bound, k samples), active units and KL per dimension, in nats.
 
     A discretized-logistic model's p(x|z) is a probability of the 8-bit images, so its NLL is a
@@ -172,7 +215,8 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None):
 
     `cache`: a JSON file of earlier results keyed by the weights' sha256, the test images,
     k and seed, so a long evaluation (k=5000 on 10,000 images takes a quarter of an hour
-    on 2 CPU cores) is not redone by `scripts/evaluate.py` or a rerun of reproduce.
+    on 2 CPU cores) is not redone by `scripts/evaluate.py` or a rerun of reproduce; an
+    interrupted one resumes from a checkpoint next to it (`importance_weighted_nll`).
     """
     if cache is not None:
         x = np.ascontiguousarray(np.asarray(x_test, np.float32))
@@ -185,13 +229,14 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None):
             entries = {}
         if key in entries:
             return entries[key]
-        result = evaluate_vae(model, x_test, k=k, progress=progress, seed=seed)
+        partial = cache.with_name(f"{cache.stem}-{key[:16]}.partial.npz")  # resumes an interrupted evaluation
+        result = evaluate_vae(model, x_test, k=k, progress=progress, seed=seed, checkpoint=partial)
         entries[key] = result
         write_json(cache, entries)
         return result
     start = time.time()
     x = train_lib.evaluation_images(model, x_test)
-    nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress)
+    nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress, checkpoint=checkpoint)
     bits = {}
     if getattr(model, "likelihood", None) == "discretized_logistic":
         bits = {"nll_bits_per_dim": bits_per_dim(float(nll.mean()), model.image_shape),
@@ -306,6 +351,31 @@ def codec_rate_distortion(x, fmt, **options):
         decoded.append(np.asarray(Image.open(buf), np.float32) / 255.0)
     return {"bytes_per_image": float(np.mean(sizes)),
             "psnr_db": float(np.mean(np.minimum(psnr(x, np.stack(decoded)[..., None]), 100.0)))}
+
+
+#: Lossless codecs Pillow writes: name -> save() options. WebP's lossless mode at its slowest (best) effort.
+LOSSLESS_CODECS = {"PNG": dict(format="PNG", optimize=True),
+                   "WebP lossless": dict(format="WEBP", lossless=True, quality=100, method=6)}
+
+
+def lossless_bits_per_dim(x, codec="PNG"):
+    """Bits per dimension (8 * file bytes / (H * W * C)) of 8-bit images x [N, H, W, C], each saved alone
+    as one file (headers included: what storing the image costs); [N] float64. Decoding checks losslessness."""
+    from PIL import Image
+
+    if codec not in LOSSLESS_CODECS:
+        raise ValueError(f"codec must be one of {', '.join(LOSSLESS_CODECS)}, got {codec!r}")
+    pixels = _to_uint8(x)
+    bits = np.empty(len(pixels))
+    for i, img in enumerate(pixels):
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, **LOSSLESS_CODECS[codec])
+        bits[i] = 8.0 * buf.tell() / img.size
+        buf.seek(0)
+        decoded = np.asarray(Image.open(buf).convert("L" if img.shape[-1] == 1 else "RGB"))
+        if not np.array_equal(decoded.reshape(img.shape), img):
+            raise AssertionError(f"{codec} did not return image {i} unchanged")
+    return bits
 
 
 def quantized_code_rate_distortion(model, x_train, x_test, bits=8):

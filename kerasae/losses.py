@@ -113,9 +113,10 @@ def bernoulli_log_prob(x, logits):
 
 
 def gaussian_log_prob(x, mean, scale):
-    """log N(x; mean, scale) of independent pixels summed over the image; scale [H, W, C] is shared."""
+    """log N(x; mean, scale) of independent pixels summed over the image; scale is [H, W, C] (shared by the
+    batch) or shaped like mean (per image)."""
     x, mean, scale = _f32(x), _f32(mean), _f32(scale)
-    log_norm = tf.reduce_sum(tf.math.log(scale) + _HALF_LOG_2PI)  # one number: scale has no batch axis
+    log_norm = tf.reduce_sum(tf.math.log(scale) + _HALF_LOG_2PI, axis=[-3, -2, -1])
     return -0.5 * tf.reduce_sum(tf.square((x - mean) / scale), axis=[-3, -2, -1]) - log_norm
 
 
@@ -153,12 +154,13 @@ def discretized_logistic_log_prob(x, loc, scale):
     exact and finite for any scale and any distance from loc: nothing subtracts two CDFs that
     round to the same float, which is why PixelCNN++ needs a mid-bin density fallback and this
     does not. The edge bins keep one factor: log sigmoid(a) for k = 0, log sigmoid(-b) for k = 255.
-    scale [H, W, C] has no batch axis; leading axes of loc broadcast against x. Written with ops
+    scale is [H, W, C] (shared by the batch) or shaped like loc (predicted per image); leading axes of
+    loc broadcast against x. Written with ops
     that TFLite runs as accurately as TensorFlow (see `_softplus`, `_log1mexp`).
     """
     x, loc, scale = _f32(x), _f32(loc), _f32(scale)
     k = tf.round(x * MAX_LEVEL)
-    inv = 1.0 / (MAX_LEVEL * scale)  # per pixel, shared by the batch
+    inv = 1.0 / (MAX_LEVEL * scale)  # per pixel (and per image when the decoder predicts it)
     centre = (k - MAX_LEVEL * loc) * inv
     a, b = centre + 0.5 * inv, centre - 0.5 * inv
     log_width = _log1mexp(inv)  # log(1 - exp(b - a)): scale only

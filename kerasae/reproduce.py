@@ -1,9 +1,13 @@
 """`python scripts/reproduce.py`: train what the published claims need, evaluate, write results and figures.
 
-Two stages, each a JSON file under the results directory:
-- seed:  seed_claims.json, the classic autoencoder claims (AE vs PCA at 2-D, what denoising
-         buys, AE vs VAE samples and latents, compression), plus the figures.
-- nll:   nll.json, the MNIST likelihood runs (test NLL by the IWAE bound, k samples).
+Stages, each a JSON file under the results directory (RESULT_FILES):
+- seed:    seed_claims.json, the classic autoencoder claims (AE vs PCA at 2-D, what denoising
+           buys, AE vs VAE samples and latents, compression), plus the figures.
+- nll:     nll.json, the MNIST likelihood runs (test NLL by the IWAE bound, k samples).
+- resnet-nll: nll_resnet.json, the same protocol for a residual conv VAE.
+- fashion: fashion_mnist.json, AE vs PCA and an 8-bit VAE's bits/dim vs PNG on Fashion-MNIST.
+- photos:  photos.json, a residual VAE's bits/dim vs PNG and WebP on unseen photographs.
+The last two live in `kerasae.reproduce_images`.
 Every entry records the run's config, epochs, training time, seed and library versions.
 Runs are reused when finished with the same config and resumed when interrupted, so the
 same command picks up where it stopped.
@@ -24,13 +28,18 @@ from kerasae import training as train_lib
 from kerasae.files import library_versions, write_json
 
 STAGES = {"seed": ("ae-mlp-seed", "ae-mlp-32", "dae-mlp", "vae-mlp-2d", "vae-mlp"),
-          "nll": ("vae-nll", "iwae-nll")}
+          "nll": ("vae-nll", "iwae-nll"),
+          "fashion": ("fashion-ae-2", "fashion-ae-32", "fashion-vae"),  # kerasae.reproduce_images
+          "photos": ("photos-vae-resnet-32",),
+          "resnet-nll": ("vae-resnet-nll",)}
+RESULT_FILES = {"seed": "seed_claims.json", "nll": "nll.json", "fashion": "fashion_mnist.json",
+                "photos": "photos.json", "resnet-nll": "nll_resnet.json"}
 
 #: Published one-stochastic-layer MLP results on dynamically binarized MNIST, test NLL in nats.
 ANCHORS = {"Burda et al. 2015 (IWAE) Table 1, VAE k=1": 86.76,
            "Burda et al. 2015 (IWAE) Table 1, IWAE k=50": 84.78,
            "Pythae benchmark, VAE": 89.78}
-TARGETS = {"vae-nll": 85.0, "iwae-nll": 84.0}
+TARGETS = {"vae-nll": 85.0, "iwae-nll": 84.0, "vae-resnet-nll": 84.85}  # the last: beat the MLP VAE's 84.85
 #: The image pairs the interpolation figure walks between (test-set indices).
 INTERPOLATION_PAIRS = ((3, 2), (1, 7), (4, 9), (0, 6))
 
@@ -79,6 +88,19 @@ def _manifold(model, n=20):
     return _grid(model.decode(z).numpy(), n)
 
 
+def ae_vs_pca(models, x_train, x_test, codes_2d=None):
+    """Rows of test reconstruction by each AE and by PCA (fitted on x_train) at the AE's code size.
+    `codes_2d` (a dict) receives PCA's (train, test) codes under "PCA" when a model has a 2-D code."""
+    table = []
+    for name, model in models.items():
+        pca, pca_train, pca_test = ev.pca_baseline(x_train, x_test, model.latent_dim)
+        table.append({"code_size": model.latent_dim, "model": name, "ae": ev.evaluate_autoencoder(model, x_test),
+                      "pca": pca["metrics"], "pca_explained_variance": pca["explained_variance"]})
+        if model.latent_dim == 2 and codes_2d is not None:
+            codes_2d["PCA"] = (pca_train, pca_test)
+    return table
+
+
 def seed_claims(runs, fig_dir, k=500, progress=True):
     """The classic claims as numbers (returned) and figures (written to fig_dir)."""
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -94,14 +116,7 @@ def seed_claims(runs, fig_dir, k=500, progress=True):
 
     # 1. AE vs PCA: reconstruction at the same code size, and how well 2-D codes separate digits.
     codes = {}
-    table = []
-    for name, model in (("ae-mlp-seed", ae2), ("ae-mlp-32", ae32), ("dae-mlp", dae)):
-        pca, pca_train, pca_test = ev.pca_baseline(x_train, x_test, model.latent_dim)
-        table.append({"code_size": model.latent_dim, "model": name, "ae": ev.evaluate_autoencoder(model, x_test),
-                      "pca": pca["metrics"], "pca_explained_variance": pca["explained_variance"]})
-        if model.latent_dim == 2:
-            codes["PCA"] = (pca_train, pca_test)
-    out["ae_vs_pca"] = table
+    out["ae_vs_pca"] = ae_vs_pca({"ae-mlp-seed": ae2, "ae-mlp-32": ae32, "dae-mlp": dae}, x_train, x_test, codes)
     codes["AE (ae-mlp-seed)"] = (ev.codes(ae2, x_train), ev.codes(ae2, x_test))
     codes["VAE (vae-mlp-2d)"] = (ev.codes(vae2, x_train), ev.codes(vae2, x_test))
     out["knn_2d"] = {"k": 5, "accuracy": {name: ev.knn_accuracy(zt, y_train, zs, y_test)
@@ -147,7 +162,7 @@ def seed_claims(runs, fig_dir, k=500, progress=True):
 
 # ---- the likelihood runs ------------------------------------------------------------------------
 
-def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True):
+def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True, figure="nll_learning_curves.png"):
     fig_dir.mkdir(parents=True, exist_ok=True)
     out = {"protocol": {"k": k, "test_binarization_seed": train_lib.TEST_BINARIZATION_SEED,
                         "binarization": "dynamic (a fresh Bernoulli draw per batch) in training; the test set "
@@ -178,31 +193,38 @@ def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True):
             curves[f"{name} validation -IWAE bound (k={samples})"] = (epochs, [r["val_loss"] for r in history])
     if curves:
         low = min(min(values) for _, values in curves.values())
-        plots.save_curves(curves, fig_dir / "nll_learning_curves.png", "nats per image",
+        plots.save_curves(curves, fig_dir / figure, "nats per image",
                           "MNIST likelihood runs (validation: fixed binarization)",
                           ylim=(low - 2, low + 25))  # the first epochs' 100-200 nats would flatten the rest
     return out
 
 
 def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchmarks/results",
-              fig_dir="docs/figures", quick=False, k=None, max_test_samples=None, verbose="auto"):
+              fig_dir="docs/figures", quick=False, k=None, max_test_samples=None, verbose="auto", data_dirs=None):
     """Train (or reuse, or resume) each stage's runs, evaluate, write the JSON results and figures.
 
     Returns {stage: result dict}. Quick mode (a smoke test of this very path) writes under
-    `root/quick/` unless directories are given.
+    `root/quick/` unless directories are given. `data_dirs` overrides `experiments.DATA_DIRS`
+    (e.g. {"fashion_mnist": DIR}).
     """
+    from kerasae import reproduce_images  # it builds on this module
+
     results_dir, fig_dir = Path(results_dir), Path(fig_dir)
     written = {}
     for stage in stages:
-        names = STAGES[stage]
-        runs = {name: experiments.run(name, root=root, quick=quick, verbose=verbose) for name in names}
+        runs = {name: experiments.run(name, root=root, quick=quick, verbose=verbose, data_dirs=data_dirs)
+                for name in STAGES[stage]}
+        progress = verbose != 0
         if stage == "seed":
-            result = seed_claims(runs, fig_dir, k=k or (20 if quick else 500), progress=verbose != 0)
-        else:
+            result = seed_claims(runs, fig_dir, k=k or (20 if quick else 500), progress=progress)
+        elif stage in ("nll", "resnet-nll"):
             result = nll_results(runs, fig_dir, k=k or (20 if quick else 5000), max_test_samples=max_test_samples,
-                                 progress=verbose != 0)
+                                 progress=progress, figure=f"{RESULT_FILES[stage][:-5]}_learning_curves.png")
+        else:
+            evaluate = {"fashion": reproduce_images.fashion_results, "photos": reproduce_images.photo_results}[stage]
+            result = evaluate(runs, fig_dir, k=k or (20 if quick else reproduce_images.DEFAULT_K), progress=progress)
         result.update(mode="quick" if quick else "full", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        write_json(results_dir / f"{'seed_claims' if stage == 'seed' else 'nll'}.json", result)
+        write_json(results_dir / RESULT_FILES[stage], result)
         written[stage] = result
     return written
 
@@ -225,15 +247,20 @@ def _minutes(seconds):
     return "?" if seconds is None else f"{seconds / 60:.0f} min"
 
 
+def ae_vs_pca_table(rows):
+    """`ae_vs_pca`'s rows as a markdown table."""
+    return _table(["code size", "model", "AE MSE", "PCA MSE", "AE PSNR", "PCA PSNR"],
+                  [[r["code_size"], r["model"], f"{r['ae']['mse_per_pixel']:.4f}", f"{r['pca']['mse_per_pixel']:.4f}",
+                    f"{r['ae']['psnr_db']:.2f}", f"{r['pca']['psnr_db']:.2f}"] for r in rows])
+
+
 def summary(results):
     """Markdown tables of the results (what README's Results section shows)."""
     parts = []
     seed = results.get("seed")
     if seed:
-        parts.append("AE vs PCA at the same code size (test MSE per pixel, PSNR dB):\n\n" + _table(
-            ["code size", "model", "AE MSE", "PCA MSE", "AE PSNR", "PCA PSNR"],
-            [[r["code_size"], r["model"], f"{r['ae']['mse_per_pixel']:.4f}", f"{r['pca']['mse_per_pixel']:.4f}",
-              f"{r['ae']['psnr_db']:.2f}", f"{r['pca']['psnr_db']:.2f}"] for r in seed["ae_vs_pca"]]))
+        parts.append("AE vs PCA at the same code size (test MSE per pixel, PSNR dB):\n\n"
+                     + ae_vs_pca_table(seed["ae_vs_pca"]))
         parts.append("2-D codes, 5-NN test accuracy (fitted on training codes):\n\n" + _table(
             ["codes", "accuracy"], [[k, f"{v:.4f}"] for k, v in seed["knn_2d"]["accuracy"].items()]))
         parts.append("Denoising (PSNR dB vs the clean test images):\n\n" + _table(
@@ -252,11 +279,15 @@ def summary(results):
             ["method", "bytes/image", "PSNR dB"],
             [[r["method"], f"{r['bytes_per_image']:.1f}",
               "lossless" if r["method"] == "PNG" else f"{r['psnr_db']:.2f}"] for r in seed["compression"]]))
-    nll = results.get("nll")
-    if nll:
+    for nll in (results.get("nll"), results.get("resnet-nll")):
+        if not nll:
+            continue
         parts.append(f"MNIST test NLL (IWAE bound, k={nll['protocol']['k']}), nats:\n\n" + _table(
             ["run", "NLL", "ELBO", "active units", "epochs", "training time", "target", "met"],
             [[name, f"{r['test']['nll']:.2f}", f"{r['test']['elbo']:.2f}", r["test"]["active_units"], _epochs(r),
               _minutes(r.get("total_training_time_s", r["training_time_s"])), r["target_nll"], r["meets_target"]]
              for name, r in nll["runs"].items()]))
+    from kerasae import reproduce_images
+
+    parts += reproduce_images.summary_parts(results)
     return "\n\n".join(parts)

@@ -1,6 +1,8 @@
 """Shared fixtures. kerasae pins KERAS_BACKEND=tensorflow itself; quiet TF's C++ logs here."""
 
+import gzip
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -25,6 +27,17 @@ def mnist_binary(mnist_small):
     from kerasae.data import binarize
 
     return binarize(mnist_small.x_train, seed=0)
+
+
+def write_idx(path, array, *, gz=None):
+    """Write `array` as an IDX file (gzipped if the name ends in .gz), independently of read_idx."""
+    code = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
+            np.float32: 0x0D, np.float64: 0x0E}[array.dtype.type]
+    raw = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+           + array.astype(array.dtype.newbyteorder(">")).tobytes())
+    gz = str(path).endswith(".gz") if gz is None else gz
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
 
 
 def run_script(name, *args, cwd, timeout=600):

@@ -1,8 +1,6 @@
 """Tests for kerasae.data: loaders, validation of bad inputs, and the tf.data pipeline."""
 
-import gzip
 import importlib.resources
-import struct
 
 import numpy as np
 import pytest
@@ -12,19 +10,10 @@ from PIL import Image
 from kerasae import data
 from kerasae.data import DataError
 
+from conftest import write_idx
+
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-def write_idx(path, array, *, gz=None):
-    """Write `array` as an IDX file (gzipped if the name ends in .gz), independently of read_idx."""
-    code = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
-            np.float32: 0x0D, np.float64: 0x0E}[array.dtype.type]
-    raw = (bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-           + array.astype(array.dtype.newbyteorder(">")).tobytes())
-    gz = str(path).endswith(".gz") if gz is None else gz
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
 
 
 def write_png(path, value, size=(10, 8), mode="RGB"):

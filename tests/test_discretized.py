@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.special import log_expit, logsumexp
-from scipy.stats import logistic
+from scipy.stats import logistic, norm
 
 import kerasae
 from kerasae import cli, losses
@@ -236,6 +236,51 @@ def test_decoder_distribution_decode_and_score(rng, mnist_small):
     np.testing.assert_allclose(model.score(x).numpy(), kl - log_px, rtol=1e-5)
     with pytest.raises(ValueError, match="decoder_scale"):
         kerasae.build("vae-mlp").decoder_scale()
+
+
+def test_decoder_predicted_scale(rng, mnist_small):
+    """gaussian_scale="decoder": the decoder's second C channels give each image its own scale,
+    softplus(t + offset) + min_scale with the offset putting t = 0 at the learned scales' start (0.1)."""
+    model = _vae(gaussian_scale="decoder")
+    assert model.decoder.output_shape == (None, 28, 28, 2) and not [w for w in model.weights
+                                                                   if "decoder_scale" in w.path]
+    x = mnist_small.x_train[:6]
+    z = rng.normal(size=(6, model.latent_dim)).astype(np.float32)
+    raw = model.decoder(z).numpy().astype(np.float64)
+    loc = 1 / (1 + np.exp(-raw[..., :1]))
+    scale = np.log1p(np.exp(raw[..., 1:] + np.log(np.expm1(0.1 - 1e-3)))) + 1e-3
+    assert np.ptp(scale, axis=0).max() > 1e-3  # the scale differs between images
+    np.testing.assert_allclose(model.decoder_scale(z).numpy(), scale, rtol=1e-5)
+    np.testing.assert_allclose(model.decode(z).numpy(), loc, rtol=1e-5)
+    assert model.decode_logits(z).shape == (6, 28, 28, 1)
+    log_px = _scipy_log_mass(np.round(x * 255.0), loc, scale).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(model.decoder_distribution(z).log_prob(x).numpy(), log_px, rtol=1e-5)
+    np.testing.assert_allclose(model.log_likelihood(x, model.decoder(z)).numpy(), log_px, rtol=1e-5)
+    mean, log_var = (t.numpy() for t in model.encode(x))
+    raw = model.decoder(mean).numpy().astype(np.float64)
+    at_mean = _scipy_log_mass(np.round(x * 255.0), 1 / (1 + np.exp(-raw[..., :1])),
+                              np.log1p(np.exp(raw[..., 1:] + np.log(np.expm1(0.099)))) + 1e-3).sum(axis=(1, 2, 3))
+    kl = 0.5 * np.sum(mean**2 + np.exp(log_var) - log_var - 1.0, axis=-1)
+    np.testing.assert_allclose(model.score(x).numpy(), kl - at_mean, rtol=1e-5)
+    with pytest.raises(ValueError, match="depends on the codes z"):
+        model.decoder_scale()
+    zeroed = _vae(gaussian_scale="decoder")
+    for w in [layer for layer in zeroed.decoder.layers if layer.weights][-1].weights:  # zero output: loc 0.5, scale 0.1
+        w.assign(np.zeros(w.shape, np.float32))
+    loc0, scale0 = (t.numpy() for t in zeroed.decoder_params(z[:2]))
+    np.testing.assert_allclose(loc0, 0.5)
+    np.testing.assert_allclose(scale0, 0.1, rtol=1e-5)
+    gaussian = kerasae.build("vae-mlp-gaussian", hidden_units=(32,), latent_dim=4, gaussian_scale="decoder", seed=0)
+    raw = gaussian.decoder(z).numpy().astype(np.float64)  # a density with the same per-image scale
+    loc, scale = 1 / (1 + np.exp(-raw[..., :1])), np.log1p(np.exp(raw[..., 1:] + np.log(np.expm1(0.099)))) + 1e-3
+    np.testing.assert_allclose(gaussian.log_likelihood(x, gaussian.decoder(z)).numpy(),
+                               norm.logpdf(x, loc, scale).sum(axis=(1, 2, 3)), rtol=1e-5)
+    keras.utils.set_random_seed(0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(mnist_small.x_train[:128], batch_size=64, epochs=3, verbose=0).history
+    assert history["bits_per_dim"][-1] < history["bits_per_dim"][0]
+    clone = kerasae.VAE.from_config(model.get_config())
+    assert clone.gaussian_scale == "decoder" and clone.decoder.output_shape == (None, 28, 28, 2)
 
 
 def test_training_reports_bits_per_dim_and_the_iwae_bound_runs(mnist_small):

@@ -95,6 +95,51 @@ def test_iw_nll_is_tighter_than_the_elbo_and_agrees_with_the_model_bound(vae, mn
     np.testing.assert_array_equal(nll, again)  # seeded draws: reproducible
 
 
+def test_evaluation_batches_keep_the_decoder_within_its_memory_budget():
+    """The MLP keeps the published protocol's 100 images x 500 samples; a residual 32x32x3 decoder (which
+    ran out of 24 GB at that size) gets as many images per call as fit the 2 GiB budget with 500 samples
+    each (~2 MB of activations per sample); small k takes all samples in one chunk."""
+    assert ev.evaluation_batches(kerasae.build("vae-mlp"), 5000) == (100, 500)
+    resnet = kerasae.build("vae-resnet-32")
+    per_image = 4 * sum(int(np.prod(layer.output.shape[1:])) for layer in resnet.decoder.layers)
+    batch, chunk = ev.evaluation_batches(resnet, 5000)
+    assert chunk == 500 and batch * chunk * per_image <= ev.DECODER_MEMORY_BYTES < (batch + 1) * chunk * per_image
+    assert ev.evaluation_batches(resnet, 20)[1] == 20 and ev.evaluation_batches(resnet, 5000, budget=1)[0] == 1
+
+
+def test_an_interrupted_evaluation_resumes_from_its_checkpoint(vae, mnist_binary, tmp_path, monkeypatch):
+    """Killed after two of four batches, the rerun computes only the last two, and the result is bit for bit an
+    uninterrupted run's; the checkpoint is gone at the end."""
+    x, checkpoint = mnist_binary[:32], tmp_path / "eval.partial.npz"
+    want = ev.importance_weighted_nll(vae, x, k=6, batch_size=8, samples_per_chunk=4, progress=False)
+    monkeypatch.setattr(ev, "CHECKPOINT_SECONDS", 0)  # save after every batch
+    make = ev._log_weights_fn
+    calls = []
+
+    def counted(model, fail_at=None):
+        fn = make(model)
+
+        def log_weights(xb, eps):
+            calls.append(len(xb))
+            if len(calls) == fail_at:
+                raise KeyboardInterrupt
+            return fn(xb, eps)
+        return log_weights
+
+    monkeypatch.setattr(ev, "_log_weights_fn", lambda model: counted(model, fail_at=5))  # 2 chunks per batch
+    with pytest.raises(KeyboardInterrupt):
+        ev.importance_weighted_nll(vae, x, k=6, batch_size=8, samples_per_chunk=4, progress=False,
+                                   checkpoint=checkpoint)
+    assert int(np.load(checkpoint)["done"]) == 16
+    calls.clear()
+    monkeypatch.setattr(ev, "_log_weights_fn", counted)
+    got = ev.importance_weighted_nll(vae, x, k=6, batch_size=8, samples_per_chunk=4, progress=False,
+                                     checkpoint=checkpoint)
+    assert calls == [8] * 4 and not checkpoint.exists()  # batches 3 and 4, two chunks each
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_vae_evaluation_cache_is_keyed_by_weights_images_and_k(vae, mnist_binary, tmp_path, monkeypatch):
     cache, x = tmp_path / "cache.json", mnist_binary[:16]
     first = ev.evaluate_vae(vae, x, k=8, progress=False, cache=cache)
@@ -296,8 +341,8 @@ def test_run_data_is_the_runs_split(tiny_run, mnist_small):
 def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     """The whole reproduce path in quick mode: runs, results JSON, figures, zoo export, load_pretrained."""
     root = tmp_path / "root"
-    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--root", root, "--verbose", "0", cwd=tmp_path,
-                      timeout=900)
+    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--stages", "seed,nll,resnet-nll", "--root", root,
+                      "--verbose", "0", cwd=tmp_path, timeout=900)  # the other stages: test_reproduce_images
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, figures = root / "quick" / "results", root / "quick" / "figures"
     seed = json.loads((results / "seed_claims.json").read_text())
@@ -314,8 +359,11 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     assert iwae["model_config"]["num_importance_samples"] == 5 and vae["model_config"]["num_importance_samples"] == 1
     assert iwae["init_from"]["run_dir"] == vae["run_dir"] and iwae["total_epochs"] == 4
     assert iwae["total_training_time_s"] == pytest.approx(vae["training_time_s"] + iwae["training_time_s"], abs=0.2)
+    resnet = json.loads((results / "nll_resnet.json").read_text())["runs"]["vae-resnet-nll"]
+    assert resnet["preset"] == "vae-resnet-28" and resnet["target_nll"] == 84.85 and resnet["epochs"] == 2
+    assert resnet["test"]["nll"] <= -resnet["test"]["elbo"] and resnet["meets_target"] is False  # 2 quick epochs
     for name in ("latent_2d", "denoising", "samples_ae_vs_vae", "interpolation", "vae_manifold",
-                 "reconstructions", "rate_distortion", "nll_learning_curves"):
+                 "reconstructions", "rate_distortion", "nll_learning_curves", "nll_resnet_learning_curves"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name
     assert "AE vs PCA" in proc.stdout and "MNIST test NLL" in proc.stdout
 

@@ -40,6 +40,9 @@ CASES = {
     # The residual preset as it is (GroupNorm: means, a [C, C] matmul, rsqrt; Add) on 8-bit intensities (not
     # binarized): decode exports the logistic's scale; score has round, softplus and the log1mexp series.
     "vae-discretized": ("vae-resnet-28", {"likelihood": "discretized_logistic", "gaussian_scale": "pixel"}),
+    # The scale predicted per image: decode's x_scale comes from the decoder's second C channels.
+    "vae-decoder-scale": ("vae-conv", {"filters": (16, 32), "likelihood": "discretized_logistic",
+                                       "gaussian_scale": "decoder"}),
 }
 EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.export)
     "ae": {"encode": {"z"}, "decode": {"x_mean", "logits"}},
@@ -48,6 +51,7 @@ EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.expo
     "vae-gaussian": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
     "conv": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "logits"}},
     "vae-discretized": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
+    "vae-decoder-scale": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
 }
 ALL_SIGNATURES = {"serving_default", "reconstruct", "encode", "decode", "sample", "score"}
 
@@ -163,6 +167,9 @@ def test_savedmodel_matches_keras_model(exports, name):
     if "logits" in decoded:
         close(decoded["logits"], model.decode_logits(z))
         close(tf.sigmoid(decoded["logits"]), decoded["x_mean"])
+    elif model.scale_from_decoder:  # one scale per pixel of each image
+        close(decoded["x_scale"], model.decoder_scale(z))
+        assert np.ptp(decoded["x_scale"].numpy(), axis=0).max() > 1e-3
     else:
         close(decoded["x_scale"], tf.broadcast_to(model.decoder_scale(), tf.shape(decoded["x_mean"])))
     score = sigs["score"](x=tx)["score"].numpy()

@@ -60,7 +60,10 @@ def test_train_usage_errors_need_no_tensorflow(args, message, tmp_path):
 def test_reproduce_stages_named_for_the_parser_match_reproduce():
     from kerasae import cli, reproduce
 
-    assert cli.REPRODUCE_STAGES == tuple(reproduce.STAGES)
+    from kerasae import experiments
+
+    assert cli.REPRODUCE_STAGES == tuple(reproduce.STAGES) == tuple(reproduce.RESULT_FILES)
+    assert cli.FASHION_MNIST_DIR == experiments.DATA_DIRS["fashion_mnist"]
 
 
 def test_import_kerasae_is_lazy_and_names_resolve(tmp_path):

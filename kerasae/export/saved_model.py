@@ -83,13 +83,12 @@ def _endpoints(model):
         return {"z": f32(model.encode(x))}
 
     def decode(z):
-        logits = model.decode_logits(check(z, z_spec))
-        out = {"x_mean": tf.sigmoid(logits)}  # == model.decode(z)
-        if _scaled(model):
-            out["x_scale"] = tf.broadcast_to(model.decoder_scale(), tf.shape(logits))
-        else:
-            out["logits"] = logits
-        return out
+        z = check(z, z_spec)
+        if _scaled(model):  # one decoder pass for both (its scale may come from the decoder)
+            loc, scale = model.decoder_params(z)
+            return {"x_mean": loc, "x_scale": scale}
+        logits = model.decode_logits(z)
+        return {"x_mean": tf.sigmoid(logits), "logits": logits}  # x_mean == model.decode(z)
 
     def sample(num_samples):
         # tf.random.normal (a stateful op, fresh per call) converts to TFLite's RANDOM_STANDARD_NORMAL
@@ -122,7 +121,7 @@ def keras_outputs(model, signature, **inputs):
     out = {"x_mean": model.decode(inputs["z"])}
     if signature == "decode":
         if _scaled(model):
-            out["x_scale"] = tf.broadcast_to(model.decoder_scale(), tf.shape(out["x_mean"]))
+            out["x_scale"] = model.decoder_params(inputs["z"])[1]
         else:
             out["logits"] = model.decode_logits(inputs["z"])
     return out

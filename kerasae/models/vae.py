@@ -11,7 +11,16 @@ from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, ch
 
 from kerasae.options import LIKELIHOODS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
 #: How a scaled decoder's scale (Gaussian std, logistic scale) is parameterized; the name predates the logistic.
-GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed")
+GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed", "decoder")
+
+
+def _scale_softplus(t):
+    """softplus(t) as ops that TFLite runs in full integer (an int8 `decode`) and without overflow.
+
+    losses.softplus (exact far into the tails, for log-probabilities) needs select ops that int8 files keep
+    in float32; a scale needs no such tails: past t = 15, softplus(t) is t to float32 precision.
+    """
+    return tf.math.log1p(tf.exp(tf.minimum(t, 15.0))) + tf.nn.relu(t - 15.0)
 
 
 @register
@@ -28,7 +37,9 @@ class VAE(BaseAutoencoder):
             and `bits_per_dim` is reported; a Gaussian density on [0, 1] is not one.
         gaussian_scale: the decoder's scale (Gaussian std, logistic scale): "pixel" (learned
             per pixel), "channel" (one learned per colour channel), "shared" (one learned
-            scalar) or "fixed" (`fixed_scale`).
+            scalar), "fixed" (`fixed_scale`) or "decoder" (predicted per pixel and image: the
+            decoder outputs 2C channels, the location's logits then the scale's; a flat patch
+            of sky gets a sharper distribution than a textured one).
         fixed_scale: the scale when gaussian_scale="fixed".
         min_scale: floor added to a learned scale, so constant pixels (MNIST's border)
             cannot drive a Gaussian density to infinity (a discretized likelihood is bounded
@@ -69,13 +80,17 @@ class VAE(BaseAutoencoder):
             raise ValueError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
         self.kl_warmup_steps = kl_warmup_steps
         self._raw_scale = None
-        if self.likelihood in SCALED_LIKELIHOODS and self.gaussian_scale != "fixed":
-            init = max(0.1, 2 * self.min_scale)  # scale at the start; learned from there (softplus keeps it > 0)
+        # decoder-predicted scale: 2C output channels, the extra C mapped to a scale by `_loc_scale`
+        self.scale_from_decoder = self.likelihood in SCALED_LIKELIHOODS and self.gaussian_scale == "decoder"
+        init = max(0.1, 2 * self.min_scale)  # a learned scale's start (softplus keeps it > 0)
+        self._scale_offset = math.log(math.expm1(init - self.min_scale))
+        if self.likelihood in SCALED_LIKELIHOODS and self.gaussian_scale not in ("fixed", "decoder"):
             shape = {"pixel": self.image_shape, "channel": self.image_shape[-1:], "shared": ()}[self.gaussian_scale]
             self._raw_scale = self.add_weight(
                 name="decoder_scale", shape=shape,
-                initializer=keras.initializers.Constant(math.log(math.expm1(init - self.min_scale))))
-        self._build_networks(2 * self.latent_dim)
+                initializer=keras.initializers.Constant(self._scale_offset))
+        self._build_networks(2 * self.latent_dim,
+                             output_channels=2 * self.image_shape[-1] if self.scale_from_decoder else None)
 
     @property
     def metric_names(self):
@@ -114,27 +129,54 @@ class VAE(BaseAutoencoder):
     def prior(self):
         return losses.standard_normal(self.latent_dim)
 
-    def decoder_scale(self):
-        """The decoder's scale (Gaussian std, logistic scale), broadcast to the image shape (float32)."""
+    def decoder_scale(self, z=None):
+        """The decoder's scale (Gaussian std, logistic scale) as float32 [H, W, C], or [B, H, W, C] at codes z
+        when the decoder predicts it (gaussian_scale="decoder", where z is required)."""
         if self.likelihood not in SCALED_LIKELIHOODS:
             raise ValueError(f"decoder_scale() is defined for likelihood in {list(SCALED_LIKELIHOODS)} only")
+        if self.scale_from_decoder:
+            if z is None:
+                raise ValueError('decoder_scale(z): with gaussian_scale="decoder" the scale depends on the codes z')
+            return self.decoder_params(z)[1]
         if self._raw_scale is None:
             scale = tf.constant(self.fixed_scale, tf.float32)
         else:
             scale = tf.nn.softplus(tf.cast(self._raw_scale, tf.float32)) + self.min_scale
         return tf.broadcast_to(scale, self.image_shape)
 
+    def _loc_scale(self, output):
+        """The decoder's raw output [..., H, W, C or 2C] -> (location in [0, 1], scale), float32."""
+        output = tf.cast(output, tf.float32)
+        if not self.scale_from_decoder:
+            return tf.sigmoid(output), self.decoder_scale()
+        c = self.image_shape[-1]
+        # the offset starts a zero output where learned scales start
+        scale = _scale_softplus(output[..., c:] + self._scale_offset) + self.min_scale
+        return tf.sigmoid(output[..., :c]), scale
+
+    def decode_logits(self, z, training=False):
+        """The location's logits [B, H, W, C] (the decoder's scale channels, if any, left out)."""
+        return super().decode_logits(z, training=training)[..., :self.image_shape[-1]]
+
+    def decoder_params(self, z, training=False):
+        """p(x|z)'s (location, scale) at codes z, each [B, H, W, C] float32 (scaled likelihoods only)."""
+        if self.likelihood not in SCALED_LIKELIHOODS:
+            raise ValueError(f"decoder_params() is defined for likelihood in {list(SCALED_LIKELIHOODS)} only")
+        loc, scale = self._loc_scale(self.decoder(self.check_codes(z), training=training))
+        return loc, tf.broadcast_to(scale, tf.shape(loc))
+
     def likelihood_from_logits(self, logits):
+        """p(x|z) from the decoder's raw output (logits; for gaussian_scale="decoder" also the scale channels)."""
         if self.likelihood == "bernoulli":
             return losses.bernoulli_likelihood(logits)
-        loc = tf.sigmoid(tf.cast(logits, tf.float32))
+        loc, scale = self._loc_scale(logits)
         if self.likelihood == "discretized_logistic":
-            return losses.discretized_logistic_likelihood(loc, self.decoder_scale())
-        return losses.gaussian_likelihood(loc, self.decoder_scale())
+            return losses.discretized_logistic_likelihood(loc, scale)
+        return losses.gaussian_likelihood(loc, scale)
 
     def decoder_distribution(self, z, training=False):
         """p(x|z) as a TFP distribution with image-shaped events."""
-        return self.likelihood_from_logits(self.decode_logits(z, training=training))
+        return self.likelihood_from_logits(self.decoder(self.check_codes(z), training=training))
 
     def reconstruct(self, x, training=False):
         """sigmoid(decoder logits) at z = the posterior mean (deterministic): see the class docstring."""
@@ -158,17 +200,18 @@ class VAE(BaseAutoencoder):
     # ---- training --------------------------------------------------------------------------
 
     def log_likelihood(self, x, logits):
-        """log p(x|z) summed over the image, from decoder logits [..., B, H, W, C] (leading axes broadcast).
+        """log p(x|z) summed over the image, from the decoder's raw output [..., B, H, W, C or 2C] (leading axes
+        broadcast).
 
         The closed form of `likelihood_from_logits(logits).log_prob(x)` that training and
         evaluation use (cheaper; tested equal to the TFP distribution).
         """
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_prob(x, logits)
-        loc = tf.sigmoid(tf.cast(logits, tf.float32))
+        loc, scale = self._loc_scale(logits)
         if self.likelihood == "discretized_logistic":
-            return losses.discretized_logistic_log_prob(x, loc, self.decoder_scale())
-        return losses.gaussian_log_prob(x, loc, self.decoder_scale())
+            return losses.discretized_logistic_log_prob(x, loc, scale)
+        return losses.gaussian_log_prob(x, loc, scale)
 
     def sample_terms(self, x, eps, training=False):
         """Per-sample terms at z = mean + sigma * eps for noise eps [k, B, latent_dim].
@@ -180,7 +223,7 @@ class VAE(BaseAutoencoder):
         mean, log_var = self._posterior_params(x, training)
         z = mean + tf.exp(0.5 * log_var) * eps  # reparameterized, [k, B, D]
         logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
-        logits = tf.reshape(logits, [tf.shape(eps)[0], -1, *self.image_shape])  # [k, B, H, W, C]
+        logits = tf.reshape(logits, [tf.shape(eps)[0], -1, *self.image_shape[:2], logits.shape[-1]])  # [k, B, H, W, C]
         return (self.log_likelihood(x, logits), losses.standard_normal_log_prob(z),
                 losses.reparameterized_log_prob(eps, log_var), losses.kl_to_standard_normal(mean, log_var))
 
