@@ -72,7 +72,7 @@ def _grid(images, cols):
     return plots.image_grid(np.asarray(images), cols)
 
 
-def _interpolations(model, x, pairs, steps=10):
+def interpolations(model, x, pairs, steps=10):
     rows = []
     for a, b in pairs:
         za, zb = ev.codes(model, x[[a, b]])
@@ -138,8 +138,8 @@ def seed_claims(runs, fig_dir, k=500, progress=True):
     plots.save_panels([("AE decoder (ae-mlp-32), z ~ N(0, I)", _grid(ae32.sample(64, seed=0).numpy(), 8)),
                        ("VAE decoder (vae-mlp), z ~ N(0, I)", _grid(vae32.sample(64, seed=0).numpy(), 8))],
                       fig_dir / "samples_ae_vs_vae.png")
-    plots.save_panels([("AE (ae-mlp-32)", _grid(_interpolations(ae32, x_test, INTERPOLATION_PAIRS), 10)),
-                       ("VAE (vae-mlp)", _grid(_interpolations(vae32, x_test, INTERPOLATION_PAIRS), 10))],
+    plots.save_panels([("AE (ae-mlp-32)", _grid(interpolations(ae32, x_test, INTERPOLATION_PAIRS), 10)),
+                       ("VAE (vae-mlp)", _grid(interpolations(vae32, x_test, INTERPOLATION_PAIRS), 10))],
                       fig_dir / "interpolation.png", suptitle="Linear interpolation between test digits' codes")
     out["prior_match"] = {name: ev.mmd_to_prior(ev.codes(models[name], x_test))
                           for name in ("ae-mlp-seed", "vae-mlp-2d", "ae-mlp-32", "vae-mlp")}
@@ -231,7 +231,7 @@ def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchm
 
 # ---- tables -------------------------------------------------------------------------------------
 
-def _table(header, rows):
+def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -249,7 +249,7 @@ def _minutes(seconds):
 
 def ae_vs_pca_table(rows):
     """`ae_vs_pca`'s rows as a markdown table."""
-    return _table(["code size", "model", "AE MSE", "PCA MSE", "AE PSNR", "PCA PSNR"],
+    return markdown_table(["code size", "model", "AE MSE", "PCA MSE", "AE PSNR", "PCA PSNR"],
                   [[r["code_size"], r["model"], f"{r['ae']['mse_per_pixel']:.4f}", f"{r['pca']['mse_per_pixel']:.4f}",
                     f"{r['ae']['psnr_db']:.2f}", f"{r['pca']['psnr_db']:.2f}"] for r in rows])
 
@@ -261,28 +261,29 @@ def summary(results):
     if seed:
         parts.append("AE vs PCA at the same code size (test MSE per pixel, PSNR dB):\n\n"
                      + ae_vs_pca_table(seed["ae_vs_pca"]))
-        parts.append("2-D codes, 5-NN test accuracy (fitted on training codes):\n\n" + _table(
+        parts.append("2-D codes, 5-NN test accuracy (fitted on training codes):\n\n" + markdown_table(
             ["codes", "accuracy"], [[k, f"{v:.4f}"] for k, v in seed["knn_2d"]["accuracy"].items()]))
-        parts.append("Denoising (PSNR dB vs the clean test images):\n\n" + _table(
+        parts.append("Denoising (PSNR dB vs the clean test images):\n\n" + markdown_table(
             ["model", "noise", "noisy", "reconstructed", "gain"],
             [[m, f"{r['noise']} {r['level']}", f"{r['psnr_noisy_db']:.2f}", f"{r['psnr_denoised_db']:.2f}",
               f"{r['gain_db']:+.2f}"] for m, rows in seed["denoising"].items() for r in rows]))
-        parts.append("Do the test codes follow N(0, I)? (MMD^2; the prior-vs-prior row is the noise floor):\n\n" + _table(
+        parts.append("Do the test codes follow N(0, I)? (MMD^2; the prior-vs-prior row is the noise floor):\n\n"
+                     + markdown_table(
             ["model", "MMD^2", "prior vs prior", "|mean of codes|", "mean std of codes"],
             [[m, f"{r['mmd2']:.4f}", f"{r['mmd2_prior_vs_prior']:.4f}", f"{r['code_mean_norm']:.3f}",
               f"{r['code_std_mean']:.3f}"] for m, r in seed["prior_match"].items() if isinstance(r, dict)]))
-        parts.append("VAEs (nats per image, fixed test binarization):\n\n" + _table(
+        parts.append("VAEs (nats per image, fixed test binarization):\n\n" + markdown_table(
             ["model", "ELBO", f"NLL (k={next(iter(seed['vae'].values()))['k']})", "active units", "KL"],
             [[m, f"{r['elbo']:.2f}", f"{r['nll']:.2f}", r["active_units"], f"{r['kl']:.2f}"]
              for m, r in seed["vae"].items()]))
-        parts.append("Compression (bytes per image; AE: 8-bit code only, decoder shared):\n\n" + _table(
+        parts.append("Compression (bytes per image; AE: 8-bit code only, decoder shared):\n\n" + markdown_table(
             ["method", "bytes/image", "PSNR dB"],
             [[r["method"], f"{r['bytes_per_image']:.1f}",
               "lossless" if r["method"] == "PNG" else f"{r['psnr_db']:.2f}"] for r in seed["compression"]]))
     for nll in (results.get("nll"), results.get("resnet-nll")):
         if not nll:
             continue
-        parts.append(f"MNIST test NLL (IWAE bound, k={nll['protocol']['k']}), nats:\n\n" + _table(
+        parts.append(f"MNIST test NLL (IWAE bound, k={nll['protocol']['k']}), nats:\n\n" + markdown_table(
             ["run", "NLL", "ELBO", "active units", "epochs", "training time", "target", "met"],
             [[name, f"{r['test']['nll']:.2f}", f"{r['test']['elbo']:.2f}", r["test"]["active_units"], _epochs(r),
               _minutes(r.get("total_training_time_s", r["training_time_s"])), r["target_nll"], r["meets_target"]]

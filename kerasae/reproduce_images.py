@@ -114,14 +114,14 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
     plots.save_image(_grid(model.sample(64, seed=0).numpy(), 8), fig_dir / "photos_samples.png",
                      "photos-vae-resnet-32: decoded z ~ N(0, I)")
     pairs = [(i, i + len(x_test) // 2) for i in range(0, len(x_test) // 2, max(1, len(x_test) // 8))][:4]
-    plots.save_image(_grid(mnist_stages._interpolations(model, x_test, pairs), 10),
+    plots.save_image(_grid(mnist_stages.interpolations(model, x_test, pairs), 10),
                      fig_dir / "photos_interpolation.png", "Linear interpolation between test patches' codes")
     return out
 
 
 def summary_parts(results):
     """Markdown tables of these stages' results (reproduce.summary adds them)."""
-    table = mnist_stages._table
+    table = mnist_stages.markdown_table
     parts = []
     fashion = results.get("fashion")
     if fashion:
