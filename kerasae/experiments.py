@@ -37,7 +37,7 @@ class Experiment:
 #: Fashion-MNIST: the IDX files of Debian's `dataset-fashion-mnist` package (`apt install dataset-fashion-mnist`).
 DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 #: Data the runs build themselves, as ROOT/MODE/data/NAME.npz (spec "npz:{data}/NAME.npz"): NAME -> writer(path).
-BUILT_DATA = {"photos-32": lambda path: photos.write_patches(path, size=32, train_stride=16)}
+BUILT_DATA = {"photos-32": lambda path: photos.write_patches(path, size=32)}
 
 #: Every quick run: a few epochs on a slice of MNIST (minutes on 2 CPU cores, all runs together).
 QUICK = dict(epochs=2, max_train_samples=3000, max_test_samples=500, validation_size=500)

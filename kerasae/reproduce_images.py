@@ -25,10 +25,6 @@ def _codecs(x):
     return {codec: float(ev.lossless_bits_per_dim(x, codec).mean()) for codec in ev.LOSSLESS_CODECS}
 
 
-def _grid(images, cols):
-    return plots.image_grid(np.asarray(images), cols)
-
-
 # ---- Fashion-MNIST ------------------------------------------------------------------------------
 
 def fashion_results(runs, fig_dir, k=DEFAULT_K, progress=True):
@@ -49,7 +45,7 @@ def fashion_results(runs, fig_dir, k=DEFAULT_K, progress=True):
     plots.save_panels([(f"{name}: test images / reconstructions",
                         plots.reconstruction_grid(x_test[:10], ev.reconstruct(models[name], x_test[:10])))
                        for name in mnist_stages.STAGES["fashion"]], fig_dir / "fashion_reconstructions.png", cols=1)
-    plots.save_image(_grid(vae.sample(64, seed=0).numpy(), 8), fig_dir / "fashion_vae_samples.png",
+    plots.save_image(plots.image_grid(vae.sample(64, seed=0).numpy(), 8), fig_dir / "fashion_vae_samples.png",
                      "fashion-vae: decoded z ~ N(0, I) (location of p(x|z))")
     return out
 
@@ -70,18 +66,16 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
     data, x_train = ev.run_data(run_dir)
     names = photos.TRAIN_PHOTOS + photos.TEST_PHOTOS  # y is an index into these (patch_dataset's `names`)
     x_test, y_test = data.x_test, data.y_test
-    per_photo, counts = {}, []
-    for index in np.unique(y_test):
-        xs = x_test[y_test == index]
-        name = names[index]
+    tiles = {names[index]: x_test[y_test == index] for index in np.unique(y_test)}
+    per_photo = {}
+    for name, xs in tiles.items():
         full = photos.load_photo(name)[None] / 255.0
         per_photo[name] = {"num_patches": len(xs),
                            "vae": ev.evaluate_vae(model, xs, k=k, progress=progress,
                                                   cache=run_dir / ev.EVALUATION_CACHE),
                            "codecs_per_patch": _codecs(xs),
                            "codecs_whole_photo": _codecs(full), "photo_shape": list(full.shape[1:])}
-        counts.append(len(xs))
-    weights = np.array(counts) / sum(counts)
+    weights = np.array([len(xs) for xs in tiles.values()]) / len(x_test)
 
     def mean(get):
         return float(sum(w * get(r) for w, r in zip(weights, per_photo.values())))
@@ -90,7 +84,7 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
            "data": {"train_photos": list(photos.TRAIN_PHOTOS), "test_photos": list(photos.TEST_PHOTOS),
                     "patch": list(model.image_shape), "num_train": len(x_train),
                     "num_validation": len(data.x_train) - len(x_train), "num_test": len(x_test),
-                    "train_stride": 16, "test_stride": model.image_shape[0]},
+                    "train_stride": photos.TRAIN_STRIDE, "test_stride": model.image_shape[0]},
            "test": {"nll_bits_per_dim": mean(lambda r: r["vae"]["nll_bits_per_dim"]),
                     "elbo_bits_per_dim": mean(lambda r: r["vae"]["elbo_bits_per_dim"]), "k": k,
                     **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c]) for c in ev.LOSSLESS_CODECS}},
@@ -101,20 +95,19 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
                            "test": "means over all test patches (each photograph weighted by its patches)"}}
 
     # Figures: each test photograph next to its tile-by-tile reconstruction; samples; interpolations.
-    panels = []
-    for index in np.unique(y_test):
-        xs = x_test[y_test == index]
-        shape = per_photo[names[index]]["photo_shape"]
-        if len(xs) != (shape[0] // len(xs[0])) * (shape[1] // len(xs[0])):  # some tiles left out (max_test_samples)
+    panels, size = [], model.image_shape[0]
+    for name, xs in tiles.items():
+        shape = per_photo[name]["photo_shape"]
+        if len(xs) != (shape[0] // size) * (shape[1] // size):  # some tiles left out (max_test_samples)
             continue
-        panels.append((f"{names[index]}: test tiles", _tiles_to_photo(xs, shape)))
-        panels.append((f"{names[index]}: reconstructed tile by tile (posterior mean, location of p(x|z))",
+        panels.append((f"{name}: test tiles", _tiles_to_photo(xs, shape)))
+        panels.append((f"{name}: reconstructed tile by tile (posterior mean, location of p(x|z))",
                        _tiles_to_photo(ev.reconstruct(model, xs), shape)))
     plots.save_panels(panels, fig_dir / "photos_reconstructions.png", cols=2)
-    plots.save_image(_grid(model.sample(64, seed=0).numpy(), 8), fig_dir / "photos_samples.png",
+    plots.save_image(plots.image_grid(model.sample(64, seed=0).numpy(), 8), fig_dir / "photos_samples.png",
                      "photos-vae-resnet-32: decoded z ~ N(0, I)")
     pairs = [(i, i + len(x_test) // 2) for i in range(0, len(x_test) // 2, max(1, len(x_test) // 8))][:4]
-    plots.save_image(_grid(mnist_stages.interpolations(model, x_test, pairs), 10),
+    plots.save_image(plots.image_grid(mnist_stages.interpolations(model, x_test, pairs), 10),
                      fig_dir / "photos_interpolation.png", "Linear interpolation between test patches' codes")
     return out
 

@@ -22,6 +22,8 @@ from kerasae.files import atomic_path
 TRAIN_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry",
                 "hubble_deep_field", "retina")
 TEST_PHOTOS = ("chelsea", "coffee")
+#: Training patches start every TRAIN_STRIDE pixels (half a 32x32 patch: neighbours overlap by half).
+TRAIN_STRIDE = 16
 
 
 def load_photo(name):
@@ -67,7 +69,7 @@ def augment(patches, rng):
     return out
 
 
-def patch_dataset(size=32, train_stride=16, seed=0, photos=None, augmented=True):
+def patch_dataset(size=32, train_stride=TRAIN_STRIDE, seed=0, photos=None, augmented=True):
     """x_train/y_train (overlapping patches of the training photos, shuffled, each `augment`ed unless
     augmented=False), x_test/y_test (tiles of the test photos as they are, in photo then row-major order);
     y is the index of the patch's photo in `names`.
@@ -91,7 +93,7 @@ def patch_dataset(size=32, train_stride=16, seed=0, photos=None, augmented=True)
     return {**split, "names": np.array(names)}
 
 
-def write_patches(path, size=32, train_stride=16, seed=0, photos=None, augmented=True):
+def write_patches(path, size=32, train_stride=TRAIN_STRIDE, seed=0, photos=None, augmented=True):
     """Write `patch_dataset(...)` as an .npz (for `--dataset npz:PATH`), atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
