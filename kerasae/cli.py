@@ -18,7 +18,8 @@ from kerasae.files import ModelFileError
 
 # flag -> (model kwarg, the family it applies to, or None for all)
 _MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", "vae"),
-                "beta": ("beta", "vae"), "k": ("num_importance_samples", "vae")}
+                "beta": ("beta", "vae"), "k": ("num_importance_samples", "vae"), "prior": ("prior_type", "vae"),
+                "pseudo_inputs": ("num_pseudo_inputs", "vae")}
 
 
 def _int_at_least(low):
@@ -105,6 +106,10 @@ def build_train_parser():
     g.add_argument("--likelihood", choices=options.LIKELIHOODS, help="VAE decoder likelihood")
     g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
     g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
+    g.add_argument("--prior", choices=options.PRIORS,
+                   help="VAE: p(z), N(0, I) (standard) or the VampPrior (vamp: a mixture of the encoder's posteriors "
+                        "of learned pseudo-inputs)")
+    g.add_argument("--pseudo-inputs", type=_positive_int, help="VAE with --prior vamp: pseudo-inputs (default 500)")
     g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
                    help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
     g.add_argument("--init-from", metavar="MODEL.keras|zoo:NAME",
@@ -331,7 +336,7 @@ def evaluate_main(argv=None):
 
 
 #: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
-REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll")
+REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll", "hvae-nll")
 #: `experiments.DATA_DIRS["fashion_mnist"]` (same reason; the same test keeps them equal).
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

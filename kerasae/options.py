@@ -15,6 +15,9 @@ NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 #: VAE decoder likelihoods (see `kerasae.models.vae`); the scaled ones learn (or fix) a decoder scale.
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 SCALED_LIKELIHOODS = ("gaussian", "discretized_logistic")
+#: A VAE's p(z): N(0, I), or the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of
+#: learned pseudo-inputs.
+PRIORS = ("standard", "vamp")
 COLOR_MODES = ("grayscale", "rgb")
 DATA_MODES = ("auto", "memory", "stream")  # in memory or read while training; see kerasae.data.open_dataset
 #: Exported signatures; reconstruct first, it becomes serving_default.

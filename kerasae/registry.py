@@ -95,7 +95,8 @@ def build(name, **overrides):
 
 # The built-in classes' families, so registering them imports nothing.
 _AE, _DAE, _VAE = "kerasae.models:Autoencoder", "kerasae.models:DenoisingAutoencoder", "kerasae.models:VAE"
-_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae"}
+_HVAE = "kerasae.models:HierarchicalVAE"
+_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae"}
 
 _MLP = dict(arch="mlp", hidden_units=(512, 256))
 _CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
@@ -129,6 +130,16 @@ register_preset("vae-conv", _VAE, "Convolutional VAE, conv 32-64, 32-D latent, B
 register_preset("vae-mlp-gaussian", _VAE,
                 "MLP VAE 784-512-256-32 with a Gaussian decoder (learned shared std) on intensities in [0, 1].",
                 **_MLP, latent_dim=32, likelihood="gaussian", gaussian_scale="shared")
+register_preset("vae-mlp-vamp", _VAE, "MLP VAE 784-512-256-32 with a VampPrior (500 learned pseudo-inputs), "
+                "Bernoulli decoder.", **_MLP, latent_dim=32, likelihood="bernoulli", prior_type="vamp",
+                num_pseudo_inputs=500)
+# Two stochastic layers (z1, z2: 40 each) in the layout of Tomczak & Welling's HVAE, ReLU where they gate.
+_HIERARCHICAL = dict(arch="mlp", hidden_units=(300, 300), latent_dims=(40, 40), stochastic_units=300,
+                     likelihood="bernoulli")
+register_preset("hvae-mlp", _HVAE, "Two-layer hierarchical MLP VAE: q(z2|x) q(z1|x,z2), p(z2) p(z1|z2) p(x|z1,z2), "
+                "z1 and z2 40-D, Dense 300s, Bernoulli decoder.", **_HIERARCHICAL)
+register_preset("hvae-mlp-vamp", _HVAE, "The two-layer hierarchical MLP VAE with a VampPrior on z2 (500 learned "
+                "pseudo-inputs).", **_HIERARCHICAL, prior_type="vamp", num_pseudo_inputs=500)
 register_preset("iwae-mlp", _VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
                 **_MLP, latent_dim=32, likelihood="bernoulli", num_importance_samples=5)
 

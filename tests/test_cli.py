@@ -69,9 +69,26 @@ def _usage_error(argv, capsys):
     (["--arch", "vae", "--noise", "gaussian:0.3"], "--noise applies to dae presets"),
     (["--image-size", "0x5"], "argument --image-size"),
     (["--export", "../escape"], "--export: name must be"),
+    (["--prior", "gmm"], "argument --prior: invalid choice: 'gmm'"),
+    (["--arch", "ae", "--prior", "vamp"], "--prior applies to vae presets, not ae-mlp-seed"),
+    (["--pseudo-inputs", "0"], "argument --pseudo-inputs: must be an integer >= 1"),
 ])
 def test_bad_arguments(argv, message, capsys):
     assert message in _usage_error(argv, capsys)
+
+
+def test_a_hierarchical_vaes_latent_dim_is_its_layers_sum(capsys, tmp_path):
+    argv = ["--preset", "hvae-mlp", "--latent-dim", "7", "--out", str(tmp_path / "run"), *TINY]
+    assert "latent_dim is the sum of latent_dims (40, 40)" in _usage_error(argv, capsys)
+
+
+def test_prior_flags_reach_the_model():
+    parser = cli.build_train_parser()
+    config = cli.config_from_args(parser, parser.parse_args(["--preset", "hvae-mlp", "--prior", "vamp",
+                                                             "--pseudo-inputs", "20"]))
+    assert config.model_kwargs == {"prior_type": "vamp", "num_pseudo_inputs": 20}
+    model = kerasae.build(config.preset, **config.model_kwargs)
+    assert model.prior_type == "vamp" and tuple(model.pseudo_inputs.shape) == (20, 28, 28, 1)
 
 
 @pytest.mark.parametrize("dataset,message", [

@@ -95,8 +95,10 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     copy = model.clone()  # the same, in one call (fine-tuning with other training settings builds on it)
     assert type(copy) is type(model) and copy.get_config() == config
     np.testing.assert_array_equal(copy.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    wider = ({"latent_dims": (model.latent_dims[0], model.latent_dims[1] + 1)} if hasattr(model, "latent_dims")
+             else {"latent_dim": model.latent_dim + 1})  # a hierarchical VAE's latent_dim is their sum
     with pytest.raises(ValueError, match="change the architecture"):
-        model.clone(latent_dim=model.latent_dim + 1)
+        model.clone(**wider)
 
     # .keras round trip gives identical outputs, with the class and its training step back
     path = tmp_path / f"{name}.keras"

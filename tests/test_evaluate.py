@@ -341,8 +341,8 @@ def test_run_data_is_the_runs_split(tiny_run, mnist_small):
 def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     """The whole reproduce path in quick mode: runs, results JSON, figures, zoo export, load_pretrained."""
     root = tmp_path / "root"
-    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--stages", "seed,nll,resnet-nll", "--root", root,
-                      "--verbose", "0", cwd=tmp_path, timeout=900)  # the other stages: test_reproduce_images
+    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--stages", "seed,nll,resnet-nll,hvae-nll",
+                      "--root", root, "--verbose", "0", cwd=tmp_path, timeout=900)  # the other stages: test_reproduce_images
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, figures = root / "quick" / "results", root / "quick" / "figures"
     seed = json.loads((results / "seed_claims.json").read_text())
@@ -362,8 +362,14 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     resnet = json.loads((results / "nll_resnet.json").read_text())["runs"]["vae-resnet-nll"]
     assert resnet["preset"] == "vae-resnet-28" and resnet["target_nll"] == 84.85 and resnet["epochs"] == 2
     assert resnet["test"]["nll"] <= -resnet["test"]["elbo"] and resnet["meets_target"] is False  # 2 quick epochs
+    hvae = json.loads((results / "nll_hvae.json").read_text())["runs"]
+    assert set(hvae) == {"hvae-nll", "hvae-iwae-nll"} and hvae["hvae-iwae-nll"]["target_nll"] == 82.5
+    assert hvae["hvae-iwae-nll"]["init_from"]["run_dir"] == hvae["hvae-nll"]["run_dir"]
+    assert hvae["hvae-iwae-nll"]["model_config"]["latent_dims"] == [40, 40]
+    assert all(r["test"]["nll"] <= -r["test"]["elbo"] for r in hvae.values())
     for name in ("latent_2d", "denoising", "samples_ae_vs_vae", "interpolation", "vae_manifold",
-                 "reconstructions", "rate_distortion", "nll_learning_curves", "nll_resnet_learning_curves"):
+                 "reconstructions", "rate_distortion", "nll_learning_curves", "nll_resnet_learning_curves",
+                 "nll_hvae_learning_curves"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name
     assert "AE vs PCA" in proc.stdout and "MNIST test NLL" in proc.stdout
 

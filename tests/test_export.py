@@ -43,6 +43,9 @@ CASES = {
     # The scale predicted per image: decode's x_scale comes from the decoder's second C channels.
     "vae-decoder-scale": ("vae-conv", {"filters": (16, 32), "likelihood": "discretized_logistic",
                                        "gaussian_scale": "decoder"}),
+    # Two stochastic layers under a VampPrior: sample draws a pseudo-input's posterior (MULTINOMIAL, GATHER) for
+    # z2, then z1 from p(z1|z2); score adds the log-mean-exp KL approximation and the z1 layer's Gaussian KL.
+    "hvae-vamp": ("hvae-mlp-vamp", {"num_pseudo_inputs": 50}),
 }
 EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.export)
     "ae": {"encode": {"z"}, "decode": {"x_mean", "logits"}},
@@ -52,6 +55,7 @@ EXPECTED_OUTPUTS = {  # the contract, written out (not derived from kerasae.expo
     "conv": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "logits"}},
     "vae-discretized": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
     "vae-decoder-scale": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "x_scale"}},
+    "hvae-vamp": {"encode": {"z_mean", "z_log_var"}, "decode": {"x_mean", "logits"}},
 }
 ALL_SIGNATURES = {"serving_default", "reconstruct", "encode", "decode", "sample", "score"}
 
@@ -303,10 +307,10 @@ def test_tflite_files_are_builtin_only_and_match_the_savedmodel(exports, name):
         bare = _litert(path, delegates=False)
         ops = {op["op_name"] for op in bare._get_ops_details()}
         assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops), (file_name, ops)
-        if variant == "int8":  # full integer: only boundary (de)quantization and the N(0, I) draw see float32
+        if variant == "int8":  # full integer: only boundary (de)quantization and sample's draws see float32
             dtypes = {t["index"]: t["dtype"] for t in bare.get_tensor_details()}
-            for op in bare._get_ops_details():
-                if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL"):
+            for op in bare._get_ops_details():  # the draws: N(0, I) noise, a VampPrior's component (zero logits)
+                if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"):
                     assert all(dtypes[i] != np.float32 for i in [*op["inputs"], *op["outputs"]] if i >= 0), \
                         (file_name, op["op_name"])
             assert case.manifest["tflite"]["files"][file_name]["quantization"]["outputs"]

@@ -94,7 +94,7 @@ def _endpoints(model):
         # tf.random.normal (a stateful op, fresh per call) converts to TFLite's RANDOM_STANDARD_NORMAL
         # builtin; keras.random with a SeedGenerator would need Flex ops LiteRT cannot run.
         num_samples = check(num_samples, n_spec)
-        z = tf.random.normal(tf.stack([tf.maximum(num_samples, 0), model.latent_dim]))
+        z = model.sample_codes(tf.maximum(num_samples, 0))  # seed None: stateful ops
         return {"z": z, "x_mean": model.decode(z)}
 
     def score(x):

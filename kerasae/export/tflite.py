@@ -17,9 +17,10 @@ from kerasae.export.errors import ExportError
 from kerasae.export.saved_model import _codes
 from kerasae.options import VARIANTS
 
-#: Ops an int8 file may run in float: the boundary (de)quantization and the N(0, I) draw of
-#: `sample` (TFLite has no int8 random kernel; the draw is quantized at once).
-_INT8_FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL"}
+#: Ops an int8 file may run in float: the boundary (de)quantization and `sample`'s random draws, the
+#: N(0, I) noise and a VampPrior's component (TFLite has no int8 random kernels; the noise is quantized at
+#: once, the component is an integer index).
+_INT8_FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"}
 
 
 def _litert():

@@ -3,6 +3,7 @@
 from kerasae.models.ae import Autoencoder
 from kerasae.models.base import BaseAutoencoder
 from kerasae.models.dae import DenoisingAutoencoder
+from kerasae.models.hvae import HierarchicalVAE
 from kerasae.models.vae import VAE
 
-__all__ = ["Autoencoder", "BaseAutoencoder", "DenoisingAutoencoder", "VAE"]
+__all__ = ["Autoencoder", "BaseAutoencoder", "DenoisingAutoencoder", "HierarchicalVAE", "VAE"]

@@ -232,8 +232,11 @@ class BaseAutoencoder(keras.Model):
 
         For a plain AE this shows how poorly its code space matches the prior.
         """
-        n = check_positive_int("n", n)
-        return self.decode(draw("normal", [n, self.latent_dim], seed))
+        return self.decode(self.sample_codes(check_positive_int("n", n), seed))
+
+    def sample_codes(self, n, seed=None):
+        """n codes from the prior: N(0, I), [n, latent_dim]; `n` may be a scalar tensor."""
+        return draw("normal", tf.stack([n, self.latent_dim]), seed)
 
     def latent_codes(self, x, batch_size=1000):
         """Codes of x as a numpy array, in batches: z for AEs, the posterior mean for VAEs."""

@@ -9,7 +9,7 @@ from kerasae import losses
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
-from kerasae.options import LIKELIHOODS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
+from kerasae.options import LIKELIHOODS, PRIORS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
 #: How a scaled decoder's scale (Gaussian std, logistic scale) is parameterized; the name predates the logistic.
 GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed", "decoder")
 
@@ -51,6 +51,12 @@ class VAE(BaseAutoencoder):
             training steps (Sønderby et al. 2016): early on the decoder learns to use z
             before the KL pushes unused units to the prior, so more units stay active.
             0: no warm-up. Evaluation always uses `beta`.
+        prior_type: "standard" (p(z) = N(0, I)) or "vamp": the VampPrior, p(z) = (1/K) sum_k q(z | u_k)
+            over K learned pseudo-images u_k (weights `pseudo_inputs`, clipped to [0, 1]), the
+            encoder's own posteriors. Its KL has no closed form: training uses the Monte Carlo
+            estimate log q(z|x) - log p(z) at the sampled z (the `kl` metric), `score` Hershey &
+            Olsen's variational approximation (`losses.mixture_kl`).
+        num_pseudo_inputs: K, for prior_type="vamp".
 
     Metrics (nats per example): `loss` (the training objective), `reconstruction_loss`
     (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (analytic KL(q || p)) and
@@ -67,7 +73,8 @@ class VAE(BaseAutoencoder):
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
                  filters=(32, 64), activation="relu", likelihood="bernoulli", gaussian_scale="shared",
-                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, kl_warmup_steps=0, **kwargs):
+                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, kl_warmup_steps=0,
+                 prior_type="standard", num_pseudo_inputs=500, **kwargs):
         super().__init__(image_shape=image_shape, latent_dim=latent_dim, arch=arch, hidden_units=hidden_units,
                          filters=filters, activation=activation, **kwargs)
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
@@ -79,6 +86,13 @@ class VAE(BaseAutoencoder):
         if isinstance(kl_warmup_steps, bool) or not isinstance(kl_warmup_steps, int) or kl_warmup_steps < 0:
             raise ValueError(f"kl_warmup_steps must be a non-negative integer, got {kl_warmup_steps!r}")
         self.kl_warmup_steps = kl_warmup_steps
+        self.prior_type = check_choice("prior_type", prior_type, PRIORS)
+        self.num_pseudo_inputs = check_positive_int("num_pseudo_inputs", num_pseudo_inputs)
+        self.pseudo_inputs = None
+        if self.prior_type == "vamp":  # grey images with a little noise: inside the clip, so every pixel learns
+            self.pseudo_inputs = self.add_weight(
+                name="pseudo_inputs", shape=(self.num_pseudo_inputs, *self.image_shape),
+                initializer=keras.initializers.RandomNormal(0.5, 0.05, seed=self.seed))
         self._raw_scale = None
         # decoder-predicted scale: 2C output channels, the extra C mapped to a scale by `_loc_scale`
         self.scale_from_decoder = self.likelihood in SCALED_LIKELIHOODS and self.gaussian_scale == "decoder"
@@ -102,6 +116,8 @@ class VAE(BaseAutoencoder):
         config.update(likelihood=self.likelihood, gaussian_scale=self.gaussian_scale,
                       fixed_scale=self.fixed_scale, min_scale=self.min_scale, beta=self.beta,
                       num_importance_samples=self.num_importance_samples, kl_warmup_steps=self.kl_warmup_steps)
+        if self.prior_type != "standard":  # configs of standard-prior models stay as they were saved
+            config.update(prior_type=self.prior_type, num_pseudo_inputs=self.num_pseudo_inputs)
         return config
 
     @property
@@ -127,7 +143,68 @@ class VAE(BaseAutoencoder):
         return losses.diagonal_gaussian(*self.encode(x, training=training))
 
     def prior(self):
-        return losses.standard_normal(self.latent_dim)
+        """p(z) as a TFP distribution: N(0, I), or the VampPrior's equal-weight mixture."""
+        return self._top_prior()
+
+    def _top_prior(self):
+        """The prior of the top code (all of z here; z2 in `HierarchicalVAE`) as a TFP distribution."""
+        if self.prior_type == "standard":
+            return losses.standard_normal(self.top_dim)
+        mean, log_var = self.prior_components()
+        return losses.tfd.MixtureSameFamily(
+            losses.tfd.Categorical(logits=tf.zeros([self.num_pseudo_inputs])), losses.diagonal_gaussian(mean, log_var))
+
+    @property
+    def top_dim(self):
+        """The size of the code the prior (N(0, I) or the VampPrior) is over."""
+        return self.latent_dim
+
+    def _top_posterior(self, x, training=False):
+        """q(top code | x)'s (mean, log_var) for checked images x."""
+        return self._posterior_params(x, training)
+
+    def prior_components(self, training=False):
+        """The VampPrior's components: q(top code | u_k)'s (mean, log_var), each [K, top_dim]."""
+        if self.pseudo_inputs is None:
+            raise ValueError('prior_components() needs prior_type="vamp"')
+        u = tf.clip_by_value(tf.cast(self.pseudo_inputs, tf.float32), 0.0, 1.0)
+        return self._top_posterior(u, training)
+
+    def _top_log_prob(self, z, training=False):
+        if self.prior_type == "standard":
+            return losses.standard_normal_log_prob(z)
+        return losses.mixture_log_prob(z, *self.prior_components(training))
+
+    def _top_kl(self, mean, log_var):
+        if self.prior_type == "standard":
+            return losses.kl_to_standard_normal(mean, log_var)
+        return losses.mixture_kl(mean, log_var, *self.prior_components())
+
+    def _sample_top(self, n, seed=None):
+        if self.prior_type == "standard":
+            return draw("normal", tf.stack([n, self.top_dim]), seed)
+        mean, log_var = self.prior_components()
+        logits = tf.zeros([1, self.num_pseudo_inputs])
+        pick = (tf.random.categorical(logits, n) if seed is None
+                else tf.random.stateless_categorical(logits, n, seed=[int(seed), 1]))[0]
+        eps = draw("normal", tf.stack([n, self.top_dim]), seed)
+        return tf.gather(mean, pick) + tf.exp(0.5 * tf.gather(log_var, pick)) * eps
+
+    def prior_log_prob(self, z, training=False):
+        """log p(z) per code, z [..., latent_dim]."""
+        return self._top_log_prob(z, training)
+
+    def kl_divergence(self, mean, log_var):
+        """KL(q(z|x) || p(z)) per example from q's parameters: exact for N(0, I), Hershey & Olsen's
+        approximation for the VampPrior (deterministic either way)."""
+        return self._top_kl(mean, log_var)
+
+    def sample_codes(self, n, seed=None):
+        """n codes drawn from p(z) ([n, latent_dim]); `n` may be a scalar tensor (the exported `sample`).
+
+        VampPrior: a component per code (TFLite's MULTINOMIAL), then its Gaussian.
+        """
+        return self._sample_top(n, seed)
 
     def decoder_scale(self, z=None):
         """The decoder's scale (Gaussian std, logistic scale) as float32 [H, W, C], or [B, H, W, C] at codes z
@@ -195,7 +272,7 @@ class VAE(BaseAutoencoder):
         x = self.check_images(x)
         mean, log_var = self._posterior_params(x)
         log_px_z = self.log_likelihood(x, self.decoder(mean))
-        return flag_non_finite(x, losses.kl_to_standard_normal(mean, log_var) - log_px_z)
+        return flag_non_finite(x, self.kl_divergence(mean, log_var) - log_px_z)
 
     # ---- training --------------------------------------------------------------------------
 
@@ -216,16 +293,18 @@ class VAE(BaseAutoencoder):
     def sample_terms(self, x, eps, training=False):
         """Per-sample terms at z = mean + sigma * eps for noise eps [k, B, latent_dim].
 
-        Returns log p(x|z), log p(z), log q(z|x) (each [k, B]) and the analytic KL(q || p) [B]:
-        what the ELBO, the IWAE bound and the k-sample NLL estimate are made of. x must have
-        passed `check_images`.
+        Returns log p(x|z), log p(z), log q(z|x) (each [k, B]) and KL(q || p) [B] (analytic for N(0, I);
+        for the VampPrior the mean over the k samples of log q - log p): what the ELBO, the IWAE bound
+        and the k-sample NLL estimate are made of. x must have passed `check_images`.
         """
         mean, log_var = self._posterior_params(x, training)
         z = mean + tf.exp(0.5 * log_var) * eps  # reparameterized, [k, B, D]
         logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
         logits = tf.reshape(logits, [tf.shape(eps)[0], -1, *self.image_shape[:2], logits.shape[-1]])  # [k, B, H, W, C]
-        return (self.log_likelihood(x, logits), losses.standard_normal_log_prob(z),
-                losses.reparameterized_log_prob(eps, log_var), losses.kl_to_standard_normal(mean, log_var))
+        log_pz, log_qz = self._top_log_prob(z, training), losses.reparameterized_log_prob(eps, log_var)
+        kl = (losses.kl_to_standard_normal(mean, log_var) if self.prior_type == "standard"
+              else tf.reduce_mean(log_qz - log_pz, axis=0))
+        return self.log_likelihood(x, logits), log_pz, log_qz, kl
 
     def importance_weighted_bound(self, x, k):
         """The IWAE bound on log p(x) with k samples, per example (nats; k=1: a one-sample ELBO)."""

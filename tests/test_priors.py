@@ -1,0 +1,114 @@
+"""The VampPrior: its closed forms against TFP, its samples, its KL estimates and its training."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+import kerasae
+from kerasae import losses, optimizers
+
+tfd = tfp.distributions
+
+
+def _components(rng, k=6, d=3):
+    return (rng.normal(size=(k, d)).astype("float32"), rng.normal(scale=0.5, size=(k, d)).astype("float32"))
+
+
+def _tfp_mixture(means, log_vars):
+    return tfd.MixtureSameFamily(tfd.Categorical(logits=tf.zeros([len(means)])),
+                                 tfd.MultivariateNormalDiag(means, tf.exp(0.5 * log_vars)))
+
+
+def test_mixture_log_prob_is_tfps(rng):
+    means, log_vars = _components(rng)
+    z = rng.normal(scale=2.0, size=(4, 5, 3)).astype("float32")
+    np.testing.assert_allclose(losses.mixture_log_prob(z, means, log_vars).numpy(),
+                               _tfp_mixture(means, log_vars).log_prob(z).numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_gaussian_kl_is_tfps(rng):
+    (m, lv), (pm, plv) = _components(rng, k=4), _components(rng, k=4)
+    expected = tfd.kl_divergence(tfd.MultivariateNormalDiag(m, tf.exp(0.5 * lv)),
+                                 tfd.MultivariateNormalDiag(pm, tf.exp(0.5 * plv)))
+    np.testing.assert_allclose(losses.gaussian_kl(m, lv, pm, plv).numpy(), expected.numpy(), rtol=1e-5)
+
+
+def test_mixture_kl_is_the_variational_approximation(rng):
+    means, log_vars = _components(rng)
+    m, lv = _components(rng, k=5)
+    q = tfd.MultivariateNormalDiag(m[:, None], tf.exp(0.5 * lv[:, None]))  # [5, 1] against [6] components
+    per_component = tfd.kl_divergence(q, tfd.MultivariateNormalDiag(means, tf.exp(0.5 * log_vars))).numpy()
+    expected = -(np.log(np.mean(np.exp(-per_component.astype("float64")), axis=1)))
+    np.testing.assert_allclose(losses.mixture_kl(m, lv, means, log_vars).numpy(), expected, rtol=1e-5)
+    # one component, N(0, I): the exact KL to the standard normal
+    zeros = np.zeros((1, 3), "float32")
+    np.testing.assert_allclose(losses.mixture_kl(m, lv, zeros, zeros).numpy(),
+                               losses.kl_to_standard_normal(m, lv).numpy(), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vamp():
+    return kerasae.build("vae-mlp-vamp", hidden_units=(64,), latent_dim=4, num_pseudo_inputs=5, seed=3)
+
+
+def test_prior_is_the_mixture_of_the_pseudo_inputs_posteriors(vamp, rng):
+    u = tf.clip_by_value(vamp.pseudo_inputs, 0.0, 1.0)
+    means, log_vars = vamp.encode(u)
+    z = rng.normal(size=(7, 4)).astype("float32")
+    expected = _tfp_mixture(means, log_vars).log_prob(z).numpy()
+    np.testing.assert_allclose(vamp.prior_log_prob(z).numpy(), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(vamp.prior().log_prob(z).numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_sample_codes_follow_the_mixture(vamp):
+    means, log_vars = (t.numpy() for t in vamp.prior_components())
+    codes = vamp.sample_codes(40_000, seed=1).numpy()
+    # an equal-weight mixture's mean and (per dimension) variance
+    mixture_mean = means.mean(0)
+    mixture_var = (np.exp(log_vars) + means**2).mean(0) - mixture_mean**2
+    np.testing.assert_allclose(codes.mean(0), mixture_mean, atol=4 * np.sqrt(mixture_var / len(codes)).max())
+    np.testing.assert_allclose(codes.var(0), mixture_var, rtol=0.05)
+    np.testing.assert_array_equal(vamp.sample_codes(10, seed=1).numpy(), vamp.sample_codes(10, seed=1).numpy())
+    assert not np.array_equal(vamp.sample_codes(10, seed=1).numpy(), vamp.sample_codes(10, seed=2).numpy())
+
+
+def test_kl_terms(vamp, mnist_binary):
+    x = vamp.check_images(mnist_binary[:6])
+    eps = tf.random.stateless_normal([20_000, 6, 4], seed=[0, 0])
+    log_px_z, log_pz, log_qz, kl = vamp.sample_terms(x, eps)
+    # the Monte Carlo KL of the samples, and a deterministic approximation close to it
+    np.testing.assert_allclose(kl.numpy(), tf.reduce_mean(log_qz - log_pz, axis=0).numpy(), rtol=1e-5)
+    mean, log_var = vamp.encode(x)
+    np.testing.assert_allclose(vamp.kl_divergence(mean, log_var).numpy(), kl.numpy(), rtol=0.1, atol=0.2)
+    # log q is q's own density at the drawn z
+    z = mean + tf.exp(0.5 * log_var) * eps[:3]
+    np.testing.assert_allclose(log_qz[:3].numpy(), losses.diagonal_gaussian(mean, log_var).log_prob(z).numpy(),
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_training_learns_the_pseudo_inputs(mnist_binary):
+    keras.utils.set_random_seed(0)
+    model = kerasae.build("vae-mlp-vamp", hidden_units=(64,), latent_dim=4, num_pseudo_inputs=5, seed=0)
+    before = model.pseudo_inputs.numpy().copy()
+    model.compile(optimizer=optimizers.Adam(3e-3))
+    history = model.fit(mnist_binary[:128], epochs=3, batch_size=32, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0]
+    assert np.abs(model.pseudo_inputs.numpy() - before).max() > 1e-3
+    restored = kerasae.models.VAE.from_config(model.get_config())
+    restored.set_weights(model.get_weights())
+    x = mnist_binary[:4]
+    np.testing.assert_allclose(restored.score(x).numpy(), model.score(x).numpy(), rtol=1e-6)
+
+
+def test_configs(vamp):
+    config = vamp.get_config()
+    assert (config["prior_type"], config["num_pseudo_inputs"]) == ("vamp", 5)
+    assert "prior_type" not in kerasae.build("vae-mlp").get_config()  # configs saved before priors unchanged
+    with pytest.raises(ValueError, match="prior_type"):
+        kerasae.build("vae-mlp", prior_type="mixture")
+    with pytest.raises(ValueError, match="num_pseudo_inputs"):
+        kerasae.build("vae-mlp-vamp", num_pseudo_inputs=0)
+    with pytest.raises(ValueError, match='prior_type="vamp"'):
+        kerasae.build("vae-mlp").prior_components()
