@@ -17,9 +17,11 @@ from kerasae.config import TrainConfig
 from kerasae.files import ModelFileError
 
 # flag -> (model kwarg, the family it applies to, or None for all)
-_MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", "vae"),
-                "beta": ("beta", "vae"), "k": ("num_importance_samples", "vae"), "prior": ("prior_type", "vae"),
-                "pseudo_inputs": ("num_pseudo_inputs", "vae")}
+_VAES = ("vae", "cvae")
+#: flag -> (model keyword, the families it applies to; None: all)
+_MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", _VAES), "beta": ("beta", _VAES),
+                "k": ("num_importance_samples", _VAES), "prior": ("prior_type", ("vae",)),
+                "pseudo_inputs": ("num_pseudo_inputs", ("vae",))}
 
 
 def _int_at_least(low):
@@ -158,8 +160,9 @@ def config_from_args(parser, args):
         value = getattr(args, flag)
         if value is None:
             continue
-        if needs and family != needs:
-            parser.error(f"--{flag.replace('_', '-')} applies to {needs} presets, not {preset} ({family})")
+        if needs and family not in needs:
+            parser.error(f"--{flag.replace('_', '-')} applies to {' and '.join(needs)} presets, not {preset} "
+                         f"({family})")
         overrides[kwarg] = value
     if args.noise is not None:
         if family != "dae":
@@ -329,7 +332,7 @@ def evaluate_main(argv=None):
     try:
         result = eval_lib.evaluate_run(run_dir, k=args.k, max_test_samples=args.max_test_samples,
                                        progress=not args.no_progress)
-    except ModelFileError as err:  # a truncated, corrupted or unsafe .keras file: say which, no traceback
+    except (ModelFileError, ValueError) as err:  # a bad .keras file (say which, no traceback), an unsupported model
         parser.error(" ".join(str(err).split()))
     print(json.dumps(result, indent=1, default=str))
     return 0

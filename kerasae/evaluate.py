@@ -416,6 +416,9 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
     """Every metric that applies to the run's model, on its test split; also written to RUN_DIR/evaluation.json."""
     run_dir = Path(run_dir)
     model = load_model(run_dir)
+    if model.conditional:
+        raise ValueError(f"{run_dir}: evaluate does not cover conditional models ({type(model).__name__}); the run's "
+                         "test ELBO is in its metrics.json")
     data, x_train = run_data(run_dir)
     x_test = data.x_test[:max_test_samples]
     result = {"model": type(model).__name__, "family": model.family, "num_test": len(x_test)}

@@ -14,7 +14,7 @@ import inspect
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
-    family: str  # "ae", "dae" or "vae": what --arch calls it
+    family: str  # "ae", "dae", "vae" or "cvae": what --arch calls it
     kwargs: dict
     description: str
     class_path: str  # "module:ClassName"
@@ -29,7 +29,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {}
 
 #: The preset `--arch FAMILY` picks.
-DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp"}
+DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp", "cvae": "cvae-mlp"}
 
 
 def register_preset(name, cls, description, **kwargs):
@@ -52,7 +52,7 @@ def _import(class_path):
 
 
 def list_presets(family=None):
-    """Names of the registered presets, optionally of one family ("ae", "dae", "vae")."""
+    """Names of the registered presets, optionally of one family ("ae", "dae", "vae", "cvae")."""
     return [name for name, p in PRESETS.items() if family is None or p.family == family]
 
 
@@ -95,8 +95,8 @@ def build(name, **overrides):
 
 # The built-in classes' families, so registering them imports nothing.
 _AE, _DAE, _VAE = "kerasae.models:Autoencoder", "kerasae.models:DenoisingAutoencoder", "kerasae.models:VAE"
-_HVAE = "kerasae.models:HierarchicalVAE"
-_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae"}
+_HVAE, _CVAE = "kerasae.models:HierarchicalVAE", "kerasae.models:ConditionalVAE"
+_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae", _CVAE: "cvae"}
 
 _MLP = dict(arch="mlp", hidden_units=(512, 256))
 _CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
@@ -142,6 +142,11 @@ register_preset("hvae-mlp-vamp", _HVAE, "The two-layer hierarchical MLP VAE with
                 "pseudo-inputs).", **_HIERARCHICAL, prior_type="vamp", num_pseudo_inputs=500)
 register_preset("iwae-mlp", _VAE, "MLP VAE 784-512-256-32 trained on the IWAE bound with k=5 samples.",
                 **_MLP, latent_dim=32, likelihood="bernoulli", num_importance_samples=5)
+
+register_preset("cvae-mlp", _CVAE, "Conditional MLP VAE 784(+10)-512-256-32, Bernoulli decoder: q(z|x, y), "
+                "p(x|z, y) for 10 classes.", **_MLP, latent_dim=32, likelihood="bernoulli", num_classes=10)
+register_preset("cvae-conv", _CVAE, "Conditional conv VAE, conv 32-64 (the label as 10 constant input planes), "
+                "32-D latent, Bernoulli decoder.", **_CONV, latent_dim=32, likelihood="bernoulli", num_classes=10)
 
 # Residual conv stacks (pre-activation blocks, GroupNorm), one per image size, each naming its image shape.
 # The filters set the final map: 28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 32 -> 16 -> 8.

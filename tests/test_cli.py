@@ -65,11 +65,12 @@ def _usage_error(argv, capsys):
     (["--learning-rate", "0"], "argument --learning-rate: must be > 0"),
     (["--arch", "dae", "--noise", "masking:1.5"], "noise level must be > 0 and < 1 for masking"),
     (["--arch", "dae", "--noise", "blur:0.1"], "noise type must be one of"),
-    (["--arch", "ae", "--beta", "2"], "--beta applies to vae presets, not ae-mlp-seed"),
+    (["--arch", "ae", "--beta", "2"], "--beta applies to vae and cvae presets, not ae-mlp-seed"),
     (["--arch", "vae", "--noise", "gaussian:0.3"], "--noise applies to dae presets"),
     (["--image-size", "0x5"], "argument --image-size"),
     (["--export", "../escape"], "--export: name must be"),
     (["--prior", "gmm"], "argument --prior: invalid choice: 'gmm'"),
+    (["--arch", "cvae", "--prior", "vamp"], "--prior applies to vae presets, not cvae-mlp (cvae)"),
     (["--arch", "ae", "--prior", "vamp"], "--prior applies to vae presets, not ae-mlp-seed"),
     (["--pseudo-inputs", "0"], "argument --pseudo-inputs: must be an integer >= 1"),
 ])

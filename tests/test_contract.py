@@ -36,6 +36,20 @@ def _batch(model, mnist_small, mnist_binary, n=64):
     return binarize(x, seed=0) if binary else x
 
 
+def _labels(model, mnist_small, n):
+    """A conditional model's labels for `_batch`'s n images (MNIST's, else cycling through the classes); None
+    for other models. `_with(labels, k)` is what to pass beside k images: () or (their labels,)."""
+    if not model.conditional:
+        return None
+    if tuple(model.image_shape) == (28, 28, 1):
+        return mnist_small.y_train[:n]
+    return np.arange(n) % model.num_classes
+
+
+def _with(labels, k):
+    return () if labels is None else (labels[:k],)
+
+
 def _fit_size(model):
     """Images the contract fits on: fewer for residual stacks (an image costs ~20x a conv preset's on CPU)."""
     if model.arch != "resnet":
@@ -52,7 +66,7 @@ def _compiled(model, lr=2e-3):
 
 
 def test_every_family_has_presets():
-    assert {registry.get_preset(p).family for p in PRESETS} == {"ae", "dae", "vae"}
+    assert {registry.get_preset(p).family for p in PRESETS} == {"ae", "dae", "vae", "cvae"}
     required = {"ae-mlp-seed", "ae-shallow", "ae-conv", "dae-mlp", "dae-conv", "vae-mlp", "vae-mlp-2d",
                 "vae-conv", "vae-mlp-gaussian", "ae-sparse", "ae-contractive"}
     required |= {f"{family}-resnet-{size}" for family in ("ae", "dae", "vae") for size in (28, 32, 64)}
@@ -64,24 +78,25 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     keras.utils.set_random_seed(0)
     model = _compiled(kerasae.build(name))
     x = _batch(model, mnist_small, mnist_binary, n=_fit_size(model))
+    y = _labels(model, mnist_small, len(x))  # a conditional model's (Keras' targets), else None
     shape = tuple(model.image_shape)
 
     # shapes of the public API
-    codes = model.encode(x[:5])
+    codes = model.encode(x[:5], *_with(y, 5))
     z = codes[0] if isinstance(codes, tuple) else codes
     assert tuple(z.shape) == (5, model.latent_dim)
     if isinstance(codes, tuple):  # VAE: (mean, log_var)
         assert tuple(codes[1].shape) == (5, model.latent_dim)
-    assert tuple(model.decode(z).shape) == (5, *shape)
-    assert tuple(model.reconstruct(x[:5]).shape) == (5, *shape)
-    samples = model.sample(3, seed=1).numpy()
+    assert tuple(model.decode(z, *_with(y, 5)).shape) == (5, *shape)
+    assert tuple(model.reconstruct(x[:5], *_with(y, 5)).shape) == (5, *shape)
+    samples = model.sample_examples(3, seed=1).numpy()
     assert samples.shape == (3, *shape) and 0.0 <= samples.min() and samples.max() <= 1.0
-    assert tuple(model.score(x[:5]).shape) == (5,)
+    assert tuple(model.score(x[:5], *_with(y, 5)).shape) == (5,)
 
     # a few fit steps on one small batch lower the loss
-    before = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
-    history = model.fit(x, batch_size=32, epochs=8, verbose=0, shuffle=False)
-    after = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)
+    before = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
+    history = model.fit(x, y, batch_size=32, epochs=8, verbose=0, shuffle=False)
+    after = model.evaluate(x, y, batch_size=64, verbose=0, return_dict=True)
     assert set(model.metric_names) <= set(history.history)
     assert np.isfinite(history.history["loss"]).all()
     assert after["loss"] < before["loss"], (before, after)
@@ -91,10 +106,12 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     clone = type(model).from_config(config)
     assert clone.get_config() == config
     clone.set_weights(model.get_weights())
-    np.testing.assert_array_equal(clone.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    np.testing.assert_array_equal(clone.reconstruct_examples(x[:8], *_with(y, 8)).numpy(),
+                                  model.reconstruct_examples(x[:8], *_with(y, 8)).numpy())
     copy = model.clone()  # the same, in one call (fine-tuning with other training settings builds on it)
     assert type(copy) is type(model) and copy.get_config() == config
-    np.testing.assert_array_equal(copy.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
+    np.testing.assert_array_equal(copy.reconstruct_examples(x[:8], *_with(y, 8)).numpy(),
+                                  model.reconstruct_examples(x[:8], *_with(y, 8)).numpy())
     wider = ({"latent_dims": (model.latent_dims[0], model.latent_dims[1] + 1)} if hasattr(model, "latent_dims")
              else {"latent_dim": model.latent_dim + 1})  # a hierarchical VAE's latent_dim is their sum
     with pytest.raises(ValueError, match="change the architecture"):
@@ -105,12 +122,13 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded) is type(model) and loaded.get_config() == config
-    np.testing.assert_array_equal(loaded.reconstruct(x[:8]).numpy(), model.reconstruct(x[:8]).numpy())
-    np.testing.assert_array_equal(loaded.decode(z).numpy(), model.decode(z).numpy())
+    np.testing.assert_array_equal(loaded.reconstruct_examples(x[:8], *_with(y, 8)).numpy(),
+                                  model.reconstruct_examples(x[:8], *_with(y, 8)).numpy())
+    np.testing.assert_array_equal(loaded.decode(z, *_with(y, 5)).numpy(), model.decode(z, *_with(y, 5)).numpy())
 
     # ... and trains on with fit (the optimizer state comes back too)
     assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) > 0
-    more = loaded.fit(x, batch_size=32, epochs=2, verbose=0, shuffle=False)
+    more = loaded.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False)
     assert np.isfinite(more.history["loss"]).all()
     assert not np.allclose(loaded.get_weights()[0], model.get_weights()[0])
 
@@ -119,8 +137,9 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
 def test_preset_adapts_to_image_shape(name):
     model = kerasae.build(name, image_shape=(30, 20, 3))
     x = np.random.default_rng(0).random((2, 30, 20, 3), dtype=np.float32)
-    assert tuple(model.reconstruct(x).shape) == (2, 30, 20, 3)
-    assert tuple(model.sample(2, seed=0).shape) == (2, 30, 20, 3)
+    labels = np.array([0, 1]) if model.conditional else None
+    assert tuple(model.reconstruct_examples(x, labels).shape) == (2, 30, 20, 3)
+    assert tuple(model.sample_examples(2, seed=0).shape) == (2, 30, 20, 3)
 
 
 def _integer_hash_noise(kind):
@@ -172,7 +191,8 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
         if xla and loop_safe:
             model.train_function = xla_execution_train_function(model)
         x = _batch(model, mnist_small, mnist_binary, n=40)  # batches of 16, 16, 8: the last one partial
-        history = model.fit(make_dataset(x, 16, repeat=True), epochs=3, steps_per_epoch=3, verbose=0,
+        history = model.fit(make_dataset(x, 16, repeat=True, labels=_labels(model, mnist_small, 40)), epochs=3,
+                            steps_per_epoch=3, verbose=0,
                             shuffle=False)  # fit's default True: Keras warns it ignores it for a tf.data dataset
         assert int(model.optimizer.iterations.numpy()) == 9
         losses[xla] = history.history["loss"]

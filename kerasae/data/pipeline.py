@@ -5,6 +5,7 @@
 import numpy as np
 import tensorflow as tf
 
+from kerasae.data.arrays import DataError, as_labels
 from kerasae.data.streams import Split
 
 _BINARIZE_LEVELS = 2**16
@@ -15,8 +16,11 @@ RECORD_SHUFFLE_BUFFER = 10_000
 
 def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = False, seed: int | None = None,
                  repeat: bool = False, fixed_binarization_seed: int | None = None,
-                 num_workers: int = 1, worker_index: int = 0) -> tf.data.Dataset:
-    """Float32 batches [B, H, W, C] of `x`, a numpy array or a streamed `Split` (autoencoders need no labels).
+                 num_workers: int = 1, worker_index: int = 0, labels=None) -> tf.data.Dataset:
+    """Float32 batches [B, H, W, C] of `x`, a numpy array or a streamed `Split`.
+
+    Autoencoders need no labels; conditional models do: `labels` (an int array [N] for arrays, True
+    for a `Split`, which carries its own) makes every element (images, int32 labels [B]).
 
     `shuffle` reshuffles every epoch (reproducibly given `seed`). `binarize` draws fresh Bernoulli
     pixels per batch every epoch (dynamic binarization regularizes Bernoulli VAEs); the per-batch
@@ -35,18 +39,29 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
         raise ValueError(f"worker_index must be in [0, num_workers) and batch_size ({batch_size}) at least "
                          f"num_workers ({num_workers}), got worker_index {worker_index}")
     if isinstance(x, Split):
-        ds = _split_batches(x, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize)
+        if labels is not None and (labels is not True or not x.has_labels):
+            raise DataError("labels: a streamed split yields its own labels (labels=True), and this one has none"
+                            if labels is True else f"labels: pass True for a streamed split, got {type(labels)}")
+        ds = _split_batches(x, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize,
+                            labels is not None)
     else:
-        ds = _array_batches(np.asarray(x, np.float32), batch_size, shuffle, seed, repeat, binarize)
+        x = np.asarray(x, np.float32)
+        if labels is not None:
+            labels = as_labels(labels, "labels")
+            if labels is None or len(labels) != len(x):
+                raise DataError(f"labels: expected one integer label per image ({len(x)}), got "
+                                f"{None if labels is None else len(labels)}")
+        ds = _array_batches(x, batch_size, shuffle, seed, repeat, binarize, labels)
     if binarize:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, seeds).map(_binarize_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip(ds, seeds).map(lambda batch, s: _on_images(batch, _binarize_batch, s),
+                                                num_parallel_calls=tf.data.AUTOTUNE)
     elif fixed_binarization_seed is not None:
         # Seeded by the batch's position in its epoch, so that every pass of a repeated stream gets the same bits.
         per_epoch = max(1, num_batches(len(x), batch_size, num_workers if isinstance(x, Split) else 1))
-        ds = ds.enumerate().map(lambda i, batch: _binarize_batch(batch * _BINARIZE_LEVELS, i % per_epoch
-                                                                 + fixed_binarization_seed * 1_000_003),
-                                num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.enumerate().map(lambda i, batch: _on_images(
+            batch, lambda images, s: _binarize_batch(images * _BINARIZE_LEVELS, s),
+            i % per_epoch + fixed_binarization_seed * 1_000_003), num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if isinstance(x, Split) else tf.data.experimental.AutoShardPolicy.DATA)
@@ -54,7 +69,14 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _array_batches(images, batch_size, shuffle, seed, repeat, binarize):
+def _on_images(batch, fn, *args):
+    """fn(images, *args) of a batch that is images or (images, labels)."""
+    if isinstance(batch, tuple):
+        return fn(batch[0], *args), batch[1]
+    return fn(batch, *args)
+
+
+def _array_batches(images, batch_size, shuffle, seed, repeat, binarize, labels=None):
     # Binarizing keeps the pixels scaled to [0, 2**16]: see _binarize_batch.
     images = tf.constant(images * np.float32(_BINARIZE_LEVELS) if binarize else images)
     # Shuffle and batch indices, then gather each batch in one op (the same order as shuffling
@@ -66,10 +88,14 @@ def _array_batches(images, batch_size, shuffle, seed, repeat, binarize):
     ds = ds.batch(batch_size)
     if repeat:
         ds = ds.repeat()
-    return ds.map(lambda index: tf.gather(images, index), num_parallel_calls=tf.data.AUTOTUNE)
+    if labels is None:
+        return ds.map(lambda index: tf.gather(images, index), num_parallel_calls=tf.data.AUTOTUNE)
+    labels = tf.constant(labels.astype(np.int32))
+    return ds.map(lambda index: (tf.gather(images, index), tf.gather(labels, index)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize):
+def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize, with_labels):
     if split.count < num_workers:
         raise ValueError(f"{split.count} images cannot be shared by {num_workers} workers")
     items = split.encoded()
@@ -101,7 +127,8 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
 
     def decode_batch(item, label):
         images = tf.map_fn(decode, item, fn_output_signature=tf.TensorSpec(shape, tf.float32))
-        return images * scale if binarize else images
+        images = images * scale if binarize else images
+        return (images, tf.cast(label, tf.int32)) if with_labels else images
 
     ds = ds.map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE)
     if not repeat:  # known to Keras (progress bar, steps per execution) although filters and windows hide it

@@ -24,8 +24,8 @@ from kerasae.export.errors import ExportError
 from kerasae.export.keras_model import write_keras_model
 from kerasae.export.manifest import KERAS_MODEL, existing_versions, write_manifest
 from kerasae.export.parity import NUM_PARITY_IMAGES, _keras_parity, keras_parity_problems
-from kerasae.export.saved_model import (_contract_problems, _spec, expected_signatures, saved_model_signatures,
-                                        score_definition, write_saved_model)
+from kerasae.export.saved_model import (_contract_problems, _spec, expected_signatures, num_classes,
+                                        saved_model_signatures, score_definition, write_saved_model)
 from kerasae.export.variants import _fp16_source, _write_tflite
 from kerasae import files
 from kerasae.files import library_versions
@@ -64,7 +64,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     name = check_name(name)
     variants = check_variants(tflite)
     tflite_signatures = check_tflite_signatures(tflite_signatures)
-    if not getattr(model, "built", False) or model.family not in ("ae", "dae", "vae"):
+    if not getattr(model, "built", False) or model.family not in ("ae", "dae", "vae", "cvae"):
         raise ValueError(f"export_model needs a built kerasae model, got {type(model).__name__}")
     shape = tuple(model.image_shape)
     if representative_data is not None:
@@ -118,7 +118,10 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
                       "family": model.family, "config": model.get_config()},
             "versions": library_versions(), "metrics": metrics,
             "input_spec": {"x": {**_spec([None, *shape]), "layout": "NHWC", "range": [0.0, 1.0],
-                                 "binary_pixels": bool(getattr(model, "binary_data", False))}},
+                                 "binary_pixels": bool(getattr(model, "binary_data", False))},
+                           **({"label": {**_spec([None], "int32"), "range": [0, num_classes(model) - 1],
+                                         "bad_label": "NaN outputs for that example"}}
+                              if num_classes(model) else {})},
             "latent_dim": model.latent_dim, "score": score_definition(model),
         }, saved_dir, tflite_dir)
 
@@ -158,10 +161,13 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
     if problems:
         raise ExportError("; ".join(problems))
     fp16 = None
-    if "fp16" in variants and fp16_data is not None:
+    # GPTQ rounding calibrates the encoder and decoder on images alone; a conditional model's also read labels, so
+    # its fp16 weights are rounded to nearest
+    if "fp16" in variants and fp16_data is not None and not num_classes(model):
         fp16 = _fp16_source(model, fp16_data, fp16_dir)
     tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
-                                 strict_parity, tflite_signatures, fp16) if variants else None)
+                                 strict_parity, tflite_signatures, fp16, classes=num_classes(model))
+                   if variants else None)
     return {"signatures": loaded_signatures, "savedmodel_vs_keras_max_diff": keras_parity, "tflite": tflite_info,
             "keras_model": {"path": KERAS_MODEL, "class": type(reloaded).__name__,
                             "contents": "config and weights (not compiled, no optimizer state)",

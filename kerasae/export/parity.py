@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.export.errors import ExportError
-from kerasae.export.saved_model import _codes, keras_outputs
+from kerasae.export.saved_model import _codes, example_labels, keras_outputs, num_classes
 from kerasae.export.tflite import run_tflite
 from kerasae.options import SIGNATURES
 
@@ -38,15 +38,19 @@ KERAS_TOLERANCE = 1e-5
 
 
 def _keras_parity(model, loaded, images, num_samples=16):
-    """max_diff of every SavedModel signature against the Keras model's methods on `images`."""
+    """max_diff of every SavedModel signature against the Keras model's methods on `images` (with labels cycling
+    through a conditional model's classes)."""
     x = tf.constant(images, tf.float32)
-    z = tf.constant(_codes(loaded, images))
+    labels = example_labels(len(images), num_classes(model))
+    label = {} if labels is None else {"label": tf.constant(labels)}
+    z = tf.constant(_codes(loaded, images, labels))
     result = {}
     for signature in ("serving_default", *SIGNATURES):
-        feed = {"x": x} if signature not in ("decode", "sample") else {"z": z}
+        feed = {"x": x, **label} if signature not in ("decode", "sample") else {"z": z, **label}
         if signature == "sample":
-            got = loaded.signatures["sample"](num_samples=tf.constant(num_samples, tf.int32))
-            feed = {"z": got["z"]}
+            one = {} if labels is None else {"label": tf.constant(labels[-1])}  # one class for every sample
+            got = loaded.signatures["sample"](num_samples=tf.constant(num_samples, tf.int32), **one)
+            feed = {"z": got["z"], **one}
         else:
             got = loaded.signatures[signature](**feed)
         want = keras_outputs(model, signature, **feed)
@@ -61,26 +65,31 @@ def keras_parity_problems(keras_parity, what):
             for sig, outputs in keras_parity.items() for key, diff in outputs.items() if not diff <= KERAS_TOLERANCE]
 
 
-def check_parity(saved_model_dir, tflite_files, images, num_samples=64):
+def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=None):
     """Run each TFLite file in LiteRT and compare it with the SavedModel on `images`.
 
     `tflite_files` are paths named <signature>.<variant>.tflite. decode is fed the SavedModel's
     codes of the images; sample's draws differ from any other run's, so its x_mean is compared
-    with the SavedModel's decode of the z it returned. Returns {file name: {output key:
+    with the SavedModel's decode of the z it returned. A conditional model's (`classes`) inputs
+    come with labels cycling through its classes. Returns {file name: {output key:
     {"max_abs_diff", "mean_abs_diff", "max_diff"}}} (max_diff: see PARITY_TOLERANCES).
     """
     loaded = tf.saved_model.load(str(saved_model_dir))
     images = np.asarray(images, np.float32)
-    feeds = {"decode": {"z": _codes(loaded, images)}, "sample": {"num_samples": np.array(num_samples, np.int32)}}
+    labels = example_labels(len(images), classes)
+    label, one = ({}, {}) if labels is None else ({"label": labels}, {"label": labels[-1]})
+    feeds = {"decode": {"z": _codes(loaded, images, labels), **label},
+             "sample": {"num_samples": np.array(num_samples, np.int32), **one}}
     reference, result = {}, {}
     for path in map(Path, tflite_files):
         signature = path.name.split(".")[0]
-        feed = feeds.get(signature, {"x": images})
+        feed = feeds.get(signature, {"x": images, **label})
         got = run_tflite(path, signature, **feed)
         if signature == "sample":
             if len(got["z"]) != num_samples:
                 raise ExportError(f"{path.name}: asked for {num_samples} samples, got z of shape {got['z'].shape}")
-            want = {"x_mean": loaded.signatures["decode"](z=tf.constant(got["z"]))["x_mean"].numpy()}
+            drawn = {k: tf.fill([num_samples], tf.constant(v)) for k, v in one.items()}
+            want = {"x_mean": loaded.signatures["decode"](z=tf.constant(got["z"]), **drawn)["x_mean"].numpy()}
         else:
             if signature not in reference:
                 out = loaded.signatures[signature](**{k: tf.constant(v) for k, v in feed.items()})

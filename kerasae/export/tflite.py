@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.export.errors import ExportError
-from kerasae.export.saved_model import _codes
+from kerasae.export.saved_model import _codes, example_labels
 from kerasae.options import VARIANTS
 
 #: Ops an int8 file may run in float: the boundary (de)quantization and `sample`'s random draws, the
@@ -29,26 +29,30 @@ def _litert():
     return interpreter
 
 
-def _batches(arrays, key, batch_size=16):
+def _batches(arrays, key, labels=None, batch_size=16):
     for i in range(0, len(arrays), batch_size):
-        yield {key: np.asarray(arrays[i:i + batch_size], np.float32)}
+        yield {key: np.asarray(arrays[i:i + batch_size], np.float32),
+               **({} if labels is None else {"label": labels[i:i + batch_size]})}
 
 
-def representative_inputs(loaded, signature, images, seed=0):
+def representative_inputs(loaded, signature, images, seed=0, classes=None):
     """Calibration inputs for an int8 `signature`: a list of input dicts.
 
     Images for x-signatures. For decode, the codes of those images (z or z_mean) plus as many
     draws from the prior, since decode serves both reconstructions and generation. For sample,
-    a few num_samples values (the decoder is calibrated on the graph's own N(0, I) draws).
+    a few num_samples values (the decoder is calibrated on the graph's own N(0, I) draws). A
+    conditional model's (`classes`) inputs come with labels cycling through its classes.
     """
     images = np.asarray(images, np.float32)
+    labels = example_labels(2 * len(images), classes)
     if signature == "sample":
-        return [{"num_samples": np.array(32, np.int32)} for _ in range(max(1, len(images) // 32))]
+        return [{"num_samples": np.array(32, np.int32), **({} if labels is None else {"label": labels[i]})}
+                for i in range(max(1, len(images) // 32))]
     if signature == "decode":
-        codes = _codes(loaded, images)
+        codes = _codes(loaded, images, None if labels is None else labels[:len(images)])
         prior = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
-        return list(_batches(np.concatenate([codes, prior]), "z"))
-    return list(_batches(images, "x"))
+        return list(_batches(np.concatenate([codes, prior]), "z", labels))
+    return list(_batches(images, "x", labels))
 
 
 def convert_tflite(saved_model_dir, signature, variant, representative=None):

@@ -47,13 +47,14 @@ def _convert(saved_model_dir, signature, variant, representative, fp16, fp32_cac
 
 
 def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parity_data, strict_parity,
-                  signatures=SIGNATURES, fp16=None):
+                  signatures=SIGNATURES, fp16=None, classes=None):
     """Convert, load-check and parity-check every signature x variant into out_dir; the manifest's tflite part.
 
     fp16 files are converted from fp16 = (SavedModel dir, float32 layer names, rounding description),
     a `kerasae.fp16.plan` (default: saved_model_dir, nearest rounding, biases alone float32).
     A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about,
-    unless `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export.
+    unless `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export. `classes`: a
+    conditional model's number of classes (its signatures take labels).
     """
     out_dir.mkdir()
     loaded = tf.saved_model.load(str(saved_model_dir))
@@ -63,7 +64,7 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
             file_name = f"{signature}.{variant}.tflite"
             representative = None
             if variant == "int8":
-                representative = representative_inputs(loaded, signature, representative_data)
+                representative = representative_inputs(loaded, signature, representative_data, classes=classes)
             try:
                 model_bytes = _convert(saved_model_dir, signature, variant, representative,
                                        fp16 or (saved_model_dir, ()), fp32_cache)
@@ -89,7 +90,7 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
                 entry["quantization"] = _int8_quantization(interpreter, signature)
             (out_dir / file_name).write_bytes(model_bytes)
             files[file_name] = entry
-    parity = check_parity(saved_model_dir, [out_dir / f for f in files], parity_data)
+    parity = check_parity(saved_model_dir, [out_dir / f for f in files], parity_data, classes=classes)
     failures = parity_failures(parity)
     fatal = {f: m for f, m in failures.items() if strict_parity}
     for file_name, outputs in parity.items():

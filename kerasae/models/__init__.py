@@ -2,8 +2,9 @@
 
 from kerasae.models.ae import Autoencoder
 from kerasae.models.base import BaseAutoencoder
+from kerasae.models.cvae import ConditionalVAE
 from kerasae.models.dae import DenoisingAutoencoder
 from kerasae.models.hvae import HierarchicalVAE
 from kerasae.models.vae import VAE
 
-__all__ = ["Autoencoder", "BaseAutoencoder", "DenoisingAutoencoder", "HierarchicalVAE", "VAE"]
+__all__ = ["Autoencoder", "BaseAutoencoder", "ConditionalVAE", "DenoisingAutoencoder", "HierarchicalVAE", "VAE"]

@@ -92,7 +92,7 @@ class BaseAutoencoder(keras.Model):
             which is keyed by (seed, step, example): see `draw`. None picks one.
     """
 
-    family = None  # "ae", "dae" or "vae": the CLI's --arch
+    family = None  # "ae", "dae", "vae" or "cvae": the CLI's --arch
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
                  filters=(32, 64), activation="relu", seed=None, blocks_per_stage=2, norm="group", **kwargs):
@@ -238,6 +238,17 @@ class BaseAutoencoder(keras.Model):
         """n codes from the prior: N(0, I), [n, latent_dim]; `n` may be a scalar tensor."""
         return draw("normal", tf.stack([n, self.latent_dim]), seed)
 
+    # What figures and summaries show, whatever the model needs besides images (a conditional model: labels).
+    conditional = False
+
+    def reconstruct_examples(self, x, labels=None):
+        """Reconstructions of example images for a figure (`labels` matter to conditional models only)."""
+        return self.reconstruct(x)
+
+    def sample_examples(self, n, seed=None):
+        """n samples for a figure (a conditional model's cycle through its classes)."""
+        return self.sample(n, seed=seed)
+
     def latent_codes(self, x, batch_size=1000):
         """Codes of x as a numpy array, in batches: z for AEs, the posterior mean for VAEs."""
         codes = []
@@ -270,8 +281,16 @@ class BaseAutoencoder(keras.Model):
             tracker.update_state(terms[tracker.name])
         return {tracker.name: tracker.result() for tracker in self._trackers}
 
+    def check_inputs(self, inputs):
+        """A batch's model inputs, checked: the images (`check_images`); a conditional model's (images, labels)."""
+        return self.check_images(inputs)
+
+    def batch_inputs(self, data):
+        """The model inputs of a batch from fit/evaluate: the images (Keras' x; any targets are ignored)."""
+        return keras.utils.unpack_x_y_sample_weight(data)[0]
+
     def train_step(self, data):
-        x = keras.utils.unpack_x_y_sample_weight(data)[0]
+        x = self.batch_inputs(data)
         with tf.GradientTape() as tape:
             terms = self.compute_terms(x, training=True, step=self.optimizer.iterations)
             # Sum over the local batch divided by the *global* batch size: under
@@ -285,5 +304,5 @@ class BaseAutoencoder(keras.Model):
         return self._update_metrics(terms)
 
     def test_step(self, data):
-        x = keras.utils.unpack_x_y_sample_weight(data)[0]
+        x = self.batch_inputs(data)
         return self._update_metrics(self.compute_terms(x, training=False))

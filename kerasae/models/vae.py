@@ -322,9 +322,10 @@ class VAE(BaseAutoencoder):
 
     def compute_terms(self, x, training=False, step=None):
         k = self.num_importance_samples
-        x = self.check_images(x)
+        x = self.check_inputs(x)
+        images = x[0] if isinstance(x, tuple) else x  # a conditional model's inputs are (images, labels)
         # Drawn batch-first ([B, k, D]): `draw` hands each replica its slice of the global batch on axis 0.
-        eps = self.training_noise("normal", tf.stack([tf.shape(x)[0], k, self.latent_dim]), step)
+        eps = self.training_noise("normal", tf.stack([tf.shape(images)[0], k, self.latent_dim]), step)
         log_px_z, log_pz, log_qz, kl = self.sample_terms(x, tf.transpose(eps, [1, 0, 2]), training=training)
         reconstruction = -tf.reduce_mean(log_px_z, axis=0)
         beta = self.kl_weight(step if training else None)

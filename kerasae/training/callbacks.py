@@ -145,9 +145,10 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 class ImageSummaries(keras.callbacks.Callback):
     """Each epoch, log to TensorBoard reconstructions of fixed images and samples from fixed prior draws."""
 
-    def __init__(self, log_dir, images, num_samples=16, seed=0):
+    def __init__(self, log_dir, images, num_samples=16, seed=0, labels=None):
         super().__init__()
         self.images = tf.constant(images, tf.float32)
+        self.labels = labels  # a conditional model's, of the images
         self.num_samples = num_samples
         self.seed = seed
         self.log_dir = str(log_dir)
@@ -159,8 +160,9 @@ class ImageSummaries(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.model.stop_training:  # diverged: nothing meaningful to show
             return
-        recon = plots.reconstruction_grid(self.images.numpy(), self.model.reconstruct(self.images).numpy())
-        samples = plots.image_grid(self.model.sample(self.num_samples, seed=self.seed).numpy(), 4)
+        recon = plots.reconstruction_grid(self.images.numpy(),
+                                          self.model.reconstruct_examples(self.images, self.labels).numpy())
+        samples = plots.image_grid(self.model.sample_examples(self.num_samples, seed=self.seed).numpy(), 4)
         with self._writer.as_default(step=epoch):
             tf.summary.image("reconstructions", recon[None], description="top: inputs, bottom: reconstructions")
             tf.summary.image("samples", samples[None], description="decoded draws z ~ N(0, I), fixed across epochs")

@@ -117,6 +117,26 @@ def evaluation_images(model, x):
     return x
 
 
+def training_labels(model, data, val_size):
+    """{"train", "val", "test": what make_dataset's `labels` takes} for a conditional model ({} otherwise):
+    arrays split as the images are, or True for streamed splits (they carry their own)."""
+    if not model.conditional:
+        return {}
+    has_labels = (data.train.has_labels and data.test.has_labels) if data.streamed else (
+        data.y_train is not None and data.y_test is not None)
+    if not has_labels:
+        raise data_lib.DataError(f"{type(model).__name__} trains on labelled images, and {data.name} has no labels "
+                                 "(class folders, a tfrecord label key, an npz with y_train and y_test)")
+    if data.streamed:
+        return {"train": True, "val": True, "test": True}
+    y_train, y_val = data_lib.split_validation(data.y_train, val_size)
+    bad = [int(y) for y in (data.y_train.min(), data.y_train.max(), data.y_test.min(), data.y_test.max())
+           if not 0 <= y < model.num_classes]
+    if bad:
+        raise data_lib.DataError(f"{data.name}: labels must be in [0, num_classes={model.num_classes}), found {bad[0]}")
+    return {"train": y_train, "val": y_val, "test": data.y_test}
+
+
 def prepare(config):
     """Validate the config, load the data and build the model: everything that can fail on bad input.
 
@@ -179,8 +199,11 @@ def fit(config, run_dir, data, val_size, strategy, model):
         fixed_seed, (x_val, x_test) = None, (evaluation_images(model, x) for x in (x_val, x_test))
         x_fig, y_fig = x_test, y_test
     pipeline = functools.partial(input_pipeline, config.batch_size, custom_loop and data.streamed)
-    train_ds = pipeline(x_train, shuffle=True, binarize=binary, seed=config.seed, repeat=repeat)
-    val_ds = pipeline(x_val, repeat=repeat, fixed_binarization_seed=fixed_seed) if len(x_val) else None
+    labels = training_labels(model, data, val_size)  # {split: labels for make_dataset} of a conditional model
+    train_ds = pipeline(x_train, shuffle=True, binarize=binary, seed=config.seed, repeat=repeat,
+                        labels=labels.get("train"))
+    val_ds = (pipeline(x_val, repeat=repeat, fixed_binarization_seed=fixed_seed, labels=labels.get("val"))
+              if len(x_val) else None)
     kind = train_function_kind(config, model, replicated, whole_executions=repeat)
     compile_for_fit(model, config, steps_per_epoch, strategy, execution, kind)
 
@@ -205,7 +228,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                   monitor="val_loss" if val_ds is not None else "loss"),
             keras.callbacks.CSVLogger(str(history_path), append=True),
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
-            ImageSummaries(run_dir / "logs" / "images", x_fig[:8]),
+            ImageSummaries(run_dir / "logs" / "images", x_fig[:8], labels=None if y_fig is None else y_fig[:8]),
         ]
     if config.verbose != 0:
         callbacks.append(EpochProgbarLogger())  # last, as Keras places its own: it shows epoch_time_s
@@ -224,7 +247,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
                                     else "it did so before any epoch completed")
                                  + "; try a lower --learning-rate (in a new --out)")
 
-    test_ds = pipeline(x_test, fixed_binarization_seed=fixed_seed)
+    test_ds = pipeline(x_test, fixed_binarization_seed=fixed_seed, labels=labels.get("test"))
     with _data_errors(data):
         if custom_loop:
             test = loop_evaluate(model, strategy, test_ds)

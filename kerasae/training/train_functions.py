@@ -76,13 +76,14 @@ def xla_execution_train_function(model):
     def run_steps(full_batches, last_batch):
         if full_batches is not None:
             for i in tf.range(steps - 1):
-                model.train_step(full_batches[i])
+                model.train_step(tf.nest.map_structure(lambda t: t[i], full_batches))
         return model.train_step(last_batch)  # logs: the metrics' running means, as Keras' last step gives
 
     @tf.function(reduce_retracing=True)
     def execution(iterator):
-        batches = [iterator.get_next() for _ in range(steps)]
-        return run_steps(tf.stack(batches[:-1]) if steps > 1 else None, batches[-1])
+        batches = [iterator.get_next() for _ in range(steps)]  # images, or (images, labels)
+        stacked = tf.nest.map_structure(lambda *t: tf.stack(t), *batches[:-1]) if steps > 1 else None
+        return run_steps(stacked, batches[-1])
 
     return execution
 
