@@ -25,13 +25,13 @@ import kerasae  # noqa: E402
 from kerasae import data  # noqa: E402
 
 
-def run(strategy, preset, x, init_weights, overrides):
+def run(strategy, preset, x, init_weights, overrides, labels=None):
     with strategy.scope():
         model = kerasae.build(preset, seed=123, **overrides)
         model.set_weights(init_weights)
         # plain SGD: unlike Adam, its step scales with the gradient, so a mis-scaled loss shows
         model.compile(optimizer=keras.optimizers.SGD(1e-4))
-    history = model.fit(data.make_dataset(x, 64), epochs=2, verbose=0, shuffle=False)
+    history = model.fit(data.make_dataset(x, 64, labels=labels), epochs=2, verbose=0, shuffle=False)
     return model.get_weights(), history.history
 
 
@@ -44,7 +44,8 @@ def small(preset):
 
 def main(preset):
     overrides = small(preset)
-    x = data.load_mnist().take(256, 1).x_train
+    mnist = data.load_mnist().take(256, 1)
+    x = mnist.x_train
     keras.utils.set_random_seed(0)
     template = kerasae.build(preset, seed=123, **overrides)
     if getattr(template, "binary_data", False):
@@ -52,8 +53,9 @@ def main(preset):
     init = template.get_weights()
     mirrored = distribute.get_strategy("mirrored")
     assert mirrored.num_replicas_in_sync == 2, mirrored.num_replicas_in_sync
-    w1, h1 = run(tf.distribute.get_strategy(), preset, x, init, overrides)
-    w2, h2 = run(mirrored, preset, x, init, overrides)
+    labels = mnist.y_train if template.conditional else None  # a conditional model trains on (images, labels)
+    w1, h1 = run(tf.distribute.get_strategy(), preset, x, init, overrides, labels)
+    w2, h2 = run(mirrored, preset, x, init, overrides, labels)
     print(json.dumps({
         "replicas": mirrored.num_replicas_in_sync,
         "max_weight_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2)),
