@@ -46,7 +46,7 @@ def test_scripts_answer_before_tensorflow_loads(script, args, code, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--arch", "vae", "--preset", "ae-conv"], "is a ae model, not --arch vae"),
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--arch", "ae", "--k", "5"], "--k applies to vae presets"),
+    (["--arch", "ae", "--k", "5"], "--k applies to vae and cvae presets"),
     (["--export", "a/b"], "--export: name must be"),
 ])
 def test_train_usage_errors_need_no_tensorflow(args, message, tmp_path):
