@@ -159,11 +159,16 @@ def test_vae_evaluation_cache_is_keyed_by_weights_images_and_k(vae, mnist_binary
 class _KnownPosterior:
     """A stand-in model whose q(z|x) parameters are linear in x: mean = x A, log_var = x B (numpy-checkable)."""
 
+    prior_type = "standard"
+
     def __init__(self, a, b):
         self.a, self.b = a, b
 
     def encode(self, x):
         return tf.constant(x @ self.a), tf.constant(x @ self.b)
+
+    def kl_divergence(self, mean, log_var):
+        return kerasae.losses.kl_to_standard_normal(mean, log_var)
 
 
 def test_active_units_and_kl_per_dimension_known_posterior(rng):

@@ -88,6 +88,20 @@ def test_kl_terms(vamp, mnist_binary):
                                rtol=1e-5, atol=1e-3)
 
 
+def test_evaluation_reports_the_kl_to_the_vampprior(vamp, mnist_binary):
+    from kerasae import evaluate
+
+    x = mnist_binary[:8]
+    stats = evaluate.posterior_statistics(vamp, x)
+    eps = tf.random.stateless_normal([20_000, 8, 4], seed=[3, 4])
+    monte_carlo = float(tf.reduce_mean(vamp.sample_terms(vamp.check_images(x), eps)[3]))
+    mean, log_var = vamp.encode(x)
+    to_standard_normal = float(tf.reduce_mean(losses.kl_to_standard_normal(mean, log_var)))
+    assert stats["kl_per_dim"] is None  # a mixture prior does not split by dimension
+    assert stats["kl"] == pytest.approx(monte_carlo, rel=0.1, abs=0.3)
+    assert abs(stats["kl"] - to_standard_normal) > 0.5, (stats["kl"], to_standard_normal)
+
+
 def test_training_learns_the_pseudo_inputs(mnist_binary):
     keras.utils.set_random_seed(0)
     model = kerasae.build("vae-mlp-vamp", hidden_units=(64,), latent_dim=4, num_pseudo_inputs=5, seed=0)
