@@ -59,7 +59,7 @@ class VAE(BaseAutoencoder):
         num_pseudo_inputs: K, for prior_type="vamp".
 
     Metrics (nats per example): `loss` (the training objective), `reconstruction_loss`
-    (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (analytic KL(q || p)) and
+    (E_q[-log p(x|z)], Monte Carlo over the k samples), `kl` (KL(q || p): analytic for N(0, I)) and
     `elbo` (-reconstruction_loss - kl, whatever beta is); with the discretized likelihood
     also `bits_per_dim` = -elbo / (H * W * C * ln 2).
 
