@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerasae import layers as stacks
 from kerasae import losses
-from kerasae.models.base import check_positive_int, draw, flag_non_finite, register
+from kerasae.models.base import check_positive_int, flag_non_finite, register
 from kerasae.models.vae import VAE
 
 
@@ -166,24 +166,14 @@ class ConditionalVAE(VAE):
                           for i in range(0, len(x), batch_size)], 0).numpy()
 
     def importance_weighted_bound(self, x, labels, k):
-        x, labels = self.check_inputs((x, labels))
-        eps = draw("normal", [check_positive_int("k", k), tf.shape(x)[0], self.latent_dim])
-        log_px_z, log_pz, log_qz, _ = self.sample_terms((x, labels), eps)
-        return losses.iwae_bound(log_px_z, log_pz, log_qz)
+        return super().importance_weighted_bound((x, labels), k)
 
     # ---- training ---------------------------------------------------------------------------------
 
-    def sample_terms(self, inputs, eps, training=False):
-        """`VAE.sample_terms` for inputs (checked images, labels)."""
-        x, labels = inputs
-        mean, log_var = self._posterior_params((x, labels), training)
-        z = mean + tf.exp(0.5 * log_var) * eps  # [k, B, D]
-        k = tf.shape(eps)[0]
-        tiled = tf.reshape(tf.broadcast_to(labels, tf.shape(z)[:2]), [-1])
-        logits = self._decoder_output(tf.reshape(z, [-1, self.latent_dim]), tiled, training)
-        logits = tf.reshape(logits, [k, -1, *self.image_shape[:2], logits.shape[-1]])
-        return (self.log_likelihood(x, logits), losses.standard_normal_log_prob(z),
-                losses.reparameterized_log_prob(eps, log_var), losses.kl_to_standard_normal(mean, log_var))
+    def _decode_samples(self, z, inputs, training=False):
+        """Each of the k codes per example [k, B, D] decoded with that example's label."""
+        tiled = tf.reshape(tf.broadcast_to(inputs[1], tf.shape(z)[:2]), [-1])
+        return self._decoder_output(tf.reshape(z, [-1, self.latent_dim]), tiled, training)
 
     def check_inputs(self, inputs):
         x, labels = inputs

@@ -295,21 +295,27 @@ class VAE(BaseAutoencoder):
 
         Returns log p(x|z), log p(z), log q(z|x) (each [k, B]) and KL(q || p) [B] (analytic for N(0, I);
         for the VampPrior the mean over the k samples of log q - log p): what the ELBO, the IWAE bound
-        and the k-sample NLL estimate are made of. x must have passed `check_images`.
+        and the k-sample NLL estimate are made of. x must have passed `check_inputs` (a conditional model's
+        x is (images, labels)).
         """
         mean, log_var = self._posterior_params(x, training)
         z = mean + tf.exp(0.5 * log_var) * eps  # reparameterized, [k, B, D]
-        logits = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
+        logits = self._decode_samples(z, x, training)
         logits = tf.reshape(logits, [tf.shape(eps)[0], -1, *self.image_shape[:2], logits.shape[-1]])  # [k, B, H, W, C]
         log_pz, log_qz = self._top_log_prob(z, training), losses.reparameterized_log_prob(eps, log_var)
         kl = (losses.kl_to_standard_normal(mean, log_var) if self.prior_type == "standard"
               else tf.reduce_mean(log_qz - log_pz, axis=0))
-        return self.log_likelihood(x, logits), log_pz, log_qz, kl
+        return self.log_likelihood(x[0] if isinstance(x, tuple) else x, logits), log_pz, log_qz, kl
+
+    def _decode_samples(self, z, inputs, training=False):
+        """The decoder's raw output for the codes z [k, B, D] drawn for `inputs`, as [k * B, ...]."""
+        return self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
 
     def importance_weighted_bound(self, x, k):
         """The IWAE bound on log p(x) with k samples, per example (nats; k=1: a one-sample ELBO)."""
-        x = self.check_images(x)
-        eps = draw("normal", [check_positive_int("k", k), tf.shape(x)[0], self.latent_dim])
+        x = self.check_inputs(x)
+        images = x[0] if isinstance(x, tuple) else x
+        eps = draw("normal", [check_positive_int("k", k), tf.shape(images)[0], self.latent_dim])
         log_px_z, log_pz, log_qz, _ = self.sample_terms(x, eps)
         return losses.iwae_bound(log_px_z, log_pz, log_qz)
 
