@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerasae import layers as stacks
 from kerasae import losses
-from kerasae.models.base import check_positive_int, register
+from kerasae.models.base import check_positive_int, draw, register
 from kerasae.models.vae import VAE
 
 
@@ -143,8 +143,7 @@ class HierarchicalVAE(VAE):
         """n codes [z1, z2]: z2 from its prior, z1 from p(z1 | z2)."""
         z2 = self._sample_top(n, seed)
         mean1, log_var1 = self._p_z1(z2)
-        eps = tf.random.normal(tf.shape(mean1)) if seed is None else tf.random.stateless_normal(
-            tf.shape(mean1), seed=[int(seed), 2])
+        eps = draw("normal", tf.shape(mean1), seed, stream=2)
         return tf.concat([mean1 + tf.exp(0.5 * log_var1) * eps, z2], -1)
 
     def sample_terms(self, x, eps, training=False):
