@@ -16,12 +16,12 @@ from kerasae import options, registry
 from kerasae.config import TrainConfig
 from kerasae.files import ModelFileError
 
-# flag -> (model kwarg, the family it applies to, or None for all)
 _VAES = ("vae", "cvae")
 #: flag -> (model keyword, the families it applies to; None: all)
-_MODEL_FLAGS = {"latent_dim": ("latent_dim", None), "likelihood": ("likelihood", _VAES), "beta": ("beta", _VAES),
-                "k": ("num_importance_samples", _VAES), "prior": ("prior_type", ("vae",)),
-                "pseudo_inputs": ("num_pseudo_inputs", ("vae",))}
+_MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood": ("likelihood", _VAES),
+                "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", ("vae",)),
+                "pseudo_inputs": ("num_pseudo_inputs", ("vae",)), "codebook_size": ("num_embeddings", ("vqvae",)),
+                "code_dim": ("embedding_dim", ("vqvae",))}
 
 
 def _int_at_least(low):
@@ -112,6 +112,8 @@ def build_train_parser():
                    help="VAE: p(z), N(0, I) (standard) or the VampPrior (vamp: a mixture of the encoder's posteriors "
                         "of learned pseudo-inputs)")
     g.add_argument("--pseudo-inputs", type=_positive_int, help="VAE with --prior vamp: pseudo-inputs (default 500)")
+    g.add_argument("--codebook-size", type=_positive_int, help="VQ-VAE: K, the codebook's vectors (codes in [0, K))")
+    g.add_argument("--code-dim", type=_positive_int, help="VQ-VAE: the size of each codebook vector")
     g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
                    help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
     g.add_argument("--init-from", metavar="MODEL.keras|zoo:NAME",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasae import registry
+
 
 def _default(value):
     if isinstance(value, (np.floating, np.integer, np.bool_)):
@@ -143,6 +145,6 @@ def load_keras_model(path):
             raise ModelFileError(f"{path}: refused to load unsafe content (kerasae loads .keras files with "
                                  f"safe_mode=True): {cause[:300]}") from err
         raise ModelFileError(f"{path}: cannot load the model ({type(err).__name__}: {cause[:300]})") from err
-    if getattr(model, "family", None) not in ("ae", "dae", "vae", "cvae"):
+    if getattr(model, "family", None) not in registry.FAMILIES:
         raise ModelFileError(f"{path}: not a kerasae model (it holds a {type(model).__name__})")
     return model

@@ -110,10 +110,20 @@ def residual_block(x, width, *, norm="group", groups=GROUPS, activation="relu", 
     return layers.Add(name=f"{name}_add", dtype=dtype)([skip, h])
 
 
+def feature_map_size(arch, image_shape, filters):
+    """(H', W') of a conv or resnet stack's final map: each stride-2 stage halves a side, rounding up."""
+    downsamplings = len(filters) - 1 if arch == "resnet" else len(filters)
+    scale = 2 ** downsamplings
+    return math.ceil(image_shape[0] / scale), math.ceil(image_shape[1] / scale)
+
+
 def build_encoder(arch, image_shape, output_dim, *, hidden_units=(), filters=(), activation="relu",
                   output_activation=None, blocks_per_stage=2, norm="group", groups=GROUPS, dtype=None,
-                  name="encoder"):
-    """Images [B, H, W, C] -> features [B, output_dim].
+                  name="encoder", spatial=False):
+    """Images [B, H, W, C] -> features [B, output_dim], or [B, H', W', output_dim] when `spatial`.
+
+    `spatial` (conv and resnet only) ends the stack with a 1x1 conv to output_dim channels on the
+    final map instead of flatten -> Dense: a grid of code vectors, one per position (the VQ-VAE's).
 
     mlp:    flatten -> Dense(hidden_units) -> Dense(output_dim)
     conv:   Conv2D(filters, 3, stride 2) per entry -> flatten -> Dense(hidden_units) -> Dense(output_dim)
@@ -125,6 +135,8 @@ def build_encoder(arch, image_shape, output_dim, *, hidden_units=(), filters=(),
     `dtype` is the layers' dtype policy: the owning model passes its own, so a mixed-precision
     model rebuilt from its config gets mixed-precision stacks again.
     """
+    if spatial and arch not in CONV_ARCHS:
+        raise ValueError(f"a spatial encoder needs a conv or resnet arch, got {arch!r}")
     inputs = keras.Input(shape=tuple(image_shape), name="x")
     if arch == "resnet":
         check_norm_widths(norm, filters, groups)
@@ -137,6 +149,8 @@ def build_encoder(arch, image_shape, output_dim, *, hidden_units=(), filters=(),
                 x = layers.Conv2D(filters[s + 1], 3, strides=2, padding="same", name=f"enc_down_{s}",
                                   dtype=dtype)(x)
         x = _norm_act(x, norm, groups, activation, "enc_final", dtype)
+        if spatial:
+            return keras.Model(inputs, layers.Conv2D(output_dim, 1, name="enc_out", dtype=dtype)(x), name=name)
         x = layers.Flatten(name="enc_flatten", dtype=dtype)(x)
         for layer in _dense_stack(hidden_units, activation, "enc", dtype):
             x = layer(x)
@@ -147,6 +161,9 @@ def build_encoder(arch, image_shape, output_dim, *, hidden_units=(), filters=(),
     if arch == "conv":
         stack += [layers.Conv2D(f, 3, strides=2, padding="same", activation=activation, name=f"enc_conv_{i}",
                                 dtype=dtype) for i, f in enumerate(filters)]
+    if spatial:
+        stack.append(layers.Conv2D(output_dim, 1, name="enc_out", dtype=dtype))
+        return keras.Sequential(stack, name=name)
     stack.append(layers.Flatten(name="enc_flatten", dtype=dtype))
     stack += _dense_stack(hidden_units, activation, "enc", dtype)
     stack.append(layers.Dense(output_dim, activation=output_activation, name="enc_out", dtype=dtype))
@@ -163,8 +180,11 @@ def _crop(image_shape, h0, w0, scale, dtype):
 
 def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(), activation="relu",
                   output_channels=None, blocks_per_stage=2, norm="group", groups=GROUPS, dtype=None,
-                  name="decoder"):
+                  name="decoder", spatial=False):
     """Codes [B, latent_dim] -> logits [B, H, W, output_channels (default C)], mirroring `build_encoder`.
+
+    `spatial` (conv and resnet): the codes are a grid [B, H', W', latent_dim] (`feature_map_size`),
+    projected by a 3x3 conv instead of Dense -> reshape.
 
     The conv decoders upsample from ceil(H / 2^n) by stride-2 Conv2DTranspose (a quarter of the
     multiply-adds of nearest upsampling + conv3x3; TFLite's TRANSPOSE_CONV) and crop the surplus,
@@ -174,16 +194,18 @@ def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(),
     """
     h, w, c = image_shape
     out_channels = c if output_channels is None else output_channels
-    stack = [keras.Input(shape=(latent_dim,), name="z")]
-    stack += _dense_stack(tuple(reversed(hidden_units)), activation, "dec", dtype)
+    if spatial and arch not in CONV_ARCHS:
+        raise ValueError(f"a spatial decoder needs a conv or resnet arch, got {arch!r}")
+    h0, w0 = feature_map_size(arch, image_shape, filters) if arch in CONV_ARCHS else (h, w)
+    stack = [keras.Input(shape=(h0, w0, latent_dim) if spatial else (latent_dim,), name="z")]
+    if not spatial:
+        stack += _dense_stack(tuple(reversed(hidden_units)), activation, "dec", dtype)
     if arch == "mlp":
         stack += [layers.Dense(h * w * out_channels, name="dec_out", dtype=dtype),
                   layers.Reshape((h, w, out_channels), name="dec_reshape", dtype=dtype)]
         return keras.Sequential(stack, name=name)
 
-    downsamplings = len(filters) - 1 if arch == "resnet" else len(filters)
-    scale = 2 ** downsamplings
-    h0, w0 = math.ceil(h / scale), math.ceil(w / scale)
+    scale = 2 ** (len(filters) - 1 if arch == "resnet" else len(filters))
     top = filters[-1] if filters else c
     crop = _crop(image_shape, h0, w0, scale, dtype)
     if arch == "resnet":
@@ -191,8 +213,11 @@ def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(),
         x = stack[0]
         for layer in stack[1:]:
             x = layer(x)
-        x = layers.Dense(h0 * w0 * top, name="dec_project", dtype=dtype)(x)
-        x = layers.Reshape((h0, w0, top), name="dec_reshape", dtype=dtype)(x)
+        if spatial:
+            x = layers.Conv2D(top, 3, padding="same", name="dec_project", dtype=dtype)(x)
+        else:
+            x = layers.Dense(h0 * w0 * top, name="dec_project", dtype=dtype)(x)
+            x = layers.Reshape((h0, w0, top), name="dec_reshape", dtype=dtype)(x)
         for s in reversed(range(len(filters))):
             for b in range(blocks_per_stage):
                 x = residual_block(x, filters[s], norm=norm, groups=groups, activation=activation,
@@ -204,8 +229,11 @@ def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(),
         x = layers.Conv2D(out_channels, 3, padding="same", name="dec_out", dtype=dtype)(x)
         return keras.Model(stack[0], crop(x) if crop else x, name=name)
 
-    stack += [layers.Dense(h0 * w0 * top, activation=activation, name="dec_project", dtype=dtype),
-              layers.Reshape((h0, w0, top), name="dec_reshape", dtype=dtype)]
+    if spatial:
+        stack.append(layers.Conv2D(top, 3, padding="same", activation=activation, name="dec_project", dtype=dtype))
+    else:
+        stack += [layers.Dense(h0 * w0 * top, activation=activation, name="dec_project", dtype=dtype),
+                  layers.Reshape((h0, w0, top), name="dec_reshape", dtype=dtype)]
     stack += [layers.Conv2DTranspose(f, 3, strides=2, padding="same", activation=activation, name=f"dec_deconv_{i}",
                                      dtype=dtype) for i, f in enumerate(reversed(filters))]
     stack.append(layers.Conv2D(out_channels, 3, padding="same", name="dec_out", dtype=dtype))

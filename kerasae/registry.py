@@ -14,7 +14,7 @@ import inspect
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
-    family: str  # "ae", "dae", "vae" or "cvae": what --arch calls it
+    family: str  # "ae", "dae", "vae", "cvae" or "vqvae": what --arch calls it
     kwargs: dict
     description: str
     class_path: str  # "module:ClassName"
@@ -29,7 +29,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {}
 
 #: The preset `--arch FAMILY` picks.
-DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp", "cvae": "cvae-mlp"}
+DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp", "cvae": "cvae-mlp", "vqvae": "vqvae-conv"}
+#: The model families (a kerasae model's `family`).
+FAMILIES = tuple(DEFAULT_PRESETS)
 
 
 def register_preset(name, cls, description, **kwargs):
@@ -52,7 +54,7 @@ def _import(class_path):
 
 
 def list_presets(family=None):
-    """Names of the registered presets, optionally of one family ("ae", "dae", "vae", "cvae")."""
+    """Names of the registered presets, optionally of one family ("ae", "dae", "vae", "cvae", "vqvae")."""
     return [name for name, p in PRESETS.items() if family is None or p.family == family]
 
 
@@ -95,8 +97,8 @@ def build(name, **overrides):
 
 # The built-in classes' families, so registering them imports nothing.
 _AE, _DAE, _VAE = "kerasae.models:Autoencoder", "kerasae.models:DenoisingAutoencoder", "kerasae.models:VAE"
-_HVAE, _CVAE = "kerasae.models:HierarchicalVAE", "kerasae.models:ConditionalVAE"
-_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae", _CVAE: "cvae"}
+_HVAE, _CVAE, _VQVAE = "kerasae.models:HierarchicalVAE", "kerasae.models:ConditionalVAE", "kerasae.models:VQVAE"
+_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae", _CVAE: "cvae", _VQVAE: "vqvae"}
 
 _MLP = dict(arch="mlp", hidden_units=(512, 256))
 _CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
@@ -148,6 +150,13 @@ register_preset("cvae-mlp", _CVAE, "Conditional MLP VAE 784(+10)-512-256-32, Ber
 register_preset("cvae-conv", _CVAE, "Conditional conv VAE, conv 32-64 (the label as 10 constant input planes), "
                 "32-D latent, Bernoulli decoder.", **_CONV, latent_dim=32, likelihood="bernoulli", num_classes=10)
 
+# Vector-quantized: an image is L integer codes in [0, K), L * log2(K) bits.
+register_preset("vqvae-conv", _VQVAE, "VQ-VAE, conv 32-64 down to a 7x7 grid of codes, codebook of K=512 vectors of "
+                "size 64 (EMA updates, dead-code restarts): 49 codes, 441 bits per 28x28 image.",
+                **_CONV, num_embeddings=512, embedding_dim=64)
+register_preset("vqvae-mlp", _VQVAE, "VQ-VAE, MLP 784-512-256 to 8 codes from a codebook of K=256 vectors of size 16: "
+                "64 bits per image.", **_MLP, num_codes=8, num_embeddings=256, embedding_dim=16)
+
 # Residual conv stacks (pre-activation blocks, GroupNorm), one per image size, each naming its image shape.
 # The filters set the final map: 28 -> 14 -> 7, 32 -> 16 -> 8, 64 -> 32 -> 16 -> 8.
 _RESNET_28 = dict(arch="resnet", image_shape=(28, 28, 1), filters=(16, 32, 64), blocks_per_stage=1,
@@ -179,3 +188,7 @@ register_preset("vae-resnet-32", _VAE, "Residual conv VAE for 32x32x3: stages 32
 register_preset("vae-resnet-64", _VAE, "Residual conv VAE for 64x64x3: stages 16-32-64-128 down to 8x8, 256-D "
                 "latent, discretized logistic decoder over 8-bit pixels (learned per-pixel scale).", **_RESNET_64,
                 likelihood="discretized_logistic", gaussian_scale="pixel")
+register_preset("vqvae-resnet-32", _VQVAE, "Residual VQ-VAE for 32x32x3: stages 32-64-128 down to an 8x8 grid of "
+                "codes, K=512 vectors of size 64: 576 bits per image.", arch="resnet", image_shape=(32, 32, 3),
+                filters=(32, 64, 128), blocks_per_stage=1, hidden_units=(), num_embeddings=512, embedding_dim=64,
+                reconstruction_loss="mse")

@@ -37,6 +37,8 @@ def run(strategy, preset, x, init_weights, overrides, labels=None):
 
 def small(preset):
     """A small version of `preset` (a hierarchical VAE's latent_dim is the sum of its latent_dims)."""
+    if preset.startswith("vqvae"):
+        return dict(hidden_units=(64, 32), num_codes=4, num_embeddings=16, embedding_dim=4)
     if preset.startswith("hvae"):
         return dict(hidden_units=(64,), latent_dims=(4, 4), stochastic_units=32, num_pseudo_inputs=10)
     return dict(hidden_units=(64, 32), latent_dim=8)

@@ -66,7 +66,7 @@ def _compiled(model, lr=2e-3):
 
 
 def test_every_family_has_presets():
-    assert {registry.get_preset(p).family for p in PRESETS} == {"ae", "dae", "vae", "cvae"}
+    assert {registry.get_preset(p).family for p in PRESETS} == {"ae", "dae", "vae", "cvae", "vqvae"}
     required = {"ae-mlp-seed", "ae-shallow", "ae-conv", "dae-mlp", "dae-conv", "vae-mlp", "vae-mlp-2d",
                 "vae-conv", "vae-mlp-gaussian", "ae-sparse", "ae-contractive"}
     required |= {f"{family}-resnet-{size}" for family in ("ae", "dae", "vae") for size in (28, 32, 64)}
@@ -112,8 +112,12 @@ def test_preset_contract(name, mnist_small, mnist_binary, tmp_path):
     assert type(copy) is type(model) and copy.get_config() == config
     np.testing.assert_array_equal(copy.reconstruct_examples(x[:8], *_with(y, 8)).numpy(),
                                   model.reconstruct_examples(x[:8], *_with(y, 8)).numpy())
-    wider = ({"latent_dims": (model.latent_dims[0], model.latent_dims[1] + 1)} if hasattr(model, "latent_dims")
-             else {"latent_dim": model.latent_dim + 1})  # a hierarchical VAE's latent_dim is their sum
+    if hasattr(model, "latent_dims"):  # a hierarchical VAE's latent_dim is their sum
+        wider = {"latent_dims": (model.latent_dims[0], model.latent_dims[1] + 1)}
+    elif model.family == "vqvae":  # its latent_dim is the code length, set by the architecture
+        wider = {"embedding_dim": model.embedding_dim + 1}
+    else:
+        wider = {"latent_dim": model.latent_dim + 1}
     with pytest.raises(ValueError, match="change the architecture"):
         model.clone(**wider)
 

@@ -12,7 +12,8 @@ import pytest
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("preset", ["ae-shallow", "dae-mlp", "vae-mlp", "iwae-mlp", "hvae-mlp-vamp", "cvae-mlp"])
+@pytest.mark.parametrize("preset", ["ae-shallow", "dae-mlp", "vae-mlp", "iwae-mlp", "hvae-mlp-vamp", "cvae-mlp",
+                                    "vqvae-mlp"])
 def test_mirrored_matches_single_device(preset):
     proc = subprocess.run([sys.executable, str(HERE / "mirrored_check.py"), preset], capture_output=True, text=True,
                           timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

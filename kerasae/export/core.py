@@ -27,7 +27,7 @@ from kerasae.export.parity import NUM_PARITY_IMAGES, _keras_parity, keras_parity
 from kerasae.export.saved_model import (_contract_problems, _spec, expected_signatures, num_classes,
                                         saved_model_signatures, score_definition, write_saved_model)
 from kerasae.export.variants import _fp16_source, _write_tflite
-from kerasae import files
+from kerasae import files, registry
 from kerasae.files import library_versions
 from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signatures, check_variants
 
@@ -64,7 +64,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     name = check_name(name)
     variants = check_variants(tflite)
     tflite_signatures = check_tflite_signatures(tflite_signatures)
-    if not getattr(model, "built", False) or model.family not in ("ae", "dae", "vae", "cvae"):
+    if not getattr(model, "built", False) or model.family not in registry.FAMILIES:
         raise ValueError(f"export_model needs a built kerasae model, got {type(model).__name__}")
     shape = tuple(model.image_shape)
     if representative_data is not None:

@@ -105,8 +105,11 @@ def _diffs(got, want):
     if got.size == 0:
         return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_diff": 0.0}
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))  # NaN where either is NaN: fails any bound
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "max_diff": float(diff.max() / max(1.0, float(np.abs(want).max())))}
+    diffs = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+             "max_diff": float(diff.max() / max(1.0, float(np.abs(want).max())))}
+    if want.dtype.kind == "i":  # code indices (VQ-VAE): a different index is a different code, not a small error
+        diffs["agreement"] = float(np.mean(got == want))
+    return diffs
 
 
 def parity_failures(parity):

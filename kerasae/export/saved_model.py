@@ -36,13 +36,19 @@ def example_labels(n, classes):
     return None if classes is None else (np.arange(n) % classes).astype(np.int32)
 
 
+def _code_dtype(model):
+    """float32 codes z, or a VQ-VAE's int32 code indices."""
+    return tf.int32 if model.family == "vqvae" else tf.float32
+
+
 def expected_signatures(model):
     """The contract: signature -> {"inputs": {key: spec}, "outputs": {key: spec}}, spec = {shape, dtype}.
 
     A conditional model's signatures also take `label`: int32 [batch], a scalar for `sample` (one class).
+    A VQ-VAE's z is int32 code indices [batch, L].
     """
     h, w, c = model.image_shape
-    image, code = _spec([None, h, w, c]), _spec([None, model.latent_dim])
+    image, code = _spec([None, h, w, c]), _spec([None, model.latent_dim], _code_dtype(model).name)
     vae = model.family in ("vae", "cvae")
     labels = {"label": _spec([None], "int32")} if num_classes(model) else {}
     recon = {"inputs": {"x": image, **labels}, "outputs": {"reconstruction": image}}
@@ -72,6 +78,11 @@ def score_definition(model):
                   "(z = [z1, z2])")
         return (f"negative ELBO at the posterior mean, nats per image: -log p(x | z = z_mean{given}) "
                 f"({model.likelihood} decoder) + {kl}{bits}; deterministic")
+    if model.family == "vqvae":
+        what = {"bce": "binary cross-entropy of x against sigmoid(logits) summed over pixels, nats per image",
+                "mse": "squared error sum((sigmoid(logits) - x)^2) over pixels, per image (not nats)"}
+        return (f"{what[model.reconstruction_loss]}, of the reconstruction from the quantized codes (the "
+                f"{model.num_codes} codes of an image are {model.bits_per_image:g} bits); deterministic")
     if model.reconstruction_loss == "bce":
         return ("reconstruction negative log-likelihood, nats per image: binary cross-entropy of x against "
                 "sigmoid(logits) summed over pixels (-log p(x|z) under a Bernoulli decoder for binary x); "
@@ -87,7 +98,7 @@ def _endpoints(model):
     """
     h, w, c = model.image_shape
     x_spec = tf.TensorSpec([None, h, w, c], tf.float32, name="x")
-    z_spec = tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")
+    z_spec = tf.TensorSpec([None, model.latent_dim], _code_dtype(model), name="z")
     n_spec = tf.TensorSpec([], tf.int32, name="num_samples")
     classes = num_classes(model)
     vae = model.family in ("vae", "cvae")
@@ -122,7 +133,8 @@ def _endpoints(model):
         if vae:
             mean, log_var = model.encode(x, *label)
             return {"z_mean": f32(mean), "z_log_var": f32(log_var)}
-        return {"z": f32(model.encode(x))}
+        z = model.encode(x)
+        return {"z": z if model.family == "vqvae" else f32(z)}
 
     def decode(z, label):
         if _scaled(model):  # one decoder pass for both (its scale may come from the decoder)

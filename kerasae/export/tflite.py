@@ -31,7 +31,8 @@ def _litert():
 
 def _batches(arrays, key, labels=None, batch_size=16):
     for i in range(0, len(arrays), batch_size):
-        yield {key: np.asarray(arrays[i:i + batch_size], np.float32),
+        batch = np.asarray(arrays[i:i + batch_size])
+        yield {key: batch if batch.dtype.kind == "i" else batch.astype(np.float32),
                **({} if labels is None else {"label": labels[i:i + batch_size]})}
 
 
@@ -39,7 +40,8 @@ def representative_inputs(loaded, signature, images, seed=0, classes=None):
     """Calibration inputs for an int8 `signature`: a list of input dicts.
 
     Images for x-signatures. For decode, the codes of those images (z or z_mean) plus as many
-    draws from the prior, since decode serves both reconstructions and generation. For sample,
+    draws from the prior, since decode serves both reconstructions and generation (a VQ-VAE's:
+    the images' code indices with each position's shuffled across images). For sample,
     a few num_samples values (the decoder is calibrated on the graph's own N(0, I) draws). A
     conditional model's (`classes`) inputs come with labels cycling through its classes.
     """
@@ -50,7 +52,11 @@ def representative_inputs(loaded, signature, images, seed=0, classes=None):
                 for i in range(max(1, len(images) // 32))]
     if signature == "decode":
         codes = _codes(loaded, images, None if labels is None else labels[:len(images)])
-        prior = np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
+        rng = np.random.default_rng(seed)
+        if codes.dtype.kind == "i":  # a VQ-VAE's indices: each position's codes shuffled across the images
+            prior = rng.permuted(codes, axis=0)
+        else:
+            prior = rng.standard_normal(codes.shape).astype(np.float32)
         return list(_batches(np.concatenate([codes, prior]), "z", labels))
     return list(_batches(images, "x", labels))
 

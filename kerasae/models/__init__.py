@@ -6,5 +6,6 @@ from kerasae.models.cvae import ConditionalVAE
 from kerasae.models.dae import DenoisingAutoencoder
 from kerasae.models.hvae import HierarchicalVAE
 from kerasae.models.vae import VAE
+from kerasae.models.vqvae import VQVAE
 
-__all__ = ["Autoencoder", "BaseAutoencoder", "ConditionalVAE", "DenoisingAutoencoder", "HierarchicalVAE", "VAE"]
+__all__ = ["Autoencoder", "BaseAutoencoder", "ConditionalVAE", "DenoisingAutoencoder", "HierarchicalVAE", "VAE", "VQVAE"]
