@@ -341,7 +341,7 @@ def evaluate_main(argv=None):
 
 
 #: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
-REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll", "hvae-nll")
+REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll", "hvae-nll", "vq")
 #: `experiments.DATA_DIRS["fashion_mnist"]` (same reason; the same test keeps them equal).
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

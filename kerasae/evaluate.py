@@ -10,7 +10,6 @@ Conventions (so every figure is reproducible and comparable with the literature)
 """
 
 import hashlib
-import io
 import json
 import math
 import time
@@ -336,84 +335,6 @@ def mmd_to_prior(z, num=2000, seed=0):
             "code_std_mean": float(z.std(axis=0).mean())}
 
 
-# ---- compression ------------------------------------------------------------------------------
-
-def _to_uint8(x):
-    return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
-
-
-def codec_rate_distortion(x, fmt, **options):
-    """Mean bytes per image and mean PSNR (dB) of images x [N, H, W, 1] saved one by one with Pillow."""
-    from PIL import Image
-
-    sizes, decoded = [], []
-    for img in _to_uint8(x)[..., 0]:
-        buf = io.BytesIO()
-        Image.fromarray(img, mode="L").save(buf, format=fmt, **options)
-        sizes.append(buf.tell())
-        buf.seek(0)
-        decoded.append(np.asarray(Image.open(buf), np.float32) / 255.0)
-    return {"bytes_per_image": float(np.mean(sizes)),
-            "psnr_db": float(np.mean(np.minimum(psnr(x, np.stack(decoded)[..., None]), 100.0)))}
-
-
-#: Lossless codecs Pillow writes: name -> save() options. WebP's lossless mode at its slowest (best) effort.
-LOSSLESS_CODECS = {"PNG": dict(format="PNG", optimize=True),
-                   "WebP lossless": dict(format="WEBP", lossless=True, quality=100, method=6)}
-
-
-def lossless_bits_per_dim(x, codec="PNG"):
-    """Bits per dimension (8 * file bytes / (H * W * C)) of 8-bit images x [N, H, W, C], each saved alone
-    as one file (headers included: what storing the image costs); [N] float64. Decoding checks losslessness."""
-    from PIL import Image
-
-    if codec not in LOSSLESS_CODECS:
-        raise ValueError(f"codec must be one of {', '.join(LOSSLESS_CODECS)}, got {codec!r}")
-    pixels = _to_uint8(x)
-    bits = np.empty(len(pixels))
-    for i, img in enumerate(pixels):
-        buf = io.BytesIO()
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, **LOSSLESS_CODECS[codec])
-        bits[i] = 8.0 * buf.tell() / img.size
-        buf.seek(0)
-        decoded = np.asarray(Image.open(buf).convert("L" if img.shape[-1] == 1 else "RGB"))
-        if not np.array_equal(decoded.reshape(img.shape), img):
-            raise AssertionError(f"{codec} did not return image {i} unchanged")
-    return bits
-
-
-def quantized_code_rate_distortion(model, x_train, x_test, bits=8):
-    """Codes quantized to `bits` per dimension (ranges fixed on the training codes), decoded; PSNR vs x_test.
-
-    The rate counts the code only: the decoder and the per-dimension ranges are shared by
-    every image (reported separately as `decoder_bytes`, float32 weights), i.e. amortized
-    over an unlimited number of images.
-    """
-    z_train, z_test = codes(model, x_train), codes(model, x_test)
-    low, high = z_train.min(axis=0), z_train.max(axis=0)
-    levels = 2**bits - 1
-    q = np.rint((np.clip(z_test, low, high) - low) / np.maximum(high - low, 1e-12) * levels)
-    z_hat = (low + q / levels * (high - low)).astype(np.float32)
-    x_hat = _map(model.decode, z_hat)
-    decoder_bytes = int(sum(np.asarray(w).nbytes for w in model.decoder.weights))
-    return {"bytes_per_image": model.latent_dim * bits / 8, "psnr_db": float(np.mean(psnr(x_test, x_hat))),
-            "psnr_unquantized_db": float(np.mean(psnr(x_test, _map(model.decode, z_test)))),
-            "decoder_bytes": decoder_bytes, "bits_per_dim": bits, "latent_dim": model.latent_dim}
-
-
-JPEG_QUALITIES = (5, 10, 25, 50, 75, 90)
-
-
-def compression_table(models, x_train, x_test):
-    """Rate-distortion rows: each AE (8-bit codes), PNG (lossless) and JPEG at several qualities."""
-    rows = [{"method": f"{name} (8-bit code)", **quantized_code_rate_distortion(m, x_train, x_test)}
-            for name, m in models.items()]
-    rows.append({"method": "PNG", **codec_rate_distortion(x_test, "PNG", optimize=True)})
-    rows += [{"method": f"JPEG q={q}", "quality": q, **codec_rate_distortion(x_test, "JPEG", quality=q)}
-             for q in JPEG_QUALITIES]
-    return rows
-
-
 # ---- one run ----------------------------------------------------------------------------------
 
 def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
@@ -428,6 +349,13 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
     result = {"model": type(model).__name__, "family": model.family, "num_test": len(x_test)}
     if model.family == "vae":
         result["vae"] = evaluate_vae(model, x_test, k=k, progress=progress, cache=run_dir / EVALUATION_CACHE)
+    elif model.family == "vqvae":  # integer codes: their rate and use, no PCA of equal size or prior match
+        from kerasae.compression import vq_rate_distortion
+
+        result["reconstruction"] = evaluate_autoencoder(model, x_test)
+        result["codes"] = vq_rate_distortion(model, x_test)
+        write_json(run_dir / "evaluation.json", result)
+        return result
     else:
         result["reconstruction"] = evaluate_autoencoder(model, x_test)
         pca, _, _ = pca_baseline(x_train, x_test, model.latent_dim)

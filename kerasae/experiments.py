@@ -94,6 +94,14 @@ register_experiment(
          learning_rate=3e-4, epochs=300),
     quick=dict(model_kwargs=dict(num_importance_samples=5, kl_warmup_steps=0, num_pseudo_inputs=50)),
     init_from="hvae-nll")
+# VQ-VAEs on MNIST's grey levels (as the seed stage's AEs): three code lengths for the rate-distortion figure.
+register_experiment("vqvae-mlp-8", "VQ-VAE 784-512-256 -> 8 codes of a 256-vector codebook: 8 bytes per image.",
+                    dict(preset="vqvae-mlp", epochs=30))
+register_experiment("vqvae-mlp-32", "VQ-VAE 784-512-256 -> 32 codes of a 256-vector codebook: 32 bytes per image, "
+                    "the size of ae-mlp-32's 8-bit code.", dict(preset="vqvae-mlp", model_kwargs=dict(num_codes=32),
+                                                               epochs=30))
+register_experiment("vqvae-conv", "VQ-VAE conv 32-64 -> a 7x7 grid of codes of a 512-vector codebook: 55.1 bytes "
+                    "per image.", dict(preset="vqvae-conv", epochs=20))
 register_experiment("fashion-ae-2", "The classic deep AE (2-D code) on Fashion-MNIST: AE vs PCA at 2-D.",
                     dict(preset="ae-mlp-seed", dataset="idx:{fashion_mnist}", epochs=30))
 register_experiment("fashion-ae-32", "MLP AE 784-512-256-32 on Fashion-MNIST: AE vs PCA at 32-D.",

@@ -106,10 +106,16 @@ def save_rate_distortion(rows, path):
         if r["method"].startswith("JPEG"):
             continue
         lossless = r["method"] == "PNG"
-        ax.scatter(r["bytes_per_image"], min(r["psnr_db"], 60.0), marker="^" if lossless else "s", s=40,
-                   label=r["method"] + (" (lossless, shown at 60 dB)" if lossless else ""))
+        marker = "^" if lossless else "D" if "VQ codes" in r["method"] else "s"
+        points = ax.scatter(r["bytes_per_image"], min(r["psnr_db"], 60.0), marker=marker, s=40,
+                            label=r["method"] + (" (lossless, shown at 60 dB)" if lossless else ""))
+        if "entropy_coded_bytes_per_image" in r:  # the same codes entropy-coded: hollow, joined to the fixed length
+            colour = points.get_facecolor()[0]
+            ax.plot([r["entropy_coded_bytes_per_image"], r["bytes_per_image"]], [r["psnr_db"]] * 2, ":", color=colour)
+            ax.scatter(r["entropy_coded_bytes_per_image"], r["psnr_db"], marker=marker, s=40, facecolors="none",
+                       edgecolors=[colour])
     ax.set_xscale("log")
-    ax.set_xlabel("bytes per image (AE: code only; decoder shared)")
+    ax.set_xlabel("bytes per image (AE, VQ: code only; decoder shared; hollow: entropy-coded)")
     ax.set_ylabel("PSNR vs original (dB)")
     ax.set_title("Rate-distortion on MNIST test images")
     ax.grid(True, which="both", alpha=0.3)

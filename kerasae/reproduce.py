@@ -6,6 +6,8 @@ Stages, each a JSON file under the results directory (RESULT_FILES):
 - nll:     nll.json, the MNIST likelihood runs (test NLL by the IWAE bound, k samples).
 - resnet-nll: nll_resnet.json, the same protocol for a residual conv VAE.
 - hvae-nll: nll_hvae.json, the same protocol for a two-layer hierarchical VAE with a VampPrior.
+- vq:      vq_compression.json, VQ-VAEs' integer codes on the rate-distortion figure beside the seed
+           stage's AEs, PNG and JPEG.
 - fashion: fashion_mnist.json, AE vs PCA and an 8-bit VAE's bits/dim vs PNG on Fashion-MNIST.
 - photos:  photos.json, a residual VAE's bits/dim vs PNG and WebP on unseen photographs.
 The last two live in `kerasae.reproduce_images`.
@@ -20,9 +22,9 @@ import time
 from pathlib import Path
 
 from kerasae import _backend  # noqa: F401
-import keras
 import numpy as np
 
+from kerasae import compression
 from kerasae import evaluate as ev
 from kerasae import experiments, plots
 from kerasae import training as train_lib
@@ -33,9 +35,11 @@ STAGES = {"seed": ("ae-mlp-seed", "ae-mlp-32", "dae-mlp", "vae-mlp-2d", "vae-mlp
           "fashion": ("fashion-ae-2", "fashion-ae-32", "fashion-vae"),  # kerasae.reproduce_images
           "photos": ("photos-vae-resnet-32",),
           "resnet-nll": ("vae-resnet-nll",),
-          "hvae-nll": ("hvae-nll", "hvae-iwae-nll")}
+          "hvae-nll": ("hvae-nll", "hvae-iwae-nll"),
+          "vq": ("vqvae-mlp-8", "vqvae-mlp-32", "vqvae-conv")}
 RESULT_FILES = {"seed": "seed_claims.json", "nll": "nll.json", "fashion": "fashion_mnist.json",
-                "photos": "photos.json", "resnet-nll": "nll_resnet.json", "hvae-nll": "nll_hvae.json"}
+                "photos": "photos.json", "resnet-nll": "nll_resnet.json", "hvae-nll": "nll_hvae.json",
+                "vq": "vq_compression.json"}
 
 #: Published one-stochastic-layer MLP results on dynamically binarized MNIST, test NLL in nats.
 ANCHORS = {"Burda et al. 2015 (IWAE) Table 1, VAE k=1": 86.76,
@@ -157,10 +161,31 @@ def seed_claims(runs, fig_dir, k=500, progress=True):
                        for name in STAGES["seed"]], fig_dir / "reconstructions.png", cols=1)
 
     # 4. Compression: 8-bit AE codes vs PNG and JPEG.
-    out["compression"] = ev.compression_table({"ae-mlp-seed": ae2, "ae-mlp-32": ae32, "dae-mlp": dae},
+    out["compression"] = compression.compression_table({"ae-mlp-seed": ae2, "ae-mlp-32": ae32, "dae-mlp": dae},
                                               x_train, x_test)
     plots.save_rate_distortion(out["compression"], fig_dir / "rate_distortion.png")
     return out
+
+
+def vq_compression(runs, fig_dir, results_dir):
+    """VQ-VAE rows (fixed-length and entropy-coded codes) with PNG and JPEG on the same test images, and the seed
+    stage's AE rows (8-bit codes) where its results file exists; the rate-distortion figure of them all."""
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    models = {name: ev.load_model(run_dir) for name, run_dir in runs.items()}
+    data, x_train = ev.run_data(next(iter(runs.values())))
+    rows = compression.compression_table({}, x_train, data.x_test, vq_models=models)
+    seed_file = Path(results_dir) / RESULT_FILES["seed"]
+    seed = json.loads(seed_file.read_text()) if seed_file.exists() else None
+    if seed and seed["conventions"]["num_test"] == len(data.x_test):  # the same test images
+        rows += [{**r, "from": seed_file.name} for r in seed["compression"] if r["method"].endswith("(8-bit code)")]
+    plots.save_rate_distortion(rows, fig_dir / "rate_distortion_vq.png")
+    return {"runs": {name: run_record(run_dir) for name, run_dir in runs.items()}, "rows": rows,
+            "conventions": {"psnr": "dB, peak 1.0, mean per image", "num_test": len(data.x_test),
+                            "bytes_per_image": "VQ: L * log2(K) / 8 (fixed-length codes); AE: its 8-bit code; "
+                                               "decoders and codebooks shared, counted apart (decoder_bytes)",
+                            "entropy_coded_bytes_per_image": "the VQ codes under the model's factorized prior "
+                                                             "(per-position code frequencies of training), ideal "
+                                                             "arithmetic coding"}}
 
 
 # ---- the likelihood runs ------------------------------------------------------------------------
@@ -220,6 +245,8 @@ def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchm
         progress = verbose != 0
         if stage == "seed":
             result = seed_claims(runs, fig_dir, k=k or (20 if quick else 500), progress=progress)
+        elif stage == "vq":
+            result = vq_compression(runs, fig_dir, results_dir)
         elif stage in ("nll", "resnet-nll", "hvae-nll"):
             result = nll_results(runs, fig_dir, k=k or (20 if quick else 5000), max_test_samples=max_test_samples,
                                  progress=progress, figure=f"{RESULT_FILES[stage][:-5]}_learning_curves.png")
@@ -291,6 +318,16 @@ def summary(results):
             [[name, f"{r['test']['nll']:.2f}", f"{r['test']['elbo']:.2f}", r["test"]["active_units"], _epochs(r),
               _minutes(r.get("total_training_time_s", r["training_time_s"])), r["target_nll"], r["meets_target"]]
              for name, r in nll["runs"].items()]))
+    vq = results.get("vq")
+    if vq:
+        parts.append("VQ-VAE codes vs AE codes and codecs on MNIST (bytes per image; decoders shared):\n\n"
+                     + markdown_table(["method", "bytes/image", "entropy-coded", "PSNR dB", "codes used"],
+                                      [[r["method"], f"{r['bytes_per_image']:.1f}",
+                                        f"{r['entropy_coded_bytes_per_image']:.1f}"
+                                        if "entropy_coded_bytes_per_image" in r else "",
+                                        "lossless" if r["method"] == "PNG" else f"{r['psnr_db']:.2f}",
+                                        f"{r['codes_used']} of {r['codebook_size']}" if "codes_used" in r else ""]
+                                       for r in vq["rows"]]))
     from kerasae import reproduce_images
 
     parts += reproduce_images.summary_parts(results)

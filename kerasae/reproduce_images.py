@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasae import compression
 from kerasae import evaluate as ev
 from kerasae import plots
 from kerasae import reproduce as mnist_stages
@@ -22,7 +23,7 @@ DEFAULT_K = 1000
 
 def _codecs(x):
     """Each lossless codec's bits per dimension on x [N, H, W, C], every image one file."""
-    return {codec: float(ev.lossless_bits_per_dim(x, codec).mean()) for codec in ev.LOSSLESS_CODECS}
+    return {codec: float(compression.lossless_bits_per_dim(x, codec).mean()) for codec in compression.LOSSLESS_CODECS}
 
 
 # ---- Fashion-MNIST ------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
                     "train_stride": photos.TRAIN_STRIDE, "test_stride": model.image_shape[0]},
            "test": {"nll_bits_per_dim": mean(lambda r: r["vae"]["nll_bits_per_dim"]),
                     "elbo_bits_per_dim": mean(lambda r: r["vae"]["elbo_bits_per_dim"]), "k": k,
-                    **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c]) for c in ev.LOSSLESS_CODECS}},
+                    **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c]) for c in compression.LOSSLESS_CODECS}},
            "per_photo": per_photo,
            "conventions": {"bits_per_dim": "nats / (H * W * C * ln 2) of the 8-bit test patches (IWAE bound, k "
                                            "samples); codecs: 8 * file bytes / (H * W * C), each patch (or whole "
@@ -129,9 +130,9 @@ def summary_parts(results):
     photo = results.get("photos")
     if photo:
         rows = [[name, r["num_patches"], f"{r['vae']['nll_bits_per_dim']:.3f}"]
-                + [f"{r['codecs_per_patch'][c]:.3f} ({r['codecs_whole_photo'][c]:.3f})" for c in ev.LOSSLESS_CODECS]
+                + [f"{r['codecs_per_patch'][c]:.3f} ({r['codecs_whole_photo'][c]:.3f})" for c in compression.LOSSLESS_CODECS]
                 for name, r in photo["per_photo"].items()]
         parts.append(f"Photographs never seen in training, 32x32 patches, bits per dimension (VAE: NLL, "
                      f"k={photo['test']['k']}; codecs: per patch (whole photograph)):\n\n" + table(
-                         ["photograph", "patches", "VAE", *ev.LOSSLESS_CODECS], rows))
+                         ["photograph", "patches", "VAE", *compression.LOSSLESS_CODECS], rows))
     return parts

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import kerasae
+from kerasae import compression
 from kerasae import evaluate as ev
 from kerasae import export, zoo
 
@@ -302,12 +303,12 @@ def test_mmd_separates_the_prior_from_other_codes(rng):
 
 def test_rate_distortion_rows(mnist_small):
     x_train, x_test = mnist_small.x_train, mnist_small.x_test[:32]
-    png = ev.codec_rate_distortion(x_test, "PNG", optimize=True)
+    png = compression.codec_rate_distortion(x_test, "PNG", optimize=True)
     assert png["psnr_db"] == 100.0  # lossless (MNIST is 8-bit), capped for JSON
-    low, high = (ev.codec_rate_distortion(x_test, "JPEG", quality=q) for q in (10, 90))
+    low, high = (compression.codec_rate_distortion(x_test, "JPEG", quality=q) for q in (10, 90))
     assert high["bytes_per_image"] > low["bytes_per_image"] and high["psnr_db"] > low["psnr_db"]
     ae = kerasae.build("ae-shallow", latent_dim=8, seed=0)
-    row = ev.quantized_code_rate_distortion(ae, x_train, x_test)
+    row = compression.quantized_code_rate_distortion(ae, x_train, x_test)
     assert row["bytes_per_image"] == 8 and row["decoder_bytes"] == (8 * 784 + 784) * 4
     assert abs(row["psnr_db"] - row["psnr_unquantized_db"]) < 1.0
 
@@ -346,7 +347,7 @@ def test_run_data_is_the_runs_split(tiny_run, mnist_small):
 def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     """The whole reproduce path in quick mode: runs, results JSON, figures, zoo export, load_pretrained."""
     root = tmp_path / "root"
-    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--stages", "seed,nll,resnet-nll,hvae-nll",
+    proc = run_script("reproduce.py", "--quick", "--export-zoo", "--stages", "seed,nll,resnet-nll,hvae-nll,vq",
                       "--root", root, "--verbose", "0", cwd=tmp_path, timeout=900)  # the other stages: test_reproduce_images
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, figures = root / "quick" / "results", root / "quick" / "figures"
@@ -372,11 +373,18 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     assert hvae["hvae-iwae-nll"]["init_from"]["run_dir"] == hvae["hvae-nll"]["run_dir"]
     assert hvae["hvae-iwae-nll"]["model_config"]["latent_dims"] == [40, 40]
     assert all(r["test"]["nll"] <= -r["test"]["elbo"] for r in hvae.values())
+    vq = json.loads((results / "vq_compression.json").read_text())
+    rows = {r["method"]: r for r in vq["rows"]}
+    assert {name: rows[f"{name} (VQ codes)"]["bytes_per_image"] for name in vq["runs"]} == {
+        "vqvae-mlp-8": 8.0, "vqvae-mlp-32": 32.0, "vqvae-conv": 49 * 9 / 8}
+    ae_rows = [r for r in seed["compression"] if r["method"].endswith("(8-bit code)")]
+    assert ae_rows and all({**r, "from": "seed_claims.json"} in vq["rows"] for r in ae_rows)  # the seed stage's
+    assert "PNG" in rows and "JPEG q=50" in rows
     for name in ("latent_2d", "denoising", "samples_ae_vs_vae", "interpolation", "vae_manifold",
                  "reconstructions", "rate_distortion", "nll_learning_curves", "nll_resnet_learning_curves",
-                 "nll_hvae_learning_curves"):
+                 "nll_hvae_learning_curves", "rate_distortion_vq"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name
-    assert "AE vs PCA" in proc.stdout and "MNIST test NLL" in proc.stdout
+    assert "AE vs PCA" in proc.stdout and "MNIST test NLL" in proc.stdout and "VQ-VAE codes" in proc.stdout
 
     zoo_dir = root / "quick" / "exported"
     assert sorted(p.name for p in zoo_dir.iterdir()) == sorted(zoo.ZOO)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kerasae import evaluate as ev
+from kerasae import compression
 from kerasae import reproduce, reproduce_images
 from kerasae.data import load_mnist
 from kerasae.data.idx import load_npz
@@ -82,12 +82,12 @@ def test_lossless_bits_per_dim_are_file_sizes_of_lossless_files():
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.float32) / 255.0
     flat = np.full((2, 32, 32, 1), 0.5, np.float32)
-    for codec in ev.LOSSLESS_CODECS:
-        bits = ev.lossless_bits_per_dim(noise, codec)
+    for codec in compression.LOSSLESS_CODECS:
+        bits = compression.lossless_bits_per_dim(noise, codec)
         assert bits.shape == (3,) and np.all(bits > 8.0)  # noise cannot be compressed: headers on top of 8 bits
-        assert np.all(ev.lossless_bits_per_dim(flat, codec) < 1.0)
+        assert np.all(compression.lossless_bits_per_dim(flat, codec) < 1.0)
     with pytest.raises(ValueError, match="codec must be one of"):
-        ev.lossless_bits_per_dim(flat, "GIF")
+        compression.lossless_bits_per_dim(flat, "GIF")
 
 
 @pytest.mark.parametrize("stage", ["fashion", "photos"])
@@ -109,11 +109,11 @@ def test_published_codec_rates_of_the_photographs_are_measured_again(patches):
     for name, published in result["per_photo"].items():
         tiles = patches["x_test"][patches["y_test"] == names.index(name)] / 255.0
         assert published["num_patches"] == len(tiles)
-        for codec in ev.LOSSLESS_CODECS:
+        for codec in compression.LOSSLESS_CODECS:
             assert published["codecs_per_patch"][codec] == pytest.approx(
-                ev.lossless_bits_per_dim(tiles, codec).mean(), rel=0.02)
+                compression.lossless_bits_per_dim(tiles, codec).mean(), rel=0.02)
             assert published["codecs_whole_photo"][codec] == pytest.approx(
-                ev.lossless_bits_per_dim(photos.load_photo(name)[None] / 255.0, codec)[0], rel=0.02)
+                compression.lossless_bits_per_dim(photos.load_photo(name)[None] / 255.0, codec)[0], rel=0.02)
 
 
 def test_reproduce_fashion_needs_its_data(tmp_path):
@@ -146,7 +146,7 @@ def test_reproduce_quick_fashion_and_photos(tmp_path):
     assert 0 < vae["nll_bits_per_dim"] <= vae["elbo_bits_per_dim"] < 8 and vae["k"] == 20
     png = out["lossless_bits_per_dim"]["PNG"]
     inverted = (255 - np.rint(mnist.x_test[:300] * 255)) / 255.0  # the test images as written above
-    assert 0 < png < 8 and png == pytest.approx(ev.lossless_bits_per_dim(inverted).mean())
+    assert 0 < png < 8 and png == pytest.approx(compression.lossless_bits_per_dim(inverted).mean())
 
     out = json.loads((results / "photos.json").read_text())
     dataset = out["runs"]["photos-vae-resnet-32"]["train_config"]["dataset"]

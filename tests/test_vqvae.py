@@ -178,6 +178,20 @@ def test_sampling_follows_the_code_frequencies_and_code_length():
     assert model.bits_per_image == 4.0  # 2 codes of log2(4) bits
 
 
+def test_entropy_coded_rate_is_the_fixed_length_under_uniform_frequencies(mnist_small):
+    from kerasae import compression
+
+    model = _small(num_embeddings=16)
+    x = mnist_small.x_test[:64]
+    row = compression.vq_rate_distortion(model, x)
+    assert row["bytes_per_image"] == 4 * 4 / 8
+    assert row["entropy_coded_bytes_per_image"] == pytest.approx(row["bytes_per_image"], rel=1e-5)  # 1/16 each
+    freq = np.full((4, 16), 1e-6, np.float32)
+    freq[np.arange(4)[:, None], model.encode(x).numpy().T] = 1.0  # every code seen is likely, the others not
+    model.code_frequencies.assign(freq)
+    assert compression.vq_rate_distortion(model, x)["entropy_coded_bytes_per_image"] < row["bytes_per_image"]
+
+
 def test_bad_codes_and_config_are_clear_errors():
     model = _small()
     with pytest.raises(TypeError, match="codes must be integer code indices in \\[0, 8\\)"):
@@ -314,6 +328,13 @@ def test_cli_trains_a_vqvae_and_refuses_flags_of_other_families(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"perplexity", "commitment_loss", "reconstruction_loss"} <= set(metrics["test"])
     assert (out / "figures" / "reconstructions.png").exists()
+    proc = run_script("evaluate.py", str(out), "--max-test-samples", "64", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    codes = evaluation["codes"]
+    assert codes["bytes_per_image"] == 49 * 5 / 8 and codes["codebook_size"] == 32 and codes["num_codes"] == 49
+    assert codes["psnr_db"] == pytest.approx(evaluation["reconstruction"]["psnr_db"], rel=1e-6)
+    assert 1 <= codes["perplexity"] <= codes["codes_used"] <= 32
     for args, message in ((["--arch", "vqvae", "--latent-dim", "4"], "--latent-dim applies to"),
                           (["--arch", "vae", "--codebook-size", "4"], "--codebook-size applies to vqvae presets")):
         proc = run_script("train.py", *args, "--epochs", "1", "--out", str(tmp_path / "bad"), cwd=tmp_path)

@@ -1,0 +1,106 @@
+"""Compression: what an image costs in bytes (or bits per dimension) and what comes back.
+
+Classical codecs through Pillow (lossless PNG and WebP; JPEG at several qualities), an
+autoencoder's code quantized to 8 bits per dimension, and a VQ-VAE's integer codes, at a
+fixed length (L * log2(K) bits) or entropy-coded with its factorized prior; the rate-distortion
+rows these give are what `plots.save_rate_distortion` draws.
+"""
+
+import io
+
+import numpy as np
+
+from kerasae.evaluate import _map, codes, psnr
+
+def _to_uint8(x):
+    return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+
+
+def codec_rate_distortion(x, fmt, **options):
+    """Mean bytes per image and mean PSNR (dB) of images x [N, H, W, 1] saved one by one with Pillow."""
+    from PIL import Image
+
+    sizes, decoded = [], []
+    for img in _to_uint8(x)[..., 0]:
+        buf = io.BytesIO()
+        Image.fromarray(img, mode="L").save(buf, format=fmt, **options)
+        sizes.append(buf.tell())
+        buf.seek(0)
+        decoded.append(np.asarray(Image.open(buf), np.float32) / 255.0)
+    return {"bytes_per_image": float(np.mean(sizes)),
+            "psnr_db": float(np.mean(np.minimum(psnr(x, np.stack(decoded)[..., None]), 100.0)))}
+
+
+#: Lossless codecs Pillow writes: name -> save() options. WebP's lossless mode at its slowest (best) effort.
+LOSSLESS_CODECS = {"PNG": dict(format="PNG", optimize=True),
+                   "WebP lossless": dict(format="WEBP", lossless=True, quality=100, method=6)}
+
+
+def lossless_bits_per_dim(x, codec="PNG"):
+    """Bits per dimension (8 * file bytes / (H * W * C)) of 8-bit images x [N, H, W, C], each saved alone
+    as one file (headers included: what storing the image costs); [N] float64. Decoding checks losslessness."""
+    from PIL import Image
+
+    if codec not in LOSSLESS_CODECS:
+        raise ValueError(f"codec must be one of {', '.join(LOSSLESS_CODECS)}, got {codec!r}")
+    pixels = _to_uint8(x)
+    bits = np.empty(len(pixels))
+    for i, img in enumerate(pixels):
+        buf = io.BytesIO()
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, **LOSSLESS_CODECS[codec])
+        bits[i] = 8.0 * buf.tell() / img.size
+        buf.seek(0)
+        decoded = np.asarray(Image.open(buf).convert("L" if img.shape[-1] == 1 else "RGB"))
+        if not np.array_equal(decoded.reshape(img.shape), img):
+            raise AssertionError(f"{codec} did not return image {i} unchanged")
+    return bits
+
+
+def quantized_code_rate_distortion(model, x_train, x_test, bits=8):
+    """Codes quantized to `bits` per dimension (ranges fixed on the training codes), decoded; PSNR vs x_test.
+
+    The rate counts the code only: the decoder and the per-dimension ranges are shared by
+    every image (reported separately as `decoder_bytes`, float32 weights), i.e. amortized
+    over an unlimited number of images.
+    """
+    z_train, z_test = codes(model, x_train), codes(model, x_test)
+    low, high = z_train.min(axis=0), z_train.max(axis=0)
+    levels = 2**bits - 1
+    q = np.rint((np.clip(z_test, low, high) - low) / np.maximum(high - low, 1e-12) * levels)
+    z_hat = (low + q / levels * (high - low)).astype(np.float32)
+    x_hat = _map(model.decode, z_hat)
+    decoder_bytes = int(sum(np.asarray(w).nbytes for w in model.decoder.weights))
+    return {"bytes_per_image": model.latent_dim * bits / 8, "psnr_db": float(np.mean(psnr(x_test, x_hat))),
+            "psnr_unquantized_db": float(np.mean(psnr(x_test, _map(model.decode, z_test)))),
+            "decoder_bytes": decoder_bytes, "bits_per_dim": bits, "latent_dim": model.latent_dim}
+
+
+JPEG_QUALITIES = (5, 10, 25, 50, 75, 90)
+
+
+def vq_rate_distortion(model, x_test, batch_size=1000):
+    """A VQ-VAE's integer codes: fixed-length bytes (L * log2(K) bits), entropy-coded bytes under its factorized
+    prior (`VQVAE.code_length_bits`; an ideal arithmetic coder), PSNR of the decoded codes, codebook use."""
+    indices = _map(model.encode, x_test, batch_size)
+    x_hat = _map(model.decode, indices, batch_size)
+    counts = np.bincount(indices.reshape(-1), minlength=model.num_embeddings)
+    p = counts[counts > 0] / counts.sum()
+    return {"bytes_per_image": model.bits_per_image / 8,
+            "entropy_coded_bytes_per_image": float(np.mean(_map(model.code_length_bits, indices, batch_size))) / 8,
+            "psnr_db": float(np.mean(np.minimum(psnr(x_test, x_hat), 100.0))), "num_codes": model.num_codes,
+            "codebook_size": model.num_embeddings, "codes_used": int((counts > 0).sum()),
+            "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+            "decoder_bytes": int(sum(np.asarray(w).nbytes for w in model.decoder.weights)
+                                 + np.asarray(model.codebook).nbytes)}
+
+
+def compression_table(models, x_train, x_test, vq_models=None):
+    """Rate-distortion rows: each AE (8-bit codes), each VQ-VAE (its integer codes), PNG (lossless) and JPEG at
+    several qualities."""
+    rows = [{"method": f"{name} (8-bit code)", **quantized_code_rate_distortion(m, x_train, x_test)}
+            for name, m in models.items()]
+    rows += [{"method": f"{name} (VQ codes)", **vq_rate_distortion(m, x_test)} for name, m in (vq_models or {}).items()]
+    rows.append({"method": "PNG", **codec_rate_distortion(x_test, "PNG", optimize=True)})
+    rows += [{"method": f"JPEG q={q}", "quality": q, **codec_rate_distortion(x_test, "JPEG", quality=q)}
+             for q in JPEG_QUALITIES]
+    return rows
