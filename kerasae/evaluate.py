@@ -74,8 +74,11 @@ def _batches(x, batch_size):
         yield i, x[i:i + batch_size]
 
 
-def _map(fn, x, batch_size=1000):
-    return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
+def _map(fn, x, batch_size=1000, labels=None):
+    """fn over x in batches (with the matching labels, for a conditional model's methods), concatenated."""
+    if labels is None:
+        return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
+    return np.concatenate([np.asarray(fn(b, labels[i:i + len(b)])) for i, b in _batches(x, batch_size)])
 
 
 def psnr(x, x_hat):
@@ -94,23 +97,24 @@ def reconstruction_metrics(x, x_hat):
             "psnr_db": float(np.mean(psnr(x, x_hat)))}
 
 
-def codes(model, x, batch_size=1000):
-    """The code of each image: z for AEs, the posterior mean for VAEs."""
-    return model.latent_codes(x, batch_size)
+def codes(model, x, batch_size=1000, labels=None):
+    """The code of each image: z for AEs, the posterior mean for VAEs (a conditional VAE's given the labels)."""
+    return model.latent_codes(x, labels, batch_size) if model.conditional else model.latent_codes(x, batch_size)
 
 
-def reconstruct(model, x, batch_size=1000):
-    return _map(model.reconstruct, x, batch_size)
+def reconstruct(model, x, batch_size=1000, labels=None):
+    return _map(model.reconstruct, x, batch_size, labels)
 
 
 # ---- VAEs -------------------------------------------------------------------------------------
 
 def _log_weights_fn(model):
-    """A compiled (x, eps [s, B, D]) -> log p(x, z_s) - log q(z_s | x) [s, B] for s samples."""
+    """A compiled (inputs, eps [s, B, D]) -> log p(x, z_s) - log q(z_s | x) [s, B] for s samples; inputs are the
+    images, or a conditional model's (images, labels)."""
 
     @tf.function(reduce_retracing=True, autograph=False)  # no control flow to convert
-    def log_weights(x, eps):
-        log_px_z, log_pz, log_qz, _ = model.sample_terms(x, eps)
+    def log_weights(inputs, eps):
+        log_px_z, log_pz, log_qz, _ = model.sample_terms(inputs, eps)
         return log_px_z + log_pz - log_qz
 
     return log_weights
@@ -136,7 +140,7 @@ def evaluation_batches(model, k, budget=DECODER_MEMORY_BYTES):
 
 
 def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk=None, seed=0, progress=True,
-                            checkpoint=None):
+                            checkpoint=None, labels=None):
     """-log p(x) estimated by the IWAE bound with k samples, per example, plus the k-sample ELBO.
 
     Memory stays bounded: samples are drawn `samples_per_chunk` at a time for
@@ -149,9 +153,12 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
     finished batches are saved there every CHECKPOINT_SECONDS, a call with the same path resumes
     after them (the draws are keyed by batch, so the result is an uninterrupted call's), and the
     file is removed at the end. The caller keys the path to the model, images, k and seed.
+    A conditional model takes the images' `labels`.
     """
     k = check_positive_int("k", k)
     x = model.check_images(x).numpy()
+    if model.conditional:
+        labels = model.check_labels(labels, like=x).numpy()
     log_weights = _log_weights_fn(model)
     default_batch, default_chunk = evaluation_batches(model, k)
     batch_size = batch_size or default_batch
@@ -173,7 +180,8 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
         for c, lo in enumerate(range(0, k, chunk)):
             s = min(chunk, k - lo)
             eps = tf.random.stateless_normal([s, len(xb), model.latent_dim], seed=[seed, b * 100003 + c])
-            parts.append(log_weights(tf.constant(xb), eps).numpy().astype(np.float64))
+            inputs = tf.constant(xb) if labels is None else (tf.constant(xb), tf.constant(labels[start:start + len(xb)]))
+            parts.append(log_weights(inputs, eps).numpy().astype(np.float64))
         lw = np.concatenate(parts)  # [k, B]
         top = lw.max(axis=0)
         nll[start:start + len(xb)] = -(top + np.log(np.exp(lw - top).mean(axis=0)))
@@ -189,12 +197,12 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
     return nll, elbo
 
 
-def posterior_statistics(model, x, batch_size=1000):
+def posterior_statistics(model, x, batch_size=1000, labels=None):
     """Active units and KL(q || p), averaged over x (nats): per latent dimension where p is N(0, I) (it then splits
     by dimension), else the model's own `kl_divergence` (a VampPrior's approximated, a two-layer VAE's at z2's mean)."""
     means, log_vars, kls = [], [], []
-    for _, xb in _batches(x, batch_size):
-        m, lv = model.encode(xb)
+    for i, xb in _batches(x, batch_size):
+        m, lv = model.encode(xb) if labels is None else model.encode(xb, labels[i:i + len(xb)])
         means.append(m.numpy())
         log_vars.append(lv.numpy())
         kls.append(model.kl_divergence(m, lv).numpy())
@@ -210,7 +218,7 @@ def posterior_statistics(model, x, batch_size=1000):
             "kl": float(np.concatenate(kls).astype(np.float64).mean())}
 
 
-def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, checkpoint=None):
+def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, checkpoint=None, labels=None):
     """Test ELBO, NLL (IWAE bound, k samples), active units and KL per dimension, in nats.
 
     A discretized-logistic model's p(x|z) is a probability of the 8-bit images, so its NLL is a
@@ -219,12 +227,14 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
     `cache`: a JSON file of earlier results keyed by the weights' sha256, the test images,
     k and seed, so a long evaluation (k=5000 on 10,000 images takes a quarter of an hour
     on 2 CPU cores) is not redone by `scripts/evaluate.py` or a rerun of reproduce; an
-    interrupted one resumes from a checkpoint next to it (`importance_weighted_nll`).
+    interrupted one resumes from a checkpoint next to it (`importance_weighted_nll`). A conditional model takes
+    the images' `labels`.
     """
     if cache is not None:
         x = np.ascontiguousarray(np.asarray(x_test, np.float32))
+        given = b"" if labels is None else np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes()
         key = hashlib.sha256(f"{train_lib.weights_digest(model)}|{k}|{seed}|{x.shape}".encode()
-                             + x.tobytes()).hexdigest()
+                             + x.tobytes() + given).hexdigest()
         cache = Path(cache)
         try:
             entries = json.loads(cache.read_text())
@@ -233,21 +243,22 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
         if key in entries:
             return entries[key]
         partial = cache.with_name(f"{cache.stem}-{key[:16]}.partial.npz")  # resumes an interrupted evaluation
-        result = evaluate_vae(model, x_test, k=k, progress=progress, seed=seed, checkpoint=partial)
+        result = evaluate_vae(model, x_test, k=k, progress=progress, seed=seed, checkpoint=partial, labels=labels)
         entries[key] = result
         write_json(cache, entries)
         return result
     start = time.time()
     x = train_lib.evaluation_images(model, x_test)
-    nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress, checkpoint=checkpoint)
+    nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress, checkpoint=checkpoint,
+                                        labels=labels)
     bits = {}
     if getattr(model, "likelihood", None) == "discretized_logistic":
         bits = {"nll_bits_per_dim": bits_per_dim(float(nll.mean()), model.image_shape),
                 "elbo_bits_per_dim": bits_per_dim(-float(elbo.mean()), model.image_shape)}
     return {"nll": float(nll.mean()), "nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1
             else None, "elbo": float(elbo.mean()), **bits, "k": k, "num_images": len(x),
-            **posterior_statistics(model, x),
-            "reconstruction": reconstruction_metrics(x, reconstruct(model, x)),
+            **posterior_statistics(model, x, labels=labels),
+            "reconstruction": reconstruction_metrics(x, reconstruct(model, x, labels=labels)),
             "evaluation_time_s": round(time.time() - start, 1)}
 
 
@@ -341,14 +352,18 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
     """Every metric that applies to the run's model, on its test split; also written to RUN_DIR/evaluation.json."""
     run_dir = Path(run_dir)
     model = load_model(run_dir)
-    if model.conditional:
-        raise ValueError(f"{run_dir}: evaluate does not cover conditional models ({type(model).__name__}); the run's "
-                         "test ELBO is in its metrics.json")
     data, x_train = run_data(run_dir)
     x_test = data.x_test[:max_test_samples]
+    labels = None
+    if model.conditional:
+        if data.y_test is None:
+            raise ValueError(f"{run_dir}: a conditional model is evaluated on labelled test images; its dataset's "
+                             "test split has no labels")
+        labels = data.y_test[:len(x_test)]
     result = {"model": type(model).__name__, "family": model.family, "num_test": len(x_test)}
-    if model.family == "vae":
-        result["vae"] = evaluate_vae(model, x_test, k=k, progress=progress, cache=run_dir / EVALUATION_CACHE)
+    if model.family in ("vae", "cvae"):
+        result["vae"] = evaluate_vae(model, x_test, k=k, progress=progress, cache=run_dir / EVALUATION_CACHE,
+                                     labels=labels)
     elif model.family == "vqvae":  # integer codes: their rate and use, no PCA of equal size or prior match
         from kerasae.compression import vq_rate_distortion
 
@@ -362,6 +377,6 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
         result["pca_same_code_size"] = pca
     if model.family == "dae":
         result["denoising"] = evaluate_denoising(model, x_test)
-    result["prior_match"] = mmd_to_prior(codes(model, x_test))
+    result["prior_match"] = mmd_to_prior(codes(model, x_test, labels=labels))
     write_json(run_dir / "evaluation.json", result)
     return result
