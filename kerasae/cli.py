@@ -312,9 +312,9 @@ def export_main(argv=None):
 
 def build_evaluate_parser():
     p = argparse.ArgumentParser(prog="evaluate.py", description="Evaluate a training run on its test split "
-                                "(VAE: ELBO, NLL by the IWAE bound, active units, KL per dimension; AE/DAE: MSE, "
-                                "cross-entropy, PSNR, PCA at the same code size, denoising). Writes "
-                                "RUN_DIR/evaluation.json.")
+                                "(VAE, CVAE: ELBO, NLL by the IWAE bound, active units, KL; AE/DAE: MSE, "
+                                "cross-entropy, PSNR, PCA at the same code size, denoising; VQ-VAE: reconstruction, "
+                                "bytes per image, codes used). Writes RUN_DIR/evaluation.json.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--k", type=_positive_int, default=5000, help="importance samples for the NLL (default: 5000)")
     p.add_argument("--max-test-samples", type=_positive_int, help="evaluate the first N test images only")

@@ -73,6 +73,13 @@ def flag_non_finite(x, values):
     return tf.where(finite, values, tf.constant(float("nan"), values.dtype))
 
 
+def nan_unless(ok, values):
+    """`values` [B, ...] (any rank) with NaN for every example b where ok [B] is False: how a traced graph, which
+    cannot raise, answers an input it must not read (a label or code index out of range)."""
+    ok = tf.reshape(ok, tf.concat([tf.shape(ok), tf.ones([tf.rank(values) - 1], tf.int32)], 0))
+    return tf.where(ok, values, tf.constant(float("nan"), values.dtype))
+
+
 class BaseAutoencoder(keras.Model):
     """Encoder/decoder pair over images [B, H, W, C] in [0, 1].
 

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerasae import layers as stacks
 from kerasae import losses
-from kerasae.models.base import check_positive_int, flag_non_finite, register
+from kerasae.models.base import check_positive_int, flag_non_finite, nan_unless, register
 from kerasae.models.vae import VAE
 
 
@@ -15,9 +15,7 @@ def flag_bad_labels(labels, num_classes, values):
     The Python API raises on such labels (`ConditionalVAE.check_labels`); a traced graph (an exported
     signature, a TFLite file) cannot, and tf.one_hot would silently make an all-zero code of them.
     """
-    ok = tf.logical_and(labels >= 0, labels < num_classes)
-    ok = tf.reshape(ok, tf.concat([tf.shape(ok), tf.ones([tf.rank(values) - 1], tf.int32)], 0))
-    return tf.where(ok, values, tf.constant(float("nan"), values.dtype))
+    return nan_unless(tf.logical_and(labels >= 0, labels < num_classes), values)
 
 
 @register

@@ -19,7 +19,7 @@ from kerasae import layers as stacks
 from kerasae import losses
 from kerasae.models import base
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int,
-                                 flag_non_finite, register)
+                                 flag_non_finite, nan_unless, register)
 
 #: How the codebook learns: EMA of the assigned encoder outputs (the paper's appendix) or the codebook loss.
 CODEBOOK_UPDATES = ("ema", "loss")
@@ -31,9 +31,7 @@ def flag_bad_codes(codes, num_embeddings, values):
     The Python API raises on such codes (`VQVAE.check_indices`); a traced graph (an exported `decode`, a
     TFLite file) cannot, and a gather would read out of bounds or fail deep inside the runtime.
     """
-    ok = tf.reduce_all(tf.logical_and(codes >= 0, codes < num_embeddings), axis=1)
-    ok = tf.reshape(ok, tf.concat([tf.shape(ok), tf.ones([tf.rank(values) - 1], tf.int32)], 0))
-    return tf.where(ok, values, tf.constant(float("nan"), values.dtype))
+    return nan_unless(tf.reduce_all(tf.logical_and(codes >= 0, codes < num_embeddings), axis=1), values)
 
 
 def _replica():
