@@ -1,4 +1,4 @@
-"""kerasae: a Keras 3 / TensorFlow model zoo of autoencoders (AE, denoising AE, VAE).
+"""kerasae: a Keras 3 / TensorFlow model zoo of autoencoders (AE, denoising AE, VAE and its relatives, VQ-VAE).
 
     import kerasae
     model = kerasae.build("vae-mlp")            # any name from kerasae.list_presets()
@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it ("module:name" where the names differ)
 _EXPORTS = {
     "VAE": "kerasae.models", "Autoencoder": "kerasae.models", "BaseAutoencoder": "kerasae.models",
-    "DenoisingAutoencoder": "kerasae.models",
+    "DenoisingAutoencoder": "kerasae.models", "ConditionalVAE": "kerasae.models", "HierarchicalVAE": "kerasae.models",
+    "VQVAE": "kerasae.models",
     "DataError": "kerasae.data", "ImageData": "kerasae.data", "load_dataset": "kerasae.data",
     "build": "kerasae.registry", "get_preset": "kerasae.registry", "list_presets": "kerasae.registry",
     "register_preset": "kerasae.registry",
