@@ -16,7 +16,7 @@ import kerasae
 from kerasae import export, losses
 from kerasae.models import VQVAE
 
-from conftest import run_script
+from conftest import REPO, run_script
 
 
 def _small(**overrides):
@@ -174,7 +174,10 @@ def test_sampling_follows_the_code_frequencies_and_code_length():
         np.testing.assert_allclose(seen, freq[position], atol=0.02)
     np.testing.assert_array_equal(model.sample_codes(5, seed=1), model.sample_codes(5, seed=1))
     bits = model.code_length_bits(np.array([[0, 2], [1, 3]], np.int32)).numpy()
-    np.testing.assert_allclose(bits, [-math.log2(0.7) + 1.0, -math.log2(0.1) + 1.0], rtol=1e-5)
+    np.testing.assert_allclose(bits, [-math.log2(0.7) + 1.0, -math.log2(0.1) + 1.0], rtol=2e-3)
+    # a code never seen at a position still gets a finite length: the prior keeps 1e-3 of the uniform
+    unseen = model.code_length_bits(np.array([[0, 0]], np.int32)).numpy()[0]
+    assert np.isfinite(unseen) and unseen == pytest.approx(-math.log2(0.7) + math.log2(4 / 1e-3), rel=2e-3)
     assert model.bits_per_image == 4.0  # 2 codes of log2(4) bits
 
 
@@ -285,10 +288,12 @@ def test_tflite_files_match_the_savedmodel_codes(exported):
         assert f"{signature}.fp32.tflite" in files
         assert all(d["max_diff"] <= 1e-5 for d in files[f"{signature}.fp32.tflite"]["parity"].values())
     assert files["encode.fp32.tflite"]["parity"]["z"]["agreement"] == 1.0
-    # rounding moves some encoder outputs to a neighbouring code: fp16 rarely, quantized weights often
-    assert files["encode.fp16.tflite"]["parity"]["z"]["agreement"] > 0.95
+    # rounding moves a few encoder outputs to a neighbouring code (measured: fp16 99.98% of the codes agree,
+    # dynamic 99.5%, int8 95.5%); the reconstructions of the int8 and dynamic files stay within their mean bound
+    for variant, least in (("fp16", 0.99), ("dynamic", 0.97), ("int8", 0.9)):
+        assert files[f"encode.{variant}.tflite"]["parity"]["z"]["agreement"] > least, variant
     for variant in ("dynamic", "int8"):
-        assert 0.0 < files[f"encode.{variant}.tflite"]["parity"]["z"]["agreement"] < 1.0, variant
+        assert files[f"reconstruct.{variant}.tflite"]["parity"]["reconstruction"]["mean_abs_diff"] <= 0.02
     for variant, bound in (("fp16", 1e-3), ("dynamic", 0.02), ("int8", 0.02)):  # decode: the same codes in
         assert files[f"decode.{variant}.tflite"]["parity"]["x_mean"]["mean_abs_diff"] <= bound, variant
     interpreter = litert.Interpreter(model_path=str(tflite_dir / "decode.fp32.tflite"))
@@ -340,3 +345,16 @@ def test_cli_trains_a_vqvae_and_refuses_flags_of_other_families(tmp_path):
         proc = run_script("train.py", *args, "--epochs", "1", "--out", str(tmp_path / "bad"), cwd=tmp_path)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
         assert len(proc.stderr.strip().splitlines()[-1]) < 300
+
+
+def test_results_doc_quotes_the_vq_stage():
+    """docs/results.md shows the vq stage's table as reproduce printed it from the full run."""
+    from kerasae import reproduce
+
+    result = json.loads((REPO / "benchmarks" / "results" / reproduce.RESULT_FILES["vq"]).read_text())
+    assert result["mode"] == "full" and result["conventions"]["num_test"] == 10000
+    table = reproduce.summary({"vq": result}).split("\n\n", 1)[1]
+    assert table in (REPO / "docs" / "results.md").read_text()
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["vqvae-conv (VQ codes)"]["bytes_per_image"] == 49 * 9 / 8
+    assert rows["ae-mlp-32 (8-bit code)"]["from"] == "seed_claims.json"

@@ -21,6 +21,9 @@ from kerasae.models import base
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int,
                                  flag_non_finite, nan_unless, register)
 
+#: The uniform's share in the factorized prior over codes (`VQVAE.code_log_prior`): an unseen code costs at most
+#: log2(K / PRIOR_FLOOR) bits, a seen one at most log2(1 / (1 - PRIOR_FLOOR)) = 0.0014 bits more.
+PRIOR_FLOOR = 1e-3
 #: How the codebook learns: EMA of the assigned encoder outputs (the paper's appendix) or the codebook loss.
 CODEBOOK_UPDATES = ("ema", "loss")
 
@@ -206,9 +209,16 @@ class VQVAE(BaseAutoencoder):
     def reconstruct(self, x, training=False):
         return self.decode(self.encode(x, training=training), training=training)
 
+    def code_log_prior(self):
+        """log p(code k at position l) [L, K] of the factorized prior: the training frequencies mixed with
+        PRIOR_FLOOR of the uniform, so a code never seen at a position still has a finite code length."""
+        freq = tf.cast(self.code_frequencies, tf.float32)
+        freq = freq / tf.reduce_sum(freq, axis=1, keepdims=True)
+        return tf.math.log((1.0 - PRIOR_FLOOR) * freq + PRIOR_FLOOR / self.num_embeddings)
+
     def sample_codes(self, n, seed=None):
-        """n codes [n, L], each position's index drawn from its training frequencies; `n` may be a scalar tensor."""
-        logits = tf.math.log(tf.maximum(tf.cast(self.code_frequencies, tf.float32), 1e-12))
+        """n codes [n, L], each position's index drawn from the factorized prior; `n` may be a scalar tensor."""
+        logits = self.code_log_prior()
         if seed is None:  # tf.random.categorical: TFLite's MULTINOMIAL (see VAE._sample_top)
             draws = tf.random.categorical(logits, n, dtype=tf.int32)
         else:
@@ -223,11 +233,9 @@ class VQVAE(BaseAutoencoder):
         return flag_non_finite(x, losses.reconstruction_error(x, logits, self.reconstruction_loss))
 
     def code_length_bits(self, codes):
-        """Bits per image of `codes` [B, L] entropy-coded with the factorized prior (`code_frequencies`)."""
-        freq = tf.cast(self.code_frequencies, tf.float32)
-        log_probs = tf.math.log(freq / tf.reduce_sum(freq, axis=1, keepdims=True))  # [L, K]
+        """Bits per image of `codes` [B, L] entropy-coded with the factorized prior (`code_log_prior`)."""
         one_hot = tf.one_hot(self.check_indices(codes), self.num_embeddings, dtype=tf.float32)  # [B, L, K]
-        return -tf.reduce_sum(tf.math.multiply_no_nan(log_probs[None], one_hot), axis=[1, 2]) / math.log(2.0)
+        return -tf.reduce_sum(self.code_log_prior()[None] * one_hot, axis=[1, 2]) / math.log(2.0)
 
     # ---- training ---------------------------------------------------------------------------
 
