@@ -12,6 +12,7 @@ import numpy as np
 
 from kerasae.evaluate import _map, codes, psnr
 
+
 def _to_uint8(x):
     return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
 

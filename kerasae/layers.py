@@ -110,10 +110,14 @@ def residual_block(x, width, *, norm="group", groups=GROUPS, activation="relu", 
     return layers.Add(name=f"{name}_add", dtype=dtype)([skip, h])
 
 
+def _scale(arch, filters):
+    """How many times smaller a conv (one stride-2 conv per entry) or resnet (one between stages) stack's map is."""
+    return 2 ** (len(filters) - 1 if arch == "resnet" else len(filters))
+
+
 def feature_map_size(arch, image_shape, filters):
     """(H', W') of a conv or resnet stack's final map: each stride-2 stage halves a side, rounding up."""
-    downsamplings = len(filters) - 1 if arch == "resnet" else len(filters)
-    scale = 2 ** downsamplings
+    scale = _scale(arch, filters)
     return math.ceil(image_shape[0] / scale), math.ceil(image_shape[1] / scale)
 
 
@@ -205,7 +209,7 @@ def build_decoder(arch, image_shape, latent_dim, *, hidden_units=(), filters=(),
                   layers.Reshape((h, w, out_channels), name="dec_reshape", dtype=dtype)]
         return keras.Sequential(stack, name=name)
 
-    scale = 2 ** (len(filters) - 1 if arch == "resnet" else len(filters))
+    scale = _scale(arch, filters)
     top = filters[-1] if filters else c
     crop = _crop(image_shape, h0, w0, scale, dtype)
     if arch == "resnet":

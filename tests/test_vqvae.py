@@ -212,6 +212,7 @@ def test_bad_codes_and_config_are_clear_errors():
     np.testing.assert_array_equal(traced[0], model.decode(codes[:1]).numpy()[0])
     for kwargs, match in (({"num_codes": 4, "arch": "conv", "filters": (8,)}, "num_codes is for arch='mlp'"),
                           ({"latent_dim": 7}, "latent_dim is the code length \\(L = 4"),
+                          ({"arch": "conv", "filters": (8,), "num_codes": None}, "hidden_units are for arch='mlp'"),
                           ({"codebook_update": "sgd"}, "codebook_update must be one of"),
                           ({"ema_decay": 1.0}, "ema_decay must be in"),
                           ({"num_embeddings": 0}, "num_embeddings must be a positive integer"),

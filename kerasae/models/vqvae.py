@@ -95,6 +95,9 @@ class VQVAE(BaseAutoencoder):
                                  f"final map, got num_codes={num_codes!r}")
             if not filters:
                 raise ValueError(f"filters must not be empty for arch={arch!r}")
+            if tuple(hidden_units):
+                raise ValueError(f"hidden_units are for arch='mlp': a {arch} VQ-VAE's codes are its final map's "
+                                 f"positions, with no Dense layers; got hidden_units={tuple(hidden_units)!r}")
             self.code_grid = stacks.feature_map_size(arch, tuple(image_shape), tuple(filters))
         else:
             self.code_grid = (check_positive_int("num_codes", 8 if num_codes is None else num_codes),)
