@@ -77,6 +77,17 @@ def test_rerun_with_another_config_is_refused(vae_run):
         train_lib.prepare(config)
 
 
+@pytest.mark.parametrize("bad", [{"model_kwargs": {"latent_dim": 0}}, {"dataset": "npz:missing.npz"},
+                                 {"validation_size": 10**6}])
+def test_a_usage_error_leaves_no_run_directory(bad, tmp_path):
+    """Bad data or model settings are refused before the run directory (or any parent of it) is made."""
+    out = tmp_path / "new" / "run"
+    config = train_lib.TrainConfig(**{**SMALL, "preset": "vae-mlp", "out": str(out), **bad})
+    with pytest.raises(ValueError):
+        train_lib.prepare(config)
+    assert not (tmp_path / "new").exists()
+
+
 def test_fine_tune_from_a_saved_model(vae_run, tmp_path):
     result = kerasae.train(init_from=str(vae_run.run_dir / "model.keras"), out=str(tmp_path / "ft"),
                            **{**SMALL, "epochs": 1})

@@ -29,7 +29,8 @@ from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheck
                                         EpochProgbarLogger, EpochTimer, ImageSummaries)
 from kerasae.training.figures import save_figures
 from kerasae.training.multiworker import loop_evaluate, loop_fit
-from kerasae.training.run_dir import backup_epoch, prepare_run_dir, read_history, save_model_atomic, trim_history
+from kerasae.training.run_dir import (backup_epoch, check_run_dir, prepare_run_dir, read_history, save_model_atomic,
+                                      trim_history)
 from kerasae.training.train_functions import compile_for_fit, plan_executions, train_function_kind
 
 
@@ -153,7 +154,7 @@ def prepare(config):
     keras.utils.set_random_seed(config.seed)  # Python, NumPy and TF seeds: weights, shuffling, binarization
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    run_dir = prepare_run_dir(config)
+    check_run_dir(config)  # a run of another config there: refused before the data loads
     image_size, color_mode = config.image_size, config.color_mode
     if config.init_from and image_size is None and color_mode is None:  # fit the data to the model's input
         shape = _init_image_shape(config.init_from)
@@ -170,6 +171,7 @@ def prepare(config):
     if val_size >= data.num_train:
         raise ValueError(f"validation_size {val_size} leaves no training images (have {data.num_train})")
     model = _build_model(config, data.image_shape, strategy)
+    run_dir = prepare_run_dir(config)  # only now: a usage error above leaves no empty run directory behind
     return Prepared(run_dir, data, val_size, strategy, model)
 
 

@@ -38,7 +38,7 @@ def check_free_space(directory, needed):
 
 def prepare_run_dir(config):
     """Create the run directory, refusing one that holds a run with a different config."""
-    run_dir = Path(config.out)
+    run_dir = check_run_dir(config)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -46,6 +46,12 @@ def prepare_run_dir(config):
         probe.unlink()
     except OSError as err:
         raise ValueError(f"out: cannot write to run directory {str(run_dir)!r} ({err.strerror})") from err
+    return run_dir
+
+
+def check_run_dir(config):
+    """config.out as a Path; a ValueError if it holds a run with a different config. Creates nothing."""
+    run_dir = Path(config.out)
     wanted = {k: v for k, v in json.loads(json_text(config.to_json())).items()
               if k not in _IGNORED_FOR_COMPAT}
     config_path = run_dir / "config.json"
