@@ -1,0 +1,81 @@
+"""`scripts/export.py`: export a run or a .keras file (SavedModel + TFLite), or verify an export."""
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from kerasae import options
+from kerasae.cli.arguments import _positive_int, _variants
+
+
+def build_export_parser():
+    p = argparse.ArgumentParser(
+        prog="export.py", description="Export a kerasae run (or .keras file) as a SavedModel plus TFLite files, "
+        "or verify an export (--verify PATH).")
+    p.add_argument("source", nargs="?", metavar="RUN_DIR_or_MODEL.keras", help="what to export")
+    p.add_argument("--name", help="export name: files go to EXPORT_DIR/NAME/VERSION and EXPORT_DIR/NAME/tflite")
+    p.add_argument("--export-dir", default="exported", help="(default: exported)")
+    p.add_argument("--version", type=_positive_int, help="integer version (default: the next one, from 1)")
+    p.add_argument("--tflite", default=",".join(options.VARIANTS), type=_variants,
+                   help=f"comma-separated TFLite variants, or 'none' (default: {','.join(options.VARIANTS)})")
+    p.add_argument("--representative-data", metavar="FILE.npz",
+                   help="images to calibrate int8 on (array x, x_train or images); default: the run's training data")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--strict-parity", action="store_true",
+                   help="fail if a TFLite file misses its parity bound (default: keep it, flagged)")
+    p.add_argument("--verify", metavar="PATH", help="check an export's files against its manifest and exit 0/1")
+    return p
+
+
+def export_main(argv=None):
+    parser = build_export_parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        if args.source or args.name:
+            parser.error("--verify PATH takes no RUN_DIR or --name")
+        if not Path(args.verify).exists():
+            parser.error(f"--verify: {args.verify} does not exist")
+    else:
+        if not args.source:
+            parser.error("give a RUN_DIR or MODEL.keras to export (or --verify PATH)")
+        if not args.name:
+            parser.error("--name is required")
+        try:
+            options.check_name(args.name)
+        except ValueError as err:
+            parser.error(" ".join(str(err).split()))
+        if not Path(args.source).exists():
+            parser.error(f"{args.source} does not exist")
+    from kerasae import export as export_lib
+
+    if args.verify:
+        problems = export_lib.verify(args.verify)
+        for problem in problems:
+            print(f"FAIL {problem}")
+        if not problems:
+            print(f"OK {args.verify}")
+        return 1 if problems else 0
+    try:
+        warnings.simplefilter("ignore", export_lib.ParityWarning)  # printed below, from the manifest
+        version_dir = export_lib.export_run(args.source, args.name, export_dir=args.export_dir, version=args.version,
+                                            tflite=args.tflite, representative_data=args.representative_data,
+                                            overwrite=args.overwrite, strict_parity=args.strict_parity)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: a usage error
+        parser.error(" ".join(str(err).split()))
+    except export_lib.ExportError as err:
+        print(f"export.py: export failed: {err}", file=sys.stderr)
+        return 1
+    manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
+    print(f"SavedModel: {version_dir}  (signatures: {', '.join(manifest['signatures'])})")
+    tflite = manifest["tflite"] or {"files": {}, "skipped": {}}
+    for file_name, entry in sorted(tflite["files"].items()):
+        metric = export_lib.PARITY_TOLERANCES[entry["variant"]][0]
+        diffs = ", ".join(f"{k} {d[metric]:.2g}" for k, d in sorted(entry["parity"].items()))
+        print(f"  tflite/{file_name:28s} {entry['bytes'] / 1024:8.1f} KiB  {metric} vs SavedModel: {diffs}")
+    for file_name, reason in sorted(tflite["skipped"].items()):
+        print(f"  skipped {file_name}: {reason}")
+    for file_name, reason in sorted(tflite.get("out_of_tolerance", {}).items()):
+        print(f"  WARNING {file_name} is outside its parity bound: {reason} (kept; flagged in the manifest)")
+    return 0

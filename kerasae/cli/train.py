@@ -1,0 +1,162 @@
+"""`scripts/train.py`: flags -> TrainConfig -> kerasae.training, every bad flag a usage error (exit 2)."""
+
+import argparse
+import sys
+
+from kerasae import options, registry
+from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int
+from kerasae.config import TrainConfig
+
+_VAES = ("vae", "cvae")
+#: flag -> (model keyword, the families it applies to; None: all)
+_MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood": ("likelihood", _VAES),
+                "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", ("vae",)),
+                "pseudo_inputs": ("num_pseudo_inputs", ("vae",)), "codebook_size": ("num_embeddings", ("vqvae",)),
+                "code_dim": ("embedding_dim", ("vqvae",))}
+
+
+def build_train_parser():
+    p = argparse.ArgumentParser(prog="train.py", description="Train a kerasae autoencoder with model.fit.")
+    p.add_argument("--arch", choices=sorted(registry.DEFAULT_PRESETS),
+                   help="model family; picks its default preset (%s)" %
+                   ", ".join(f"{k}: {v}" for k, v in registry.DEFAULT_PRESETS.items()))
+    p.add_argument("--preset", help="any registered preset (see --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist",
+                   help="mnist (embedded), tfds:NAME, idx:DIR, images:DIR, tfrecord:DIR|GLOB or npz:FILE "
+                        "(default: mnist)")
+    g.add_argument("--data-dir", help="tensorflow-datasets data directory (for tfds:NAME)")
+    g.add_argument("--image-size", type=_image_size,
+                   help="resize images to HxW (default: keep; images:DIR of mixed sizes 64x64)")
+    g.add_argument("--color-mode", choices=options.COLOR_MODES, help="convert images to 1 or 3 channels")
+    g.add_argument("--data-mode", choices=options.DATA_MODES, default=TrainConfig.data_mode,
+                   help="memory: decode all images into RAM; stream: read and decode them while training; auto "
+                        "(default): stream images/tfrecord/tfds data whose pixels pass 1 GiB")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out unreadable images (counted and named in the log) instead of stopping")
+    g.add_argument("--max-train-samples", type=_positive_int, help="use only the first N training images")
+    g.add_argument("--max-test-samples", type=_positive_int, help="use only the first N test images")
+    g.add_argument("--validation-size", type=_non_negative_int,
+                   help="images held out of the training set for validation (default: min(5000, 10%%))")
+    g = p.add_argument_group("model")
+    g.add_argument("--latent-dim", type=_positive_int, help="size of the code / latent z")
+    g.add_argument("--likelihood", choices=options.LIKELIHOODS, help="VAE decoder likelihood")
+    g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
+    g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
+    g.add_argument("--prior", choices=options.PRIORS,
+                   help="VAE: p(z), N(0, I) (standard) or the VampPrior (vamp: a mixture of the encoder's posteriors "
+                        "of learned pseudo-inputs)")
+    g.add_argument("--pseudo-inputs", type=_positive_int, help="VAE with --prior vamp: pseudo-inputs (default 500)")
+    g.add_argument("--codebook-size", type=_positive_int, help="VQ-VAE: K, the codebook's vectors (codes in [0, K))")
+    g.add_argument("--code-dim", type=_positive_int, help="VQ-VAE: the size of each codebook vector")
+    g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
+                   help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
+    g.add_argument("--init-from", metavar="MODEL.keras|zoo:NAME",
+                   help="fine-tune a saved model (a .keras file, or a pretrained zoo model such as zoo:vae-mlp) "
+                        "instead of a new one")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs)
+    g.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
+                   help="global batch size (split across replicas)")
+    g.add_argument("--learning-rate", type=_float(0.0, True), default=TrainConfig.learning_rate)
+    g.add_argument("--lr-schedule", choices=options.LR_SCHEDULES, default="cosine")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="run directory (default: runs/PRESET)")
+    g.add_argument("--strategy", choices=options.STRATEGIES, default="auto",
+                   help="tf.distribute strategy (auto: mirrored over 2+ GPUs, else default; multiworker reads "
+                   "TF_CONFIG; tpu reads TPU_NAME)")
+    g.add_argument("--cpu-replicas", type=_positive_int, help="split the CPU into N replicas (for mirrored on CPU)")
+    g.add_argument("--steps-per-execution", type=_positive_int, default=TrainConfig.steps_per_execution,
+                   help="training steps per tf.function call (default: %(default)s)")
+    g.add_argument("--jit-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="XLA. Default (auto): on one device, each call's steps compiled together when the run keeps "
+                        "one iterator and the model gains from it (MLPs other than denoising and contractive "
+                        "ones: on CPU XLA does not speed those or conv models up); --jit-compile: any model "
+                        "(Keras' per-step XLA for the contractive AE and where the run cannot keep one "
+                        "iterator; refused with several replicas); --no-jit-compile: off")
+    g.add_argument("--deterministic", action="store_true",
+                   help="TF op determinism (with --seed): the same command gives bit-identical weights")
+    g.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
+    g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
+    g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
+    g.add_argument("--export-dir", default="exported", help="where --export writes (default: exported)")
+    return p
+
+
+def config_from_args(parser, args):
+    """Turn parsed flags into a TrainConfig; inconsistent flags are usage errors."""
+    preset = args.preset or registry.DEFAULT_PRESETS[args.arch or "vae"]
+    if preset not in registry.PRESETS:
+        parser.error(f"unknown preset {preset!r}; valid presets: {', '.join(registry.PRESETS)}")
+    family = registry.get_preset(preset).family
+    if args.arch and args.preset and family != args.arch:
+        parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
+    overrides = {}
+    for flag, (kwarg, needs) in _MODEL_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if needs and family not in needs:
+            parser.error(f"--{flag.replace('_', '-')} applies to {' and '.join(needs)} presets, not {preset} "
+                         f"({family})")
+        overrides[kwarg] = value
+    if args.noise is not None:
+        if family != "dae":
+            parser.error(f"--noise applies to dae presets, not {preset} ({family})")
+        overrides["noise_type"], overrides["noise_level"] = args.noise
+    if args.init_from and overrides:
+        parser.error("--init-from takes the architecture from the saved model; drop the model flags (to change "
+                     "training settings such as k, use kerasae.train(init_from=..., model_kwargs={...}))")
+    return TrainConfig(
+        preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
+        image_size=args.image_size, color_mode=args.color_mode, data_mode=args.data_mode,
+        skip_bad_images=args.skip_bad_images, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, validation_size=args.validation_size,
+        max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples, seed=args.seed,
+        out=args.out, strategy=args.strategy, cpu_replicas=args.cpu_replicas, init_from=args.init_from,
+        steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
+        mixed_precision=args.mixed_precision, deterministic=args.deterministic,
+        verbose="auto" if args.verbose is None else args.verbose)
+
+
+def print_presets():
+    for name, preset in registry.PRESETS.items():
+        print(f"{name:18s} {preset.family:4s} {preset.description}")
+
+
+def train_main(argv=None):
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        print_presets()
+        return 0
+    config = config_from_args(parser, args)
+    if args.export is not None:
+        try:
+            options.check_name(args.export)
+        except ValueError as err:
+            parser.error(f"--export: {err}")
+    from kerasae import distribute
+    from kerasae import export as export_lib
+    from kerasae import training as train_lib
+    from kerasae.data import DataError
+
+    try:
+        prepared = train_lib.prepare(config)
+    except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
+        parser.error(" ".join(str(err).split()))
+    try:
+        result = train_lib.fit(config, *prepared)
+    except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
+        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
+    test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
+    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
+    print(f"weights sha256: {result.metrics['weights_sha256']}")
+    print(f"run directory: {result.run_dir}")
+    if args.export is not None and distribute.is_chief(prepared.strategy):
+        version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
+        print(f"exported: {version_dir}")
+    return 0
