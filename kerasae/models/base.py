@@ -308,7 +308,12 @@ class BaseAutoencoder(keras.Model):
             scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16
         grads = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
-        return self._update_metrics(terms)
+        return self._update_metrics(self.after_train_step(terms))
+
+    def after_train_step(self, terms):
+        """The step's terms after the optimizer's update; a model with state learned outside the gradient
+        (a VQ-VAE's codebook) updates it here, from entries its `compute_terms` added for training."""
+        return terms
 
     def test_step(self, data):
         x = self.batch_inputs(data)

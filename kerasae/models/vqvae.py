@@ -274,7 +274,9 @@ class VQVAE(BaseAutoencoder):
 
     def compute_terms(self, x, training=False, step=None):
         x = self.check_images(x)
-        terms, _, indices = self._forward(x, training)
+        terms, z_e, indices = self._forward(x, training)
+        if training:  # the codebook update after the optimizer's step (`after_train_step`) counts the codes
+            return dict(terms, _z_e=z_e, _indices=indices)
         counts, _, _ = self._usage(indices)
         terms["perplexity"] = self._perplexity(counts, tf.shape(x)[0])
         return terms
@@ -322,16 +324,9 @@ class VQVAE(BaseAutoencoder):
         self.code_usage.assign(usage)
         return counts
 
-    def train_step(self, data):
-        x = self.check_images(self.batch_inputs(data))
-        with tf.GradientTape() as tape:
-            terms, z_e, indices = self._forward(x, training=True)
-            loss = tf.nn.compute_average_loss(terms["loss"])
-            if self.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.losses))
-            scaled_loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
+    def after_train_step(self, terms):
+        terms = dict(terms)
+        z_e, indices = terms.pop("_z_e"), terms.pop("_indices")
         counts = self.update_codebook(z_e, indices, self.optimizer.iterations)
-        terms["perplexity"] = self._perplexity(counts, tf.shape(x)[0])
-        return self._update_metrics(terms)
+        terms["perplexity"] = self._perplexity(counts, tf.shape(indices)[0])
+        return terms
