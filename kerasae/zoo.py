@@ -1,8 +1,8 @@
 """The pretrained zoo: exported by `scripts/reproduce.py --export-zoo`, loaded by `load_pretrained`.
 
 Each entry is a SavedModel version directory (every signature; see exported/README.md)
-holding the kerasae Keras model too (`assets.extra/model.keras`), plus its fp32 and int8
-TFLite decode models, with the metrics reproduce measured in its manifest. Nothing is
+whose manifest and variables rebuild the kerasae Keras model (`Pretrained.keras_model()`; no
+second copy of the weights in model.keras), plus its fp32 and int8 TFLite decode models, with the metrics reproduce measured in its manifest. Nothing is
 loaded before every file's sha256 matches the manifest. The zoo lives in the checkout's
 exported/ folder and ships inside the package as `kerasae/pretrained`, so it loads from
 any directory after `pip install .`.
@@ -28,7 +28,9 @@ ZOO = {
     "vae-mlp-2d": ("seed_claims.json", "vae-mlp-2d", "nll"),
     "vae-mlp": ("nll.json", None, "nll"),  # the best VAE of the likelihood runs
 }
-ZOO_TFLITE = dict(tflite=("fp32", "int8"), tflite_signatures=("decode",))
+#: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
+#: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.
+ZOO_EXPORT = dict(tflite=("fp32", "int8"), tflite_signatures=("decode",), keras_model=False)
 MAX_ZOO_BYTES = 56 * 2**20
 
 
@@ -120,9 +122,9 @@ def parse_spec(spec):
     return name, int(version) if version else None
 
 
-def keras_model_path(spec):
-    """Where the Keras model of "zoo:NAME[/VERSION]" lies (unverified: `load_keras_model` verifies)."""
-    return version_dir(*parse_spec(spec)) / export_lib.KERAS_MODEL
+def image_shape(spec):
+    """The image shape (H, W, C) the model of "zoo:NAME[/VERSION]" takes, from its manifest (unverified)."""
+    return tuple(export_lib.model_config(version_dir(*parse_spec(spec)))["config"]["image_shape"])
 
 
 def load_keras_model(spec):
@@ -137,7 +139,7 @@ def zoo_metrics(name, results_dir):
     """(run directory, metrics dict, deciding metric value) of zoo entry `name` from reproduce's results."""
     file_name, key, metric = ZOO[name]
     results = json.loads((Path(results_dir) / file_name).read_text())
-    if file_name == "nll.json":
+    if file_name.startswith("nll"):  # the best run of a likelihood stage
         key = min(results["runs"], key=lambda run: results["runs"][run]["test"]["nll"])
         entry = results["runs"][key]
         metrics = {"source_run": key, "test": {k: v for k, v in entry["test"].items()
@@ -154,59 +156,26 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
-def rebuild_keras_model(path):
-    """The kerasae model of an export made before exports held model.keras: its config, the SavedModel's weights.
+def reexport(zoo_dir="exported"):
+    """Re-export, as its next version, each zoo entry that `export_zoo` would not store as it is (one that holds
+    assets.extra/model.keras, a second copy of its weights): from its own verified Keras model, metrics kept.
 
-    The manifest records the model's class and full config; the SavedModel holds every weight
-    under the model's own variable paths. Each weight is matched by path and shape (a
-    ValueError names any that is missing or differs); `export_model` then checks the result
-    against the SavedModel's signatures before anything is written.
-    """
-    import keras
-
-    from kerasae import register_classes
-
-    register_classes()
-    path = Path(path)
-    manifest = json.loads((path / "assets.extra" / export_lib.MANIFEST).read_text())
-    cls = keras.saving.get_registered_object(manifest["model"]["registered_name"])
-    if cls is None:
-        raise ValueError(f"{path}: unknown model class {manifest['model']['registered_name']!r}")
-    model = cls.from_config(manifest["model"]["config"])
-    model.build((None, *model.image_shape))
-    saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(path)).variables}
-    problems = [w.path for w in model.weights if w.path not in saved or tuple(saved[w.path].shape) != tuple(w.shape)]
-    if problems or len(saved) != len(model.weights):
-        raise ValueError(f"{path}: the SavedModel's variables do not match a {cls.__name__} of its manifest's "
-                         f"config (missing or reshaped: {problems or 'none'}; {len(saved)} saved, "
-                         f"{len(model.weights)} in the model)")
-    for weight in model.weights:
-        weight.assign(saved[weight.path])
-    return model
-
-
-def add_keras_models(zoo_dir="exported"):
-    """Re-export, as its next version, each zoo entry that holds no model.keras (metrics kept).
-
-    Returns {name: new version directory}. Entries that hold one are left alone.
+    Returns {name: new version directory}; entries already stored as the zoo stores them are left alone.
     """
     import tempfile
 
     zoo_dir, done = Path(zoo_dir), {}
     for name in available(zoo_dir):
         old = version_dir(name, zoo_dir)
-        if (old / export_lib.KERAS_MODEL).is_file():
-            continue
-        problems = [p for p in export_lib.verify(old, deep=False) if export_lib.KERAS_MODEL not in p]
-        if problems:
-            raise export_lib.VerificationError(f"{old}: " + "; ".join(problems))
         manifest = json.loads((old / "assets.extra" / export_lib.MANIFEST).read_text())
+        if export_lib.KERAS_MODEL not in manifest["files"]["saved_model"]:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             model_path = Path(tmp) / "model.keras"
-            rebuild_keras_model(old).save(model_path)
+            export_lib.load_keras_model(old).save(model_path)
             done[name] = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=manifest["metrics"],
-                                               source=f"{manifest['source']} (weights from {name} version "
-                                                      f"{manifest['version']})", **ZOO_TFLITE)
+                                               source=f"{manifest['source']} (re-exported from {name} version "
+                                                      f"{manifest['version']})", **ZOO_EXPORT)
         shutil.rmtree(old)
     readme = zoo_dir / "README.md"
     if readme.is_file():
@@ -243,7 +212,7 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
             done[name] = f"kept (its {metric} {current:.4g} <= the new {value:.4g})"
             continue
         model_path = Path(run_dir) / "best.keras"
-        new_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_TFLITE)
+        new_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_EXPORT)
         for old in export_lib.existing_versions(root):
             if str(old) != new_dir.name:
                 shutil.rmtree(root / str(old))
@@ -270,7 +239,7 @@ def _size(files):
 
 def zoo_table(zoo_dir):
     """Markdown: one row per zoo model with its measured test metrics and file sizes (from the manifests)."""
-    rows = ["| model | class, latent | test metrics (see notes) | SavedModel + model.keras | decode TFLite fp32 / int8 "
+    rows = ["| model | class, latent | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 "
             "| version |",
             "|---|---|---|---|---|---|"]
     for name in ZOO:

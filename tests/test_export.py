@@ -488,15 +488,44 @@ def test_a_changed_or_missing_keras_model_fails_verify_and_load(exports, tmp_pat
     assert export.verify(version_dir, deep=False) == []
     assert any("the Keras model does not load" in p and "model.keras" in p for p in export.verify(version_dir))
 
-    # an export from before model.keras existed: a clear error naming the file, not a Keras traceback
+    # an export whose manifest lists no model.keras (made with keras_model=False, or before kerasae wrote one):
+    # the model is rebuilt from the SavedModel, and a stray model.keras beside it is not what loads
     del manifest["files"]["saved_model"][KERAS_FILE]
     manifest_path.write_text(json.dumps(manifest))
+    rebuilt = export.load_keras_model(version_dir)
+    for got, want in zip(rebuilt.weights, exports["ae"].model.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.path)
     path.write_bytes(original)
-    with pytest.raises(ModelFileError, match=r"model\.keras: this export holds no Keras model"):
-        export.load_keras_model(version_dir)
+    assert export.verify(version_dir) == []
+    with pytest.raises(ModelFileError, match="not an export version directory"):
+        export.load_keras_model(copy)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_family_rebuilds_from_its_saved_model(exports, name):
+    """The weights-once form of an export (keras_model=False, the zoo's): each family's model, rebuilt from the
+    manifest's config and the SavedModel's variables, has every weight of the exported model."""
+    case = exports[name]
+    rebuilt = export.rebuild_keras_model(case.version_dir)
+    assert type(rebuilt) is type(case.model) and rebuilt.get_config() == case.model.get_config()
+    for got, want in zip(rebuilt.weights, case.model.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.path)
 
 
 def test_an_export_whose_keras_model_differs_from_the_savedmodel_is_not_committed(tiny, tmp_path, monkeypatch):
+    rebuild = export.keras_model.rebuild_keras_model
+
+    def rebuilt_off(saved_dir, model_record):  # a rebuild that lost a weight: it no longer matches
+        model = rebuild(saved_dir, model_record)
+        model.trainable_weights[0].assign(model.trainable_weights[0] + 1e-3)
+        return model
+
+    monkeypatch.setattr(export.core, "rebuild_keras_model", rebuilt_off)
+    with pytest.raises(export.ExportError, match=r"reconstruction differs from the model rebuilt from the SavedModel"):
+        export.export_model(tiny, tmp_path, "t", tflite=(), keras_model=False)
+    assert not (tmp_path / "t").exists()
+    export.export_model(tiny, tmp_path, "t", tflite=())  # model.keras is what is checked by default
+
     write = export.keras_model.write_keras_model
 
     def off_by_a_little(model, version_dir):  # what a lossy save would give: the reload no longer matches
@@ -507,8 +536,8 @@ def test_an_export_whose_keras_model_differs_from_the_savedmodel_is_not_committe
 
     monkeypatch.setattr(export.core, "write_keras_model", off_by_a_little)
     with pytest.raises(export.ExportError, match=r"reconstruction differs from assets.extra/model.keras reloaded"):
-        export.export_model(tiny, tmp_path, "t", tflite=())
-    assert not (tmp_path / "t").exists()
+        export.export_model(tiny, tmp_path / "other", "t", tflite=())
+    assert not (tmp_path / "other" / "t").exists()
 
 
 # ---- no tf.function retracing ----------------------------------------------------------------------------

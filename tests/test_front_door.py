@@ -99,12 +99,24 @@ def test_an_unknown_zoo_model_names_what_is_available():
         zoo.load_keras_model("zoo:vae-mlp/latest")
 
 
-@pytest.mark.parametrize("name", ["ae-mlp-seed", "dae-mlp", "vae-mlp-2d", "vae-mlp"])
-def test_every_zoo_entry_holds_its_keras_model(name, mnist_small):
-    """The Keras model in each entry is the SavedModel's model: same reconstructions, same scores."""
+ZOO_NAMES = sorted(p.name for p in (REPO / "exported").iterdir() if p.is_dir())
+
+
+def test_the_zoo_folder_holds_the_zoo():
     from kerasae import zoo
 
+    assert ZOO_NAMES == sorted(zoo.ZOO)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_every_zoo_entry_holds_its_keras_model(name, mnist_small):
+    """The Keras model of each entry, rebuilt from its manifest and SavedModel (the zoo stores the weights once),
+    is the SavedModel's model: same reconstructions, same scores."""
+    from kerasae import export, zoo
+
     entry = zoo.load_pretrained(name)
+    assert export.KERAS_MODEL not in entry.manifest["files"]["saved_model"]
+    assert not (entry.path / export.KERAS_MODEL).exists()
     model = entry.keras_model()
     assert type(model).__name__ == entry.manifest["model"]["class"]
     assert model.get_config() == entry.manifest["model"]["config"]
@@ -114,19 +126,10 @@ def test_every_zoo_entry_holds_its_keras_model(name, mnist_small):
     np.testing.assert_allclose(model.score(x).numpy(), entry.score(x=x)["score"].numpy(), rtol=1e-5, atol=1e-3)
 
 
-def _drop_keras_model(version_dir):
-    """Make an export look like one written before exports held model.keras."""
-    from kerasae import export
-
-    (version_dir / export.KERAS_MODEL).unlink()
-    for path in (version_dir / "assets.extra" / export.MANIFEST, version_dir.parent / "tflite" / export.MANIFEST):
-        manifest = json.loads(path.read_text())
-        del manifest["files"]["saved_model"][export.KERAS_MODEL]
-        path.write_text(json.dumps(manifest))
-
-
-def test_an_export_without_its_keras_model_gets_one_rebuilt_from_the_saved_model(tmp_path):
-    """add_keras_models: the model from the manifest's config and the SavedModel's weights, as the next version."""
+def test_an_export_without_model_keras_loads_rebuilt_and_the_zoo_reexports_to_that_form(tmp_path):
+    """An export made with keras_model=False (or whose model.keras was never written) gives its Keras model
+    rebuilt from the manifest's config and the SavedModel's variables; `zoo.reexport` turns an entry that
+    holds model.keras into the next version without it, metrics kept."""
     import keras
 
     import kerasae
@@ -136,36 +139,41 @@ def test_an_export_without_its_keras_model_gets_one_rebuilt_from_the_saved_model
     model = kerasae.build("vae-mlp", hidden_units=(64,), latent_dim=4)
     model.build((None, 28, 28, 1))
     old = export.export_model(model, tmp_path, "tiny-vae", tflite=("fp32",), metrics={"test": {"nll": 500.0}})
-    _drop_keras_model(old)
-    with pytest.raises(kerasae.files.ModelFileError, match="holds no Keras model"):
-        export.load_keras_model(old)
-    rebuilt = zoo.rebuild_keras_model(old)
-    for want, got in zip(model.weights, rebuilt.weights, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+    assert (old / export.KERAS_MODEL).is_file()
+    lean = export.export_model(model, tmp_path / "lean", "tiny-vae", tflite=(), keras_model=False)
+    manifest = json.loads((lean / "assets.extra" / export.MANIFEST).read_text())
+    assert not (lean / export.KERAS_MODEL).exists() and manifest["keras_model"]["path"] is None
+    assert sum(f.stat().st_size for f in lean.rglob("*")) < 0.6 * sum(f.stat().st_size for f in old.rglob("*"))
+    for version_dir in (lean, old):
+        rebuilt = export.rebuild_keras_model(version_dir)
+        for want, got in zip(model.weights, rebuilt.weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(export.load_keras_model(lean).score(x).numpy(), model.score(x).numpy(), rtol=1e-6)
 
-    done = zoo.add_keras_models(tmp_path)
+    done = zoo.reexport(tmp_path)
     assert done == {"tiny-vae": tmp_path / "tiny-vae" / "2"} and not old.exists()
     entry = zoo.load_pretrained("tiny-vae", zoo_dir=tmp_path)
-    assert entry.metrics == {"test": {"nll": 500.0}} and "weights from tiny-vae version 1" in entry.manifest["source"]
-    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    assert entry.metrics == {"test": {"nll": 500.0}} and "re-exported from tiny-vae version 1" in entry.manifest["source"]
+    assert not (entry.path / export.KERAS_MODEL).exists()
     np.testing.assert_allclose(entry.keras_model().score(x).numpy(), model.score(x).numpy(), rtol=1e-6)
-    assert zoo.add_keras_models(tmp_path) == {}  # entries that hold one are left alone
+    assert zoo.reexport(tmp_path) == {}  # entries already in the zoo's form are left alone
 
 
 def test_a_rebuild_refuses_weights_that_do_not_fit_the_config(tmp_path):
-    from kerasae import export, zoo
+    from kerasae import export
 
     import kerasae
 
     model = kerasae.build("ae-shallow", latent_dim=8)
     model.build((None, 28, 28, 1))
-    version_dir = export.export_model(model, tmp_path, "ae", tflite=())
+    version_dir = export.export_model(model, tmp_path, "ae", tflite=(), keras_model=False)
     manifest_path = version_dir / "assets.extra" / export.MANIFEST
     manifest = json.loads(manifest_path.read_text())
     manifest["model"]["config"]["latent_dim"] = 9
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="do not match a Autoencoder.*encoder/enc_out/kernel"):
-        zoo.rebuild_keras_model(version_dir)
+    with pytest.raises(kerasae.files.ModelFileError, match="do not match a Autoencoder.*encoder/enc_out/kernel"):
+        export.rebuild_keras_model(version_dir)
 
 
 def test_fine_tune_a_zoo_model_on_other_images(tmp_path):

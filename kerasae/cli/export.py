@@ -25,6 +25,9 @@ def build_export_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--strict-parity", action="store_true",
                    help="fail if a TFLite file misses its parity bound (default: keep it, flagged)")
+    p.add_argument("--no-keras-model", dest="keras_model", action="store_false",
+                   help="write no assets.extra/model.keras: load_keras_model rebuilds the model from the manifest "
+                        "and the SavedModel's variables (the weights stored once, as in the zoo)")
     p.add_argument("--verify", metavar="PATH", help="check an export's files against its manifest and exit 0/1")
     return p
 
@@ -61,7 +64,8 @@ def export_main(argv=None):
         warnings.simplefilter("ignore", export_lib.ParityWarning)  # printed below, from the manifest
         version_dir = export_lib.export_run(args.source, args.name, export_dir=args.export_dir, version=args.version,
                                             tflite=args.tflite, representative_data=args.representative_data,
-                                            overwrite=args.overwrite, strict_parity=args.strict_parity)
+                                            overwrite=args.overwrite, strict_parity=args.strict_parity,
+                                            keras_model=args.keras_model)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: a usage error
         parser.error(" ".join(str(err).split()))
     except export_lib.ExportError as err:

@@ -4,6 +4,8 @@
         saved_model.pb, variables/, fingerprint.pb
         assets.extra/manifest.json      what was exported, from what, and the sha256 of every file
         assets.extra/model.keras        the kerasae Keras model (config + weights) to fine-tune: load_keras_model
+                                        (not in exports made with keras_model=False: the model is rebuilt
+                                        from the manifest's config and the SavedModel's variables)
     exported/<name>/tflite/             the TFLite files of the latest export, one per signature and variant
         <signature>.<variant>.tflite    variants: fp32, fp16, dynamic, int8
         manifest.json                   the same manifest, so the folder can ship to a device on its own
@@ -32,7 +34,7 @@ The modules, lowest first (each imports only those before it):
     tflite        converting a signature to TFLite, op checks, LiteRT, int8 calibration data
     parity        tolerances; TFLite vs SavedModel and SavedModel vs Keras model measurements
     manifest      manifest.json, hashes, existing versions, verify
-    keras_model   assets.extra/model.keras: writing it, loading it verified
+    keras_model   the Keras model behind an export: model.keras or rebuilt from the SavedModel, verified
     variants      the tflite/ folder: every signature x variant converted and checked
     core          export_model and its atomic commit
     runs          export_run: a training run's data for calibration and parity
@@ -50,7 +52,7 @@ from kerasae.export.tflite import (convert_tflite, load_interpreter, non_builtin
 from kerasae.export.parity import (BROKEN_FP32, KERAS_TOLERANCE, NUM_PARITY_IMAGES, PARITY_TOLERANCES, check_parity,
                                    parity_failures)
 from kerasae.export.manifest import FORMAT, KERAS_MODEL, MANIFEST, existing_versions, verify
-from kerasae.export.keras_model import load_keras_model
+from kerasae.export.keras_model import load_keras_model, model_config, rebuild_keras_model
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
 from kerasae.export.core import export_model
 from kerasae.export.runs import NUM_REPRESENTATIVE_IMAGES, export_run, load_images_npz
@@ -62,6 +64,7 @@ __all__ = [
     "ExportError", "ParityWarning", "VerificationError",
     "check_name", "check_parity", "check_tflite_signatures", "check_variants", "convert_tflite",
     "existing_versions", "expected_signatures", "export_model", "export_run", "keras_outputs", "load_images_npz",
-    "load_interpreter", "load_keras_model", "non_builtin_ops", "parity_failures", "representative_inputs",
+    "load_interpreter", "load_keras_model", "model_config", "non_builtin_ops", "parity_failures",
+    "rebuild_keras_model", "representative_inputs",
     "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify", "write_saved_model",
 ]

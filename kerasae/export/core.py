@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.export.errors import ExportError
-from kerasae.export.keras_model import write_keras_model
+from kerasae.export.keras_model import rebuild_keras_model, write_keras_model
 from kerasae.export.manifest import KERAS_MODEL, existing_versions, write_manifest
 from kerasae.export.parity import NUM_PARITY_IMAGES, _keras_parity, keras_parity_problems
 from kerasae.export.saved_model import (_contract_problems, _spec, expected_signatures, num_classes,
@@ -34,11 +34,12 @@ from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signa
 
 def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
                  parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
-                 tflite_signatures=SIGNATURES, fp16_data=None):
+                 tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
 
-    The version directory also holds the model itself, uncompiled, as assets.extra/model.keras
-    (`load_keras_model(version_dir)` loads it, verified), checked to reproduce the SavedModel.
+    `load_keras_model(version_dir)` gives the Keras model back, verified and checked at export to
+    reproduce the SavedModel: from assets.extra/model.keras (uncompiled), or with keras_model=False
+    rebuilt from the manifest's config and the SavedModel's variables (the weights stored once).
 
     Args:
         version: integer version; None takes the next after the existing ones (1 for the first).
@@ -53,6 +54,8 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         parity_data: images the TFLite files are compared with the SavedModel on (default: the
             first NUM_PARITY_IMAGES of representative_data, else seeded uniform noise).
         metrics, preset, source: recorded in the manifest.
+        keras_model: write assets.extra/model.keras (True), or let `load_keras_model` rebuild the
+            model from the manifest and the SavedModel's variables (False: half the bytes; the zoo).
         overwrite: replace an existing version; without it an existing version raises FileExistsError.
         strict_parity: fail (rather than keep, flag and warn about) TFLite files outside
             PARITY_TOLERANCES; a broken fp32 conversion (BROKEN_FP32, NaN) always fails.
@@ -106,16 +109,18 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         raise ValueError(f"export_dir: cannot write to {root} ({err.strerror or err})") from err
     try:
         saved_dir, tflite_dir = tmp / "saved_model", (tmp / "tflite" if variants else None)
+        model_record = {"class": type(model).__name__, "registered_name": keras.saving.get_registered_name(
+            type(model)), "family": model.family, "config": model.get_config()}
         manifest = _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representative_data,
-                          parity_data, fp16_data, strict_parity, fp16_dir=tmp / "fp16_source")
+                          parity_data, fp16_data, strict_parity, fp16_dir=tmp / "fp16_source",
+                          keras_file=bool(keras_model), model_record=model_record)
         if tflite_dir is not None:
             manifest["tflite"]["parity_data"] = f"{len(parity_data)} images ({parity_source})"
         write_manifest({
             **manifest, "export_id": uuid.uuid4().hex, "name": name, "version": int(version),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "source": None if source is None else str(source), "preset": preset,
-            "model": {"class": type(model).__name__, "registered_name": keras.saving.get_registered_name(type(model)),
-                      "family": model.family, "config": model.get_config()},
+            "model": model_record,
             "versions": library_versions(), "metrics": metrics,
             "input_spec": {"x": {**_spec([None, *shape]), "layout": "NHWC", "range": [0.0, 1.0],
                                  "binary_pixels": bool(getattr(model, "binary_data", False))},
@@ -141,11 +146,12 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
 
 
 def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representative_data, parity_data, fp16_data,
-           strict_parity, fp16_dir):
+           strict_parity, fp16_dir, keras_file, model_record):
     """Write and check the SavedModel, the Keras model in it and the TFLite files; the manifest's fields on them.
 
     Raises ExportError when the SavedModel breaks the signature contract or differs from the Keras
-    model, when model.keras reloaded differs from the SavedModel, or when a TFLite check fails.
+    model, when the Keras model reloaded (model.keras, or rebuilt from the SavedModel) differs from
+    the SavedModel, or when a TFLite check fails.
     """
     write_saved_model(model, saved_dir)
     loaded = tf.saved_model.load(str(saved_dir))
@@ -155,9 +161,13 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
     problems += keras_parity_problems(keras_parity, "the Keras model's method")
     if problems:
         raise ExportError("; ".join(problems))
-    reloaded = files.load_keras_model(write_keras_model(model, saved_dir))
+    if keras_file:
+        reloaded, stored = files.load_keras_model(write_keras_model(model, saved_dir)), KERAS_MODEL
+    else:
+        reloaded, stored = rebuild_keras_model(saved_dir, model_record), None
     reloaded_parity = _keras_parity(reloaded, loaded, parity_data)
-    problems = keras_parity_problems(reloaded_parity, f"{KERAS_MODEL} reloaded")
+    problems = keras_parity_problems(reloaded_parity, f"{stored or 'the model rebuilt from the SavedModel'} "
+                                                      "reloaded")
     if problems:
         raise ExportError("; ".join(problems))
     fp16 = None
@@ -169,8 +179,10 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
                                  strict_parity, tflite_signatures, fp16, classes=num_classes(model))
                    if variants else None)
     return {"signatures": loaded_signatures, "savedmodel_vs_keras_max_diff": keras_parity, "tflite": tflite_info,
-            "keras_model": {"path": KERAS_MODEL, "class": type(reloaded).__name__,
-                            "contents": "config and weights (not compiled, no optimizer state)",
+            "keras_model": {"path": stored, "class": type(reloaded).__name__,
+                            "contents": ("config and weights (not compiled, no optimizer state)" if stored else
+                                         "rebuilt from this manifest's model config and the SavedModel's "
+                                         "variables (not compiled, no optimizer state)"),
                             "load": "kerasae.export.load_keras_model(version_dir)",
                             "savedmodel_vs_reloaded_max_diff": reloaded_parity}}
 

@@ -34,7 +34,7 @@ def load_images_npz(path):
 
 def export_run(run_dir_or_model_path, name, export_dir="exported", version=None, tflite=VARIANTS,
                representative_data=None, overwrite=False, num_representative=NUM_REPRESENTATIVE_IMAGES,
-               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES, source=None):
+               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES, source=None, keras_model=True):
     """Export a training run directory (model.keras, config.json, metrics.json) or a bare .keras file.
 
     int8 calibrates on the first `num_representative` training images of the run's dataset
@@ -45,7 +45,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     as `export_run(result.run_dir, name)`. `metrics` replaces the run's metrics.json in the
     manifest (which describes model.keras, so it is only used for model.keras); the zoo passes
     what reproduce measured on best.keras. `source` is what the manifest names as the model's
-    origin (default: the given path). Returns the version directory.
+    origin (default: the given path). `keras_model`: see `export_model`. Returns the version directory.
     """
     from kerasae import data as data_lib
 
@@ -99,4 +99,4 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     return export_model(model, export_dir, name, version=version, tflite=variants,
                         representative_data=representative_data, parity_data=parity_data, metrics=metrics,
                         preset=config.get("preset"), overwrite=overwrite, source=source or path, strict_parity=strict_parity,
-                        tflite_signatures=tflite_signatures, fp16_data=fp16_data)
+                        tflite_signatures=tflite_signatures, fp16_data=fp16_data, keras_model=keras_model)

@@ -82,11 +82,14 @@ def _load_init_model(init_from):
 
 def _init_image_shape(init_from):
     """The image shape (H, W, C) the model `init_from` names takes, read from its config: nothing is built."""
-    path = Path(init_from)
     if str(init_from).startswith(ZOO_PREFIX):
         from kerasae import zoo
 
-        path = zoo.keras_model_path(init_from)
+        try:
+            return zoo.image_shape(init_from)
+        except (OSError, KeyError, ValueError, TypeError):
+            return None  # loading the model says what is wrong with the entry
+    path = Path(init_from)
     try:
         with zipfile.ZipFile(path) as archive:
             return tuple(json.loads(archive.read("config.json"))["config"]["image_shape"])
