@@ -714,6 +714,12 @@ def test_cli_exports_a_training_run(tmp_path):
     again = run_script("export.py", "runs/ae", "--name", "ae", "--version", "1", "--tflite", "none", cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("export.py: error: ")
+    assert cli.export_main([str(tmp_path / "runs/ae"), "--name", "ae", "--tflite", "none", "--no-keras-model",
+                            "--export-dir", str(tmp_path / "exported")]) == 0  # the weights stored once
+    full, lean = tmp_path / "exported/ae/1", tmp_path / "exported/ae/2"
+    assert (full / KERAS_FILE).is_file() and not (lean / KERAS_FILE).exists() and export.verify(lean) == []
+    for got, want in zip(export.load_keras_model(lean).weights, export.load_keras_model(full).weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.path)
 
 
 @pytest.mark.parametrize("argv, message", [
