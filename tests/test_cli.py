@@ -70,8 +70,8 @@ def _usage_error(argv, capsys):
     (["--image-size", "0x5"], "argument --image-size"),
     (["--export", "../escape"], "--export: name must be"),
     (["--prior", "gmm"], "argument --prior: invalid choice: 'gmm'"),
-    (["--arch", "cvae", "--prior", "vamp"], "--prior applies to vae presets, not cvae-mlp (cvae)"),
-    (["--arch", "ae", "--prior", "vamp"], "--prior applies to vae presets, not ae-mlp-seed"),
+    (["--arch", "vqvae", "--prior", "vamp"], "--prior applies to vae and cvae presets, not vqvae-conv (vqvae)"),
+    (["--arch", "ae", "--pseudo-inputs", "50"], "--pseudo-inputs applies to vae and cvae presets, not ae-mlp-seed"),
     (["--pseudo-inputs", "0"], "argument --pseudo-inputs: must be an integer >= 1"),
 ])
 def test_bad_arguments(argv, message, capsys):

@@ -125,6 +125,45 @@ def test_bad_labels(trained, mnist_binary):
                                   [[1, 1], [np.nan, np.nan], [np.nan, np.nan]])
 
 
+def test_a_conditional_vampprior_mixes_the_posteriors_of_pseudo_image_label_pairs(mnist_binary, mnist_small, tmp_path):
+    """prior_type="vamp": p(z) = (1/K) sum_k q(z | u_k, y_k), y_k = k mod C (every class equally often); it is
+    learned with the model, drives `sample`, saves and loads, and exports (the sample signature takes a label)."""
+    tfd = kerasae.losses.tfd
+    keras.utils.set_random_seed(0)
+    model = kerasae.build("cvae-mlp", hidden_units=(64,), latent_dim=4, prior_type="vamp", num_pseudo_inputs=25,
+                          seed=0)
+    np.testing.assert_array_equal(model.pseudo_labels().numpy(), np.arange(25) % 10)
+    u = tf.clip_by_value(model.pseudo_inputs, 0.0, 1.0)
+    means, log_vars = model.encode(u, np.arange(25) % 10)
+    other_means, _ = model.encode(u, (np.arange(25) + 1) % 10)
+    assert not np.allclose(means.numpy(), other_means.numpy())  # the labels reach the components
+    mixture = tfd.MixtureSameFamily(tfd.Categorical(logits=tf.zeros([25])),
+                                    tfd.MultivariateNormalDiag(means, tf.exp(0.5 * log_vars)))
+    z = np.random.default_rng(0).normal(size=(7, 4)).astype("float32")
+    np.testing.assert_allclose(model.prior_log_prob(z).numpy(), mixture.log_prob(z).numpy(), rtol=1e-5, atol=1e-4)
+    x, y = mnist_binary[:6], mnist_small.y_train[:6]
+    eps = tf.random.stateless_normal([20_000, 6, 4], seed=[0, 0])
+    _, log_pz, _, kl = model.sample_terms(model.check_inputs((x, y)), eps)
+    mean, log_var = model.encode(x, y)
+    drawn_z = mean + tf.exp(0.5 * log_var) * eps[:3]  # the codes sample_terms drew, [3, 6, 4]
+    np.testing.assert_allclose(log_pz[:3].numpy(), mixture.log_prob(drawn_z).numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(model.kl_divergence(mean, log_var).numpy(), kl.numpy(), rtol=0.1, atol=0.2)
+
+    before = model.pseudo_inputs.numpy().copy()
+    model.compile(optimizer=optimizers.Adam(3e-3))
+    history = model.fit(mnist_binary, mnist_small.y_train, epochs=2, batch_size=32, verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and not np.allclose(model.pseudo_inputs.numpy(), before)
+    path = tmp_path / "cvae-vamp.keras"
+    model.save(path)
+    loaded = kerasae.load_model(path)
+    assert loaded.get_config()["prior_type"] == "vamp"
+    np.testing.assert_array_equal(loaded.sample(4, 3, seed=1).numpy(), model.sample(4, 3, seed=1).numpy())
+    version = kerasae.export.export_model(model, tmp_path / "exported", name="cvae-vamp", tflite=())
+    drawn = tf.saved_model.load(str(version)).signatures["sample"](num_samples=tf.constant(5),
+                                                                    label=tf.constant(3))["x_mean"].numpy()
+    assert drawn.shape == (5, 28, 28, 1) and np.isfinite(drawn).all()
+
+
 def test_train_needs_labels(tmp_path):
     x = np.random.default_rng(0).random((40, 28, 28, 1)).astype(np.float32)
     np.savez(tmp_path / "nolabels.npz", x_train=x, x_test=x[:8])

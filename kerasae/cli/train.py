@@ -10,8 +10,8 @@ from kerasae.config import TrainConfig
 _VAES = ("vae", "cvae")
 #: flag -> (model keyword, the families it applies to; None: all)
 _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood": ("likelihood", _VAES),
-                "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", ("vae",)),
-                "pseudo_inputs": ("num_pseudo_inputs", ("vae",)), "codebook_size": ("num_embeddings", ("vqvae",)),
+                "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", _VAES),
+                "pseudo_inputs": ("num_pseudo_inputs", _VAES), "codebook_size": ("num_embeddings", ("vqvae",)),
                 "code_dim": ("embedding_dim", ("vqvae",))}
 
 

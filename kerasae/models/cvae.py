@@ -20,7 +20,7 @@ def flag_bad_labels(labels, num_classes, values):
 
 @register
 class ConditionalVAE(VAE):
-    """q(z | x, y) and p(x | z, y) for a class label y in [0, num_classes); p(z) = N(0, I).
+    """q(z | x, y) and p(x | z, y) for a class label y in [0, num_classes); p(z) = N(0, I) or a VampPrior.
 
     The label enters as a one-hot vector: the MLP encoder reads it beside the flattened image, a
     conv or resnet encoder as `num_classes` constant channels beside the image's; the decoder reads
@@ -28,16 +28,18 @@ class ConditionalVAE(VAE):
     draws n images of one class (or of labels [n]). `model.fit(images, labels)` trains it: Keras'
     targets are the labels.
 
-    Args (beyond `VAE`'s): num_classes: how many classes the labels name. The VampPrior is not
-    offered (its pseudo-inputs would need labels too).
+    z is independent of y in the generative model, so p(z) is the same for every class. With
+    prior_type="vamp" it is (1/K) sum_k q(z | u_k, y_k): learned pseudo-images u_k paired with fixed
+    pseudo-labels y_k = k mod num_classes, so the mixture approximates the aggregate posterior over
+    (image, label) pairs with the classes equally represented.
+
+    Args (beyond `VAE`'s): num_classes: how many classes the labels name.
     """
 
     family = "cvae"
 
     def __init__(self, num_classes=10, **kwargs):
         self.num_classes = check_positive_int("num_classes", num_classes)
-        if kwargs.get("prior_type", "standard") != "standard":
-            raise ValueError('prior_type: a ConditionalVAE has the N(0, I) prior ("standard")')
         super().__init__(**kwargs)
 
     def _build_networks(self, encoder_output_dim, code_activation=None, output_channels=None):
@@ -108,6 +110,17 @@ class ConditionalVAE(VAE):
         x, labels = inputs
         h = tf.cast(self.encoder([x, self._one_hot(labels)], training=training), tf.float32)
         return h[:, :self.latent_dim], h[:, self.latent_dim:]
+
+    def pseudo_labels(self):
+        """The VampPrior's fixed labels y_k = k mod num_classes, int32 [K]."""
+        return tf.range(self.num_pseudo_inputs, dtype=tf.int32) % self.num_classes
+
+    def prior_components(self, training=False):
+        """The VampPrior's components: q(z | u_k, y_k)'s (mean, log_var), each [K, latent_dim]."""
+        if self.pseudo_inputs is None:
+            raise ValueError('prior_components() needs prior_type="vamp"')
+        u = tf.clip_by_value(tf.cast(self.pseudo_inputs, tf.float32), 0.0, 1.0)
+        return self._posterior_params((u, self.pseudo_labels()), training)
 
     def posterior(self, x, labels, training=False):
         return losses.diagonal_gaussian(*self.encode(x, labels, training=training))
