@@ -28,15 +28,17 @@ import numpy as np
 _ROUNDED = (keras.layers.Dense, keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
 
-def plan(model, images, bound, margin=0.8, damp=0.01):
+def plan(model, images, bound, margin=0.8, damp=0.01, labels=None):
     """(copy of `model` with float16-rounded kernels, names of the layers to keep float32).
 
     `images` [N, H, W, C]: calibration inputs drawn from the training data (a few thousand: a
-    Dense kernel gets GPTQ rounding only with at least 2x its input size of images, else nearest).
-    The copy holds the original float32 kernel for every layer in the returned names.
+    Dense kernel gets GPTQ rounding only with at least 2x its input size of images, else nearest);
+    a conditional model's `labels` [N] go with them. The copy holds the original float32 kernel
+    for every layer in the returned names.
     """
     copy = model.clone()
     x = np.asarray(images, np.float32)
+    extra = () if labels is None else (np.asarray(labels, np.int32),)  # a conditional model's second argument
     layers = [layer for net in (copy.encoder, copy.decoder) for layer in net.layers if isinstance(layer, _ROUNDED)]
     original = {layer.name: layer.kernel.numpy() for layer in layers}
     for net in (copy.encoder, copy.decoder):
@@ -45,20 +47,20 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
             # overfits them (measured: 500 images, 784 inputs -> 2x the error on test images).
             if (isinstance(layer, keras.layers.Dense) and len(layer.input.shape) == 2
                     and len(x) >= 2 * layer.input.shape[1]):
-                inputs = _layer_inputs(net, layer, _net_input(copy, net, x))
+                inputs = _layer_inputs(net, layer, _net_input(copy, net, x, extra))
                 layer.kernel.assign(gptq_float16(layer.kernel.numpy(), inputs, damp).astype(np.float32))
             elif isinstance(layer, _ROUNDED):
                 layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
     rounded = {layer.name: layer.kernel.numpy() for layer in layers}
 
-    codes = _net_input(model, model.decoder, x)
-    want = (np.asarray(model.reconstruct(x), np.float64), np.asarray(model.decode(codes), np.float64))
+    codes = model.latent_codes(x, *extra)
+    want = (np.asarray(model.reconstruct(x, *extra), np.float64), np.asarray(model.decode(codes, *extra), np.float64))
 
     def error(keep):
         for layer in layers:
             layer.kernel.assign(original[layer.name] if layer.name in keep else rounded[layer.name])
-        return max(float(np.abs(np.asarray(copy.reconstruct(x), np.float64) - want[0]).max()),
-                   float(np.abs(np.asarray(copy.decode(codes), np.float64) - want[1]).max()))
+        return max(float(np.abs(np.asarray(copy.reconstruct(x, *extra), np.float64) - want[0]).max()),
+                   float(np.abs(np.asarray(copy.decode(codes, *extra), np.float64) - want[1]).max()))
 
     keep, err = set(), error(set())
     while err > margin * bound and len(keep) < len(layers):
@@ -71,7 +73,7 @@ def plan(model, images, bound, margin=0.8, damp=0.01):
     return copy, tuple(layer.name for layer in layers if layer.name in keep)
 
 
-def _layer_inputs(net, layer, x, batch_size=1024):
+def _layer_inputs(net, layer, inputs, batch_size=1024):
     """What `layer` of `net` receives on x, computed eagerly in batches of `batch_size`.
 
     Not `keras.Model(net.inputs, layer.input).predict`: every such sub-model traces its own
@@ -80,12 +82,18 @@ def _layer_inputs(net, layer, x, batch_size=1024):
     it logged "N out of the last N calls to ... triggered tf.function retracing".
     """
     sub = keras.Model(net.inputs, layer.input)
-    return np.concatenate([np.asarray(sub([x[i:i + batch_size]], training=False))
-                           for i in range(0, len(x), batch_size)])
+    return np.concatenate([np.asarray(sub([t[i:i + batch_size] for t in inputs], training=False))
+                           for i in range(0, len(inputs[0]), batch_size)])
 
 
-def _net_input(model, net, x):
-    return x if net is model.encoder else model.latent_codes(x)  # VAE: the posterior mean
+def _net_input(model, net, x, extra=()):
+    """The arrays `net` reads for images x: the encoder's (a conditional model's: with the one-hot labels), the
+    decoder's the codes (a VAE's posterior means; a conditional model's beside the one-hot labels)."""
+    one_hot = [np.eye(model.num_classes, dtype=np.float32)[extra[0]]] if extra else []
+    if net is model.encoder:
+        return [x, *one_hot]
+    codes = model.latent_codes(x, *extra)
+    return [np.concatenate([codes, *one_hot], axis=-1)] if one_hot else [codes]
 
 
 def gptq_float16(kernel, inputs, damp=0.01):

@@ -218,6 +218,10 @@ def test_exported_model_follows_its_labels(exported, mnist_binary):
     assert set(tflite_part["skipped"]) == {"score.int8.tflite", "sample.int8.tflite"}
     assert len(tflite_part["files"]) == 18
     assert tflite_part["out_of_tolerance"] == {}, tflite_part["out_of_tolerance"]
+    # fp16 kernels rounded by GPTQ on the calibration images with labels (not to nearest)
+    rounding = {entry["float32_weights"]["float16_rounding"] for entry in tflite_part["files"].values()
+                if entry["variant"] == "fp16"}
+    assert len(rounding) == 1 and rounding.pop().startswith("GPTQ on "), rounding
     tflite = version.parent / "tflite" / "decode.fp32.tflite"
     got = kerasae.export.run_tflite(tflite, "decode", z=z, label=labels)["x_mean"]
     np.testing.assert_allclose(got, model.decode(z, labels).numpy(), atol=1e-5)

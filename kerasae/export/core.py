@@ -50,7 +50,8 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
             training data); required when "int8" is asked for.
         fp16_data: training images the fp16 weights are rounded on (kerasae.fp16.plan; at
             least NUM_FP16_CALIBRATION_IMAGES for GPTQ on MNIST-sized inputs); default
-            representative_data; neither: nearest rounding, float32 biases.
+            representative_data; neither: nearest rounding, float32 biases. A conditional
+            model's calibration labels cycle through its classes (as int8's).
         parity_data: images the TFLite files are compared with the SavedModel on (default: the
             first NUM_PARITY_IMAGES of representative_data, else seeded uniform noise).
         metrics, preset, source: recorded in the manifest.
@@ -171,10 +172,8 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
     if problems:
         raise ExportError("; ".join(problems))
     fp16 = None
-    # GPTQ rounding calibrates the encoder and decoder on images alone; a conditional model's also read labels, so
-    # its fp16 weights are rounded to nearest
-    if "fp16" in variants and fp16_data is not None and not num_classes(model):
-        fp16 = _fp16_source(model, fp16_data, fp16_dir)
+    if "fp16" in variants and fp16_data is not None:
+        fp16 = _fp16_source(model, fp16_data, fp16_dir, classes=num_classes(model))
     tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
                                  strict_parity, tflite_signatures, fp16, classes=num_classes(model))
                    if variants else None)

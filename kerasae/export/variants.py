@@ -15,7 +15,7 @@ import tensorflow as tf
 from kerasae import fp16 as fp16_lib
 from kerasae.export.errors import ExportError, ParityWarning
 from kerasae.export.parity import BROKEN_FP32, PARITY_TOLERANCES, check_parity, parity_failures
-from kerasae.export.saved_model import write_saved_model
+from kerasae.export.saved_model import example_labels, write_saved_model
 from kerasae.export.tflite import (_int8_float_ops, _int8_quantization, _io_details, convert_tflite,
                                    load_interpreter, representative_inputs, tflite_op_codes)
 from kerasae.options import SIGNATURES
@@ -24,10 +24,13 @@ from kerasae.options import SIGNATURES
 NUM_FP16_CALIBRATION_IMAGES = 2000
 
 
-def _fp16_source(model, fp16_data, path):
-    """Write the SavedModel fp16 files are converted from to `path`: (path, float32 layer names, description)."""
+def _fp16_source(model, fp16_data, path, classes=None):
+    """Write the SavedModel fp16 files are converted from to `path`: (path, float32 layer names, description).
+
+    A conditional model's (`classes`) images go with labels cycling through its classes, as int8's do."""
     calibration = fp16_data[:NUM_FP16_CALIBRATION_IMAGES]
-    rounded, float32_layers = fp16_lib.plan(model, calibration, bound=PARITY_TOLERANCES["fp16"][1])
+    rounded, float32_layers = fp16_lib.plan(model, calibration, bound=PARITY_TOLERANCES["fp16"][1],
+                                            labels=example_labels(len(calibration), classes))
     write_saved_model(rounded, path)
     return (path, float32_layers,
             f"GPTQ on {len(calibration)} calibration images for Dense kernels with at most "
