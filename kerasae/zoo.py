@@ -77,7 +77,8 @@ class Pretrained:
         return self.manifest.get("metrics")
 
     def keras_model(self):
-        """The kerasae Keras model of this entry (sha256-verified, loaded in Keras safe mode)."""
+        """The kerasae Keras model of this entry: the files sha256-verified, then rebuilt from the manifest and
+        the SavedModel's variables (or loaded from an older entry's model.keras in Keras safe mode)."""
         return export_lib.load_keras_model(self.path)
 
     def __getattr__(self, signature):
