@@ -26,7 +26,8 @@ ZOO = {
     "ae-mlp-seed": ("seed_claims.json", "ae-mlp-seed", "mse_per_pixel"),
     "dae-mlp": ("seed_claims.json", "dae-mlp", "mse_per_pixel"),
     "vae-mlp-2d": ("seed_claims.json", "vae-mlp-2d", "nll"),
-    "vae-mlp": ("nll.json", None, "nll"),  # the best VAE of the likelihood runs
+    "vae-mlp": ("nll.json", None, "nll"),  # the best one-layer VAE of the likelihood runs
+    "hvae-mlp-vamp": ("nll_hvae.json", None, "nll"),  # the best two-layer VAE (VampPrior)
 }
 #: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
 #: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.

@@ -93,7 +93,7 @@ def test_an_unknown_zoo_model_names_what_is_available():
     from kerasae import zoo
 
     with pytest.raises(ValueError, match=r"no pretrained model 'vae-nope'.*available: ae-mlp-seed, dae-mlp, "
-                                         r"vae-mlp, vae-mlp-2d.*reproduce.py --export-zoo"):
+                                         r"hvae-mlp-vamp, vae-mlp, vae-mlp-2d.*reproduce.py --export-zoo"):
         zoo.load_pretrained("vae-nope")
     with pytest.raises(ValueError, match="zoo:NAME or zoo:NAME/VERSION"):
         zoo.load_keras_model("zoo:vae-mlp/latest")

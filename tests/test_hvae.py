@@ -94,3 +94,23 @@ def test_config(model):
         kerasae.build("hvae-mlp", latent_dims=(3, 0))
     with pytest.raises(ValueError, match="sum of latent_dims"):
         kerasae.build("hvae-mlp", latent_dim=7)
+
+
+def test_results_doc_and_readme_quote_the_hvae_stage():
+    """docs/results.md shows the hvae-nll stage's table as reproduce printed it from the full run, and README's
+    row its NLL, standard error and training time; the run met its target within the 4-hour budget."""
+    import json
+
+    from kerasae import reproduce
+    from conftest import REPO
+
+    result = json.loads((REPO / "benchmarks" / "results" / reproduce.RESULT_FILES["hvae-nll"]).read_text())
+    assert result["mode"] == "full" and result["protocol"]["k"] == 5000
+    table = reproduce.summary({"hvae-nll": result}).split("\n\n", 1)[1]
+    assert table in (REPO / "docs" / "results.md").read_text()
+    best = result["runs"]["hvae-iwae-nll"]
+    assert best["meets_target"] and best["test"]["num_images"] == 10000
+    assert best["total_training_time_s"] <= 4 * 3600
+    row = (f"{best['test']['nll']:.2f} ± {best['test']['nll_stderr']:.2f} nats after "
+           f"{best['total_training_time_s'] / 60:.0f} min")
+    assert row in (REPO / "README.md").read_text()

@@ -315,8 +315,9 @@ def test_kerasae_evaluation_of_the_shipped_vae_matches_published(name, entries, 
     assert result["elbo"] == pytest.approx(published["elbo"], abs=0.3)
 
 
-#: hvae-mlp-vamp's bias allowance at NLL_SAMPLES (see HVAE_K_BIAS_MEASURED in the test below).
-HVAE_K_BIAS = 1.0
+#: hvae-mlp-vamp's bias allowance at NLL_SAMPLES: NLL_k - NLL_5000 measured on the same images (two random
+#: subsets of 300): k=50: +0.66, +0.80; k=100: +0.44, +0.55; k=256: +0.29, +0.34 (+- 0.05); k=400: +0.25, +0.27.
+HVAE_K_BIAS = 0.6
 
 
 def test_hierarchical_vae_bound_matches_published_nll(entries, binarized_test, seed_claims):
@@ -324,7 +325,9 @@ def test_hierarchical_vae_bound_matches_published_nll(entries, binarized_test, s
     (rebuilt from its SavedModel) for a random subset of the binarized test images, with the shipped SavedModel's
     `score` on all 10,000 images as the control variate (as for the one-layer VAEs above): a wrong published
     figure or a wrong shipped model fails; its q(z1 | x, z2) at sampled z2 is not a signature, so the bound
-    itself is kerasae's code, not independent numpy maths."""
+    itself is kerasae's code, not independent numpy maths. Measured: NLL_256 81.69 +- 0.13 (published NLL_5000
+    81.28), -ELBO 85.58 +- 0.14 (85.47): the check catches the published NLL lowered by > 0.7 nats or raised
+    by > 0.9."""
     name = "hvae-mlp-vamp"
     published = published_vae(name, seed_claims)
     model = entries[name].keras_model()
