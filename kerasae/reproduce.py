@@ -223,8 +223,8 @@ def nll_results(runs, fig_dir, k=5000, max_test_samples=None, progress=True, fig
         samples = record["model_config"].get("num_importance_samples", 1)  # (not `k`: that is the evaluation's)
         if samples > 1:
             curves[f"{name} validation -IWAE bound (k={samples})"] = (epochs, [r["val_loss"] for r in history])
-    if curves:
-        low = min(min(values) for _, values in curves.values())
+    if curves:  # the floor from each curve's second half: a KL warm-up's training loss starts far below the rest
+        low = min(min(values[len(values) // 2:]) for _, values in curves.values())
         plots.save_curves(curves, fig_dir / figure, "nats per image",
                           "MNIST likelihood runs (validation: fixed binarization)",
                           ylim=(low - 2, low + 25))  # the first epochs' 100-200 nats would flatten the rest
