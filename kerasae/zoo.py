@@ -2,8 +2,9 @@
 
 Each entry is a SavedModel version directory (every signature; see exported/README.md)
 whose manifest and variables rebuild the kerasae Keras model (`Pretrained.keras_model()`; no
-second copy of the weights in model.keras), plus its fp32 and int8 TFLite decode models, with the metrics reproduce measured in its manifest. Nothing is
-loaded before every file's sha256 matches the manifest. The zoo lives in the checkout's
+second copy of the weights in model.keras), plus its fp32 and int8 TFLite decode models, with
+the metrics reproduce measured in its manifest. Nothing is loaded before every file's sha256
+matches the manifest. The zoo lives in the checkout's
 exported/ folder and ships inside the package as `kerasae/pretrained`, so it loads from
 any directory after `pip install .`.
 """
@@ -126,7 +127,7 @@ def parse_spec(spec):
 
 def image_shape(spec):
     """The image shape (H, W, C) the model of "zoo:NAME[/VERSION]" takes, from its manifest (unverified)."""
-    return tuple(export_lib.model_config(version_dir(*parse_spec(spec)))["config"]["image_shape"])
+    return tuple(export_lib.model_record(version_dir(*parse_spec(spec)))["config"]["image_shape"])
 
 
 def load_keras_model(spec):

@@ -302,7 +302,7 @@ def test_kerasae_evaluation_of_the_shipped_vae_matches_published(name, entries, 
     within 0.3 nats of the published (k-sample mean) ELBO (measured over seeds 0-2: spread 0.12 nats for
     vae-mlp, 0.01 for vae-mlp-2d; standard error ~0.05)."""
     published = published_vae(name, seed_claims)
-    model = entries[name].keras_model()  # the shipped assets.extra/model.keras, sha256-verified
+    model = entries[name].keras_model()  # rebuilt from the shipped manifest and SavedModel, sha256-verified
     x = binarized_test[:256]
     np.testing.assert_allclose(model.reconstruct(x).numpy(),
                                entries[name].reconstruct(x=tf.constant(x))["reconstruction"].numpy(), atol=1e-6)

@@ -52,7 +52,7 @@ from kerasae.export.tflite import (convert_tflite, load_interpreter, non_builtin
 from kerasae.export.parity import (BROKEN_FP32, KERAS_TOLERANCE, NUM_PARITY_IMAGES, PARITY_TOLERANCES, check_parity,
                                    parity_failures)
 from kerasae.export.manifest import FORMAT, KERAS_MODEL, MANIFEST, existing_versions, verify
-from kerasae.export.keras_model import load_keras_model, model_config, rebuild_keras_model
+from kerasae.export.keras_model import load_keras_model, model_record, rebuild_keras_model
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
 from kerasae.export.core import export_model
 from kerasae.export.runs import NUM_REPRESENTATIVE_IMAGES, export_run, load_images_npz
@@ -64,7 +64,7 @@ __all__ = [
     "ExportError", "ParityWarning", "VerificationError",
     "check_name", "check_parity", "check_tflite_signatures", "check_variants", "convert_tflite",
     "existing_versions", "expected_signatures", "export_model", "export_run", "keras_outputs", "load_images_npz",
-    "load_interpreter", "load_keras_model", "model_config", "non_builtin_ops", "parity_failures",
+    "load_interpreter", "load_keras_model", "model_record", "non_builtin_ops", "parity_failures",
     "rebuild_keras_model", "representative_inputs",
     "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify", "write_saved_model",
 ]

@@ -78,6 +78,6 @@ def load_keras_model(version_dir):
     return rebuild_keras_model(version_dir, manifest["model"])
 
 
-def model_config(version_dir):
+def model_record(version_dir):
     """The manifest's record of the model behind an export ({"class", "registered_name", "config", ...}); unverified."""
     return json.loads((Path(version_dir) / "assets.extra" / MANIFEST).read_text())["model"]
