@@ -42,12 +42,14 @@ def plan(model, images, bound, margin=0.8, damp=0.01, labels=None):
     layers = [layer for net in (copy.encoder, copy.decoder) for layer in net.layers if isinstance(layer, _ROUNDED)]
     original = {layer.name: layer.kernel.numpy() for layer in layers}
     for net in (copy.encoder, copy.decoder):
+        # what the net reads: its own kernels never change it, and the encoder is rounded before the decoder's codes
+        net_input = _net_input(copy, net, x, extra)
         for layer in net.layers:
             # GPTQ fits the calibration images; with fewer than twice as many images as inputs it
             # overfits them (measured: 500 images, 784 inputs -> 2x the error on test images).
             if (isinstance(layer, keras.layers.Dense) and len(layer.input.shape) == 2
                     and len(x) >= 2 * layer.input.shape[1]):
-                inputs = _layer_inputs(net, layer, _net_input(copy, net, x, extra))
+                inputs = _layer_inputs(net, layer, net_input)
                 layer.kernel.assign(gptq_float16(layer.kernel.numpy(), inputs, damp).astype(np.float32))
             elif isinstance(layer, _ROUNDED):
                 layer.kernel.assign(layer.kernel.numpy().astype(np.float16).astype(np.float32))
