@@ -180,9 +180,7 @@ def reexport(zoo_dir="exported"):
                                                source=f"{manifest['source']} (re-exported from {name} version "
                                                       f"{manifest['version']})", **ZOO_EXPORT)
         shutil.rmtree(old)
-    readme = zoo_dir / "README.md"
-    if readme.is_file():
-        update_readme_table(readme, zoo_table(zoo_dir))
+    _refresh_readme(zoo_dir)
     return done
 
 
@@ -220,9 +218,7 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
             if str(old) != new_dir.name:
                 shutil.rmtree(root / str(old))
         done[name] = new_dir
-    readme = zoo_dir / "README.md"
-    if readme.is_file():
-        update_readme_table(readme, zoo_table(zoo_dir))
+    _refresh_readme(zoo_dir)
     total = sum(f.stat().st_size for f in zoo_dir.rglob("*") if f.is_file())
     if total > MAX_ZOO_BYTES:
         raise ValueError(f"the zoo in {zoo_dir} takes {total / 2**20:.1f} MiB, over the {MAX_ZOO_BYTES / 2**20:.0f} "
@@ -234,6 +230,13 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
 
 TABLE_BEGIN, TABLE_END = "<!-- zoo-table: begin (written by scripts/reproduce.py --export-zoo) -->", \
     "<!-- zoo-table: end -->"
+
+
+def _refresh_readme(zoo_dir):
+    """Rewrite the table in zoo_dir/README.md (where there is one) from the entries' manifests."""
+    readme = Path(zoo_dir) / "README.md"
+    if readme.is_file():
+        update_readme_table(readme, zoo_table(zoo_dir))
 
 
 def _size(files):

@@ -115,11 +115,8 @@ class ConditionalVAE(VAE):
         """The VampPrior's fixed labels y_k = k mod num_classes, int32 [K]."""
         return tf.range(self.num_pseudo_inputs, dtype=tf.int32) % self.num_classes
 
-    def prior_components(self, training=False):
-        """The VampPrior's components: q(z | u_k, y_k)'s (mean, log_var), each [K, latent_dim]."""
-        if self.pseudo_inputs is None:
-            raise ValueError('prior_components() needs prior_type="vamp"')
-        u = tf.clip_by_value(tf.cast(self.pseudo_inputs, tf.float32), 0.0, 1.0)
+    def _pseudo_input_posterior(self, u, training=False):
+        """q(z | u_k, y_k): each pseudo-image with its pseudo-label."""
         return self._posterior_params((u, self.pseudo_labels()), training)
 
     def posterior(self, x, labels, training=False):

@@ -168,6 +168,10 @@ class VAE(BaseAutoencoder):
         if self.pseudo_inputs is None:
             raise ValueError('prior_components() needs prior_type="vamp"')
         u = tf.clip_by_value(tf.cast(self.pseudo_inputs, tf.float32), 0.0, 1.0)
+        return self._pseudo_input_posterior(u, training)
+
+    def _pseudo_input_posterior(self, u, training=False):
+        """q(top code | u_k) for the clipped pseudo-inputs u [K, H, W, C]."""
         return self._top_posterior(u, training)
 
     def _top_log_prob(self, z, training=False):
