@@ -106,10 +106,11 @@ def bernoulli_log_prob(x, logits):
     """log p(x | logits) of independent Bernoulli(sigmoid(logits)) pixels, summed over the image [...].
 
     x * logits - softplus(logits): exact for binary x and, like TFP's, the negative binary
-    cross-entropy for x in [0, 1].
+    cross-entropy for x in [0, 1]. `_softplus`, not tf.nn.softplus: an exported `score` runs this in
+    TFLite, where a confident pixel's logit past ~88 would otherwise score -inf.
     """
     x, logits = _f32(x), _f32(logits)
-    return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=[-3, -2, -1])
+    return tf.reduce_sum(x * logits - _softplus(logits), axis=[-3, -2, -1])
 
 
 def gaussian_log_prob(x, mean, scale):

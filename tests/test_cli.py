@@ -73,6 +73,11 @@ def _usage_error(argv, capsys):
     (["--arch", "vqvae", "--prior", "vamp"], "--prior applies to vae and cvae presets, not vqvae-conv (vqvae)"),
     (["--arch", "ae", "--pseudo-inputs", "50"], "--pseudo-inputs applies to vae and cvae presets, not ae-mlp-seed"),
     (["--pseudo-inputs", "0"], "argument --pseudo-inputs: must be an integer >= 1"),
+    (["--scale", "row"], "argument --scale: invalid choice: 'row'"),
+    (["--arch", "ae", "--scale", "pixel"], "--scale applies to vae and cvae presets, not ae-mlp-seed"),
+    (["--scale", "pixel"], "--scale applies to a gaussian or discretized_logistic likelihood; vae-mlp's is bernoulli"),
+    (["--likelihood", "gaussian", "--fixed-scale", "0.2"], "--fixed-scale applies with --scale fixed"),
+    (["--likelihood", "gaussian", "--scale", "fixed", "--fixed-scale", "0"], "argument --fixed-scale: must be > 0"),
 ])
 def test_bad_arguments(argv, message, capsys):
     assert message in _usage_error(argv, capsys)
@@ -90,6 +95,26 @@ def test_prior_flags_reach_the_model():
     assert config.model_kwargs == {"prior_type": "vamp", "num_pseudo_inputs": 20}
     model = kerasae.build(config.preset, **config.model_kwargs)
     assert model.prior_type == "vamp" and tuple(model.pseudo_inputs.shape) == (20, 28, 28, 1)
+
+
+@pytest.mark.parametrize("argv,scale", [
+    (["--likelihood", "discretized_logistic", "--scale", "decoder"], None),
+    (["--preset", "vae-mlp-gaussian", "--scale", "channel"], None),
+    (["--arch", "cvae", "--likelihood", "gaussian", "--scale", "fixed", "--fixed-scale", "0.05"], 0.05),
+])
+def test_scale_flags_reach_the_model(argv, scale):
+    parser = cli.build_train_parser()
+    config = cli.config_from_args(parser, parser.parse_args(argv))
+    model = kerasae.build(config.preset, **config.model_kwargs)
+    assert model.gaussian_scale == argv[argv.index("--scale") + 1]
+    if model.gaussian_scale == "decoder":  # 2C output channels: the location's logits, then the scale's
+        z, _ = model.encode(np.full((2, *model.image_shape), 0.5, np.float32))
+        assert model.decoder(z).shape[-1] == 2 * model.image_shape[-1]
+        assert model.decoder_scale(z).shape == (2, *model.image_shape)
+    elif scale is not None:
+        np.testing.assert_allclose(model.decoder_scale().numpy(), scale)
+    else:  # one learned scale per channel
+        assert tuple(model._raw_scale.shape) == tuple(model.image_shape[-1:])
 
 
 @pytest.mark.parametrize("dataset,message", [

@@ -251,3 +251,27 @@ def test_gaussian_decoder_distribution(rng):
     fixed = kerasae.build("vae-mlp-gaussian", gaussian_scale="fixed", fixed_scale=0.25)
     np.testing.assert_allclose(fixed.decoder_scale().numpy(), 0.25)
     assert len(fixed.trainable_weights) == len(model.trainable_weights) - 1  # no learned scale
+
+
+def test_bernoulli_log_prob_in_tflite_is_tensorflows_far_into_the_tails():
+    """An exported `score` runs bernoulli_log_prob in TFLite, whose own softplus (log(exp(t) + 1)) overflows past
+    t ~ 88.4: a confident decoder's pixels must score there as in TensorFlow, with builtin ops only."""
+    from ai_edge_litert import interpreter as litert
+
+    from kerasae.export import non_builtin_ops
+
+    spec = tf.TensorSpec([None, 1, 1, 1], tf.float32)
+    module = tf.Module()
+    module.fn = fn = tf.function(lambda x, logits: {"log_p": losses.bernoulli_log_prob(x, logits)},
+                                 input_signature=[spec, spec])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flatbuffer = converter.convert()
+    assert non_builtin_ops(flatbuffer) == []
+    logits = np.array([-300.0, -95.0, -20.0, -0.5, 0.0, 0.5, 20.0, 95.0, 300.0] * 2, np.float32)
+    x = np.repeat(np.float32([1.0, 0.0]), 9)  # each logit with the pixel on and off
+    feeds = {"x": x.reshape(-1, 1, 1, 1), "logits": logits.reshape(-1, 1, 1, 1)}
+    got = litert.Interpreter(model_content=flatbuffer).get_signature_runner()(**feeds)["log_p"]
+    exact = x * logits - (np.maximum(logits, 0.0) + np.log1p(np.exp(-np.abs(logits.astype(np.float64)))))
+    np.testing.assert_allclose(fn(**feeds)["log_p"].numpy(), exact, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6)

@@ -12,7 +12,8 @@ _VAES = ("vae", "cvae")
 _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood": ("likelihood", _VAES),
                 "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", _VAES),
                 "pseudo_inputs": ("num_pseudo_inputs", _VAES), "codebook_size": ("num_embeddings", ("vqvae",)),
-                "code_dim": ("embedding_dim", ("vqvae",))}
+                "code_dim": ("embedding_dim", ("vqvae",)), "scale": ("gaussian_scale", _VAES),
+                "fixed_scale": ("fixed_scale", _VAES)}
 
 
 def build_train_parser():
@@ -42,6 +43,10 @@ def build_train_parser():
     g = p.add_argument_group("model")
     g.add_argument("--latent-dim", type=_positive_int, help="size of the code / latent z")
     g.add_argument("--likelihood", choices=options.LIKELIHOODS, help="VAE decoder likelihood")
+    g.add_argument("--scale", choices=options.GAUSSIAN_SCALES,
+                   help="VAE with a gaussian or discretized_logistic likelihood: its scale, learned per pixel, per "
+                        "channel or shared, fixed (--fixed-scale), or predicted by the decoder per pixel and image")
+    g.add_argument("--fixed-scale", type=_float(0.0, True), help="VAE with --scale fixed: the scale (> 0)")
     g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
     g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
     g.add_argument("--prior", choices=options.PRIORS,
@@ -102,6 +107,7 @@ def config_from_args(parser, args):
             parser.error(f"--{flag.replace('_', '-')} applies to {' and '.join(needs)} presets, not {preset} "
                          f"({family})")
         overrides[kwarg] = value
+    _check_scale_flags(parser, preset, overrides)
     if args.noise is not None:
         if family != "dae":
             parser.error(f"--noise applies to dae presets, not {preset} ({family})")
@@ -119,6 +125,19 @@ def config_from_args(parser, args):
         steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, deterministic=args.deterministic,
         verbose="auto" if args.verbose is None else args.verbose)
+
+
+def _check_scale_flags(parser, preset, overrides):
+    """--scale and --fixed-scale act only where they can: a scaled likelihood, and a fixed scale."""
+    kwargs = {**registry.get_preset(preset).kwargs, **overrides}
+    likelihood = kwargs.get("likelihood", "bernoulli")  # the VAE's default
+    for flag in ("gaussian_scale", "fixed_scale"):
+        if flag in overrides and likelihood not in options.SCALED_LIKELIHOODS:
+            parser.error(f"--{flag.replace('gaussian_', '').replace('_', '-')} applies to a "
+                         f"{' or '.join(options.SCALED_LIKELIHOODS)} likelihood; {preset}'s is {likelihood} "
+                         "(set --likelihood)")
+    if "fixed_scale" in overrides and kwargs.get("gaussian_scale", "shared") != "fixed":
+        parser.error("--fixed-scale applies with --scale fixed")
 
 
 def print_presets():

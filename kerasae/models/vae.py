@@ -9,9 +9,8 @@ from kerasae import losses
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
-from kerasae.options import LIKELIHOODS, PRIORS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
+from kerasae.options import GAUSSIAN_SCALES, LIKELIHOODS, PRIORS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
 #: How a scaled decoder's scale (Gaussian std, logistic scale) is parameterized; the name predates the logistic.
-GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed", "decoder")
 
 
 def _scale_softplus(t):
