@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -106,6 +107,13 @@ def test_the_zoo_folder_holds_the_zoo():
     from kerasae import zoo
 
     assert ZOO_NAMES == sorted(zoo.ZOO)
+
+
+def test_readme_names_every_zoo_model():
+    """README's zoo paragraph names exactly the shipped models (it listed four when there were five)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### The pretrained zoo", 1)[1].split("```", 1)[0]
+    assert sorted(re.findall(r"`([a-z0-9-]+)`", section)) == ZOO_NAMES
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
