@@ -15,8 +15,9 @@ NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 #: VAE decoder likelihoods (see `kerasae.models.vae`); the scaled ones learn (or fix) a decoder scale.
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 SCALED_LIKELIHOODS = ("gaussian", "discretized_logistic")
-#: Where a scaled likelihood's scale comes from: learned per pixel, per channel or shared, fixed, or predicted
-#: by the decoder per pixel and image (`VAE(gaussian_scale=...)`, `--scale`).
+#: Where a scaled likelihood's scale (Gaussian std, logistic scale) comes from: learned per pixel, per channel or
+#: shared, fixed, or predicted by the decoder per pixel and image (`VAE(gaussian_scale=...)`, the name predating
+#: the logistic; `--scale`).
 GAUSSIAN_SCALES = ("pixel", "channel", "shared", "fixed", "decoder")
 #: A VAE's p(z): N(0, I), or the VampPrior (Tomczak & Welling 2018), a mixture of the posteriors of
 #: learned pseudo-inputs.

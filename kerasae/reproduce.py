@@ -9,8 +9,9 @@ Stages, each a JSON file under the results directory (RESULT_FILES):
 - vq:      vq_compression.json, VQ-VAEs' integer codes on the rate-distortion figure beside the seed
            stage's AEs, PNG and JPEG.
 - fashion: fashion_mnist.json, AE vs PCA and an 8-bit VAE's bits/dim vs PNG on Fashion-MNIST.
-- photos:  photos.json, a residual VAE's bits/dim vs PNG and WebP on unseen photographs.
-The last two live in `kerasae.reproduce_images`.
+- photos:  photos.json, a residual VAE's bits/dim vs PNG and WebP on unseen photographs (32x32 patches).
+- photos-64: photos_64.json, the same with 64x64 patches and vae-resnet-64.
+The last three live in `kerasae.reproduce_images`.
 Every entry records the run's config, epochs, training time, seed and library versions.
 Runs are reused when finished with the same config and resumed when interrupted, so the
 same command picks up where it stopped.
@@ -34,12 +35,13 @@ STAGES = {"seed": ("ae-mlp-seed", "ae-mlp-32", "dae-mlp", "vae-mlp-2d", "vae-mlp
           "nll": ("vae-nll", "iwae-nll"),
           "fashion": ("fashion-ae-2", "fashion-ae-32", "fashion-vae"),  # kerasae.reproduce_images
           "photos": ("photos-vae-resnet-32",),
+          "photos-64": ("photos-vae-resnet-64",),
           "resnet-nll": ("vae-resnet-nll",),
           "hvae-nll": ("hvae-nll", "hvae-iwae-nll"),
           "vq": ("vqvae-mlp-8", "vqvae-mlp-32", "vqvae-conv")}
 RESULT_FILES = {"seed": "seed_claims.json", "nll": "nll.json", "fashion": "fashion_mnist.json",
-                "photos": "photos.json", "resnet-nll": "nll_resnet.json", "hvae-nll": "nll_hvae.json",
-                "vq": "vq_compression.json"}
+                "photos": "photos.json", "photos-64": "photos_64.json", "resnet-nll": "nll_resnet.json",
+                "hvae-nll": "nll_hvae.json", "vq": "vq_compression.json"}
 
 #: Published one-stochastic-layer MLP results on dynamically binarized MNIST, test NLL in nats.
 ANCHORS = {"Burda et al. 2015 (IWAE) Table 1, VAE k=1": 86.76,
@@ -243,6 +245,7 @@ def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchm
     from kerasae import reproduce_images  # it builds on this module
 
     results_dir, fig_dir = Path(results_dir), Path(fig_dir)
+    image_k = reproduce_images.DEFAULT_K
     written = {}
     for stage in stages:
         runs = {name: experiments.run(name, root=root, quick=quick, verbose=verbose, data_dirs=data_dirs)
@@ -256,9 +259,12 @@ def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchm
             result = nll_results(runs, fig_dir, k=k or (20 if quick else 5000), max_test_samples=max_test_samples,
                                  progress=progress, figure=f"{RESULT_FILES[stage][:-5]}_learning_curves.png",
                                  anchors=STAGE_ANCHORS[stage])
-        else:
-            evaluate = {"fashion": reproduce_images.fashion_results, "photos": reproduce_images.photo_results}[stage]
-            result = evaluate(runs, fig_dir, k=k or (20 if quick else reproduce_images.DEFAULT_K), progress=progress)
+        elif stage == "fashion":
+            result = reproduce_images.fashion_results(runs, fig_dir, k=k or (20 if quick else image_k),
+                                                      progress=progress)
+        else:  # photos, photos-64: figures named like the JSON
+            result = reproduce_images.photo_results(runs, fig_dir, k=k or (20 if quick else image_k),
+                                                    progress=progress, prefix=RESULT_FILES[stage][:-5])
         result.update(mode="quick" if quick else "full", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_json(results_dir / RESULT_FILES[stage], result)
         written[stage] = result

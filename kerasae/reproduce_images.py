@@ -2,9 +2,9 @@
 
 - fashion: AE vs PCA at the same code size on Fashion-MNIST, and the test NLL of an 8-bit VAE
   (discretized logistic decoder) in bits per dimension next to lossless PNG and WebP on the same images.
-- photos:  a residual conv VAE on 32x32 patches of scikit-image's photographs, tested on photographs
-  it never saw (`kerasae.datasets.photos`): bits per dimension against PNG and WebP, per photograph,
-  with reconstructions, samples and interpolations as figures.
+- photos, photos-64: a residual conv VAE on 32x32 (64x64) patches of scikit-image's photographs,
+  tested on photographs it never saw (`kerasae.datasets.photos`): bits per dimension against PNG and
+  WebP, per photograph, with reconstructions, samples and interpolations as figures.
 """
 
 from pathlib import Path
@@ -60,9 +60,11 @@ def _tiles_to_photo(tiles, shape):
     return tiles.reshape(rows, cols, s, s, -1).transpose(0, 2, 1, 3, 4).reshape(rows * s, cols * s, -1)
 
 
-def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
+def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True, prefix="photos"):
+    """The stage's one run on its patches; figures `{prefix}_reconstructions.png`, `_samples`, `_interpolation`."""
     fig_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(runs["photos-vae-resnet-32"])
+    (run_name, run_dir), = runs.items()
+    run_dir = Path(run_dir)
     model = ev.load_model(run_dir)
     data, x_train = ev.run_data(run_dir)
     names = photos.TRAIN_PHOTOS + photos.TEST_PHOTOS  # y is an index into these (patch_dataset's `names`)
@@ -81,11 +83,12 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
     def mean(get):
         return float(sum(w * get(r) for w, r in zip(weights, per_photo.values())))
 
-    out = {"runs": {"photos-vae-resnet-32": mnist_stages.run_record(run_dir)},
+    size = model.image_shape[0]
+    out = {"runs": {run_name: mnist_stages.run_record(run_dir)},
            "data": {"train_photos": list(photos.TRAIN_PHOTOS), "test_photos": list(photos.TEST_PHOTOS),
                     "patch": list(model.image_shape), "num_train": len(x_train),
                     "num_validation": len(data.x_train) - len(x_train), "num_test": len(x_test),
-                    "train_stride": photos.TRAIN_STRIDE, "test_stride": model.image_shape[0]},
+                    "train_stride": photos.train_stride(size), "test_stride": size},
            "test": {"nll_bits_per_dim": mean(lambda r: r["vae"]["nll_bits_per_dim"]),
                     "elbo_bits_per_dim": mean(lambda r: r["vae"]["elbo_bits_per_dim"]), "k": k,
                     **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c]) for c in compression.LOSSLESS_CODECS}},
@@ -96,7 +99,7 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
                            "test": "means over all test patches (each photograph weighted by its patches)"}}
 
     # Figures: each test photograph next to its tile-by-tile reconstruction; samples; interpolations.
-    panels, size = [], model.image_shape[0]
+    panels = []
     for name, xs in tiles.items():
         shape = per_photo[name]["photo_shape"]
         if len(xs) != (shape[0] // size) * (shape[1] // size):  # some tiles left out (max_test_samples)
@@ -104,12 +107,12 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True):
         panels.append((f"{name}: test tiles", _tiles_to_photo(xs, shape)))
         panels.append((f"{name}: reconstructed tile by tile (posterior mean, location of p(x|z))",
                        _tiles_to_photo(ev.reconstruct(model, xs), shape)))
-    plots.save_panels(panels, fig_dir / "photos_reconstructions.png", cols=2)
-    plots.save_image(plots.image_grid(model.sample(64, seed=0).numpy(), 8), fig_dir / "photos_samples.png",
-                     "photos-vae-resnet-32: decoded z ~ N(0, I)")
+    plots.save_panels(panels, fig_dir / f"{prefix}_reconstructions.png", cols=2)
+    plots.save_image(plots.image_grid(model.sample(64, seed=0).numpy(), 8), fig_dir / f"{prefix}_samples.png",
+                     f"{run_name}: decoded z ~ N(0, I)")
     pairs = [(i, i + len(x_test) // 2) for i in range(0, len(x_test) // 2, max(1, len(x_test) // 8))][:4]
     plots.save_image(plots.image_grid(mnist_stages.interpolations(model, x_test, pairs), 10),
-                     fig_dir / "photos_interpolation.png", "Linear interpolation between test patches' codes")
+                     fig_dir / f"{prefix}_interpolation.png", "Linear interpolation between test patches' codes")
     return out
 
 
@@ -127,12 +130,14 @@ def summary_parts(results):
             [[f"fashion-vae NLL (k={vae['k']})", f"{vae['nll_bits_per_dim']:.3f}"],
              ["fashion-vae -ELBO", f"{vae['elbo_bits_per_dim']:.3f}"]]
             + [[c, f"{b:.3f}"] for c, b in fashion["lossless_bits_per_dim"].items()]))
-    photo = results.get("photos")
-    if photo:
+    for photo in (results.get("photos"), results.get("photos-64")):
+        if not photo:
+            continue
         rows = [[name, r["num_patches"], f"{r['vae']['nll_bits_per_dim']:.3f}"]
                 + [f"{r['codecs_per_patch'][c]:.3f} ({r['codecs_whole_photo'][c]:.3f})" for c in compression.LOSSLESS_CODECS]
                 for name, r in photo["per_photo"].items()]
-        parts.append(f"Photographs never seen in training, 32x32 patches, bits per dimension (VAE: NLL, "
+        h, w = photo["data"]["patch"][:2]
+        parts.append(f"Photographs never seen in training, {h}x{w} patches, bits per dimension (VAE: NLL, "
                      f"k={photo['test']['k']}; codecs: per patch (whole photograph)):\n\n" + table(
                          ["photograph", "patches", "VAE", *compression.LOSSLESS_CODECS], rows))
     return parts

@@ -46,6 +46,12 @@ def test_patches_are_split_by_photograph_and_tile_the_test_photos(patches):
     np.testing.assert_array_equal(plain["x_test"], patches["x_test"])  # ... and leaves the test tiles alone
     again = photos.patch_dataset()
     np.testing.assert_array_equal(again["x_train"], patches["x_train"])  # the order and transforms are seeded
+    large = photos.patch_dataset(64, augmented=False)  # 64x64 patches: stride 32, tiles of 64
+    expected = photos.cut_patches(rocket, 64, 32)
+    got = large["x_train"][large["y_train"] == names.index("rocket")]
+    assert len(got) == ((427 - 64) // 32 + 1) * ((640 - 64) // 32 + 1)
+    assert sorted(map(bytes, got)) == sorted(map(bytes, expected))
+    assert len(large["x_test"]) == (300 // 64) * (451 // 64) + (400 // 64) * (600 // 64)  # chelsea, coffee
 
 
 def test_augmented_patches_are_rotations_flips_and_channel_orders_of_the_originals(patches):
@@ -65,7 +71,7 @@ def test_patches_of_given_photos_and_bad_arguments(tmp_path):
     rng = np.random.default_rng(0)
     given = {"rocket": rng.integers(0, 256, (40, 70, 3), np.uint8), "coffee": rng.integers(0, 256, (64, 33, 3),
                                                                                           np.uint8)}
-    path = photos.write_patches(tmp_path / "p" / "patches.npz", size=16, train_stride=8, photos=given)
+    path = photos.write_patches(tmp_path / "p" / "patches.npz", size=16, stride=8, photos=given)
     data = load_npz(path)
     assert data.x_train.shape == (4 * 7, 16, 16, 3) and data.x_test.shape == (4 * 2, 16, 16, 3)
     assert list(np.load(path)["names"]) == ["rocket", "coffee"] and set(data.y_test) == {1}
@@ -90,7 +96,7 @@ def test_lossless_bits_per_dim_are_file_sizes_of_lossless_files():
         compression.lossless_bits_per_dim(flat, "GIF")
 
 
-@pytest.mark.parametrize("stage", ["fashion", "photos"])
+@pytest.mark.parametrize("stage", ["fashion", "photos", "photos-64"])
 def test_results_doc_quotes_the_published_json(stage):
     """docs/results.md shows each table of the stage's summary as reproduce printed it from the full run."""
     result = json.loads((RESULTS / reproduce.RESULT_FILES[stage]).read_text())
@@ -100,14 +106,15 @@ def test_results_doc_quotes_the_published_json(stage):
     assert parts and all(part.split("\n\n", 1)[1] in doc for part in parts)
 
 
-def test_published_codec_rates_of_the_photographs_are_measured_again(patches):
-    """photos.json's PNG and WebP rates, recomputed from the bundled photographs (2% for other zlib/libwebp
-    builds of Pillow; the VAE's rates need its run, which is not shipped)."""
-    result = json.loads((RESULTS / "photos.json").read_text())
-    names = list(patches["names"])
+@pytest.mark.parametrize("stage,size", [("photos", 32), ("photos-64", 64)])
+def test_published_codec_rates_of_the_photographs_are_measured_again(stage, size):
+    """The PNG and WebP rates of photos.json and photos_64.json, recomputed from the bundled photographs (2% for
+    other zlib/libwebp builds of Pillow; the VAE's rates need its run, which is not shipped)."""
+    result = json.loads((RESULTS / reproduce.RESULT_FILES[stage]).read_text())
+    assert result["data"]["patch"] == [size, size, 3]
     assert sorted(result["per_photo"]) == sorted(photos.TEST_PHOTOS)
     for name, published in result["per_photo"].items():
-        tiles = patches["x_test"][patches["y_test"] == names.index(name)] / 255.0
+        tiles = photos.cut_patches(photos.load_photo(name), size, size) / 255.0
         assert published["num_patches"] == len(tiles)
         for codec in compression.LOSSLESS_CODECS:
             assert published["codecs_per_patch"][codec] == pytest.approx(
@@ -134,7 +141,7 @@ def test_reproduce_quick_fashion_and_photos(tmp_path):
         write_idx(fashion / f"{split}-images-idx3-ubyte.gz", 255 - np.rint(x[:n, ..., 0] * 255).astype(np.uint8))
         write_idx(fashion / f"{split}-labels-idx1-ubyte.gz", y[:n].astype(np.uint8))
     root = tmp_path / "root"
-    proc = run_script("reproduce.py", "--quick", "--stages", "fashion,photos", "--fashion-mnist", fashion,
+    proc = run_script("reproduce.py", "--quick", "--stages", "fashion,photos,photos-64", "--fashion-mnist", fashion,
                       "--root", root, "--verbose", "0", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, figures = root / "quick" / "results", root / "quick" / "figures"
@@ -159,7 +166,13 @@ def test_reproduce_quick_fashion_and_photos(tmp_path):
     weights = np.array([126, 216]) / 342
     expected = sum(w * r["vae"]["nll_bits_per_dim"] for w, r in zip(weights, out["per_photo"].values()))
     assert out["test"]["nll_bits_per_dim"] == pytest.approx(expected)
+    out = json.loads((results / "photos_64.json").read_text())
+    run = out["runs"]["photos-vae-resnet-64"]
+    assert run["train_config"]["dataset"] == f"npz:{root / 'quick' / 'data' / 'photos-64.npz'}"
+    assert run["model_config"]["image_shape"] == [64, 64, 3] and out["data"]["train_stride"] == 32
+    assert {n: r["num_patches"] for n, r in out["per_photo"].items()} == {"chelsea": 4 * 7, "coffee": 6 * 9}
     for name in ("fashion_reconstructions", "fashion_vae_samples", "photos_reconstructions", "photos_samples",
-                 "photos_interpolation"):
+                 "photos_interpolation", "photos_64_reconstructions", "photos_64_samples", "photos_64_interpolation"):
         assert (figures / f"{name}.png").stat().st_size > 1000, name
     assert "Fashion-MNIST: AE vs PCA" in proc.stdout and "| coffee | 216 |" in proc.stdout
+    assert "64x64 patches" in proc.stdout and "| coffee | 54 |" in proc.stdout

@@ -40,7 +40,7 @@ def evaluate_main(argv=None):
 
 
 #: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
-REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "resnet-nll", "hvae-nll", "vq")
+REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "photos-64", "resnet-nll", "hvae-nll", "vq")
 #: `experiments.DATA_DIRS["fashion_mnist"]` (same reason; the same test keeps them equal).
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -52,7 +52,7 @@ def build_reproduce_parser():
     p.add_argument("--stages", default=",".join(REPRODUCE_STAGES), type=_choices(REPRODUCE_STAGES),
                    help=f"comma-separated subset of {','.join(REPRODUCE_STAGES)} (default: all). fashion needs "
                    "Fashion-MNIST's IDX files (apt install dataset-fashion-mnist, or --fashion-mnist); photos "
-                   "needs scikit-image (pip install scikit-image)")
+                   "and photos-64 need scikit-image (pip install scikit-image)")
     p.add_argument("--fashion-mnist", metavar="DIR", default=FASHION_MNIST_DIR,
                    help="Fashion-MNIST's four IDX files (default: %(default)s, Debian's dataset-fashion-mnist)")
     p.add_argument("--quick", action="store_true",
@@ -75,8 +75,10 @@ def reproduce_main(argv=None):
     if "fashion" in args.stages and not Path(args.fashion_mnist).is_dir():
         parser.error(f"--stages fashion: no Fashion-MNIST in {args.fashion_mnist}; install it (apt install "
                      "dataset-fashion-mnist) or pass --fashion-mnist DIR (the four IDX files)")
-    if "photos" in args.stages and importlib.util.find_spec("skimage") is None:
-        parser.error("--stages photos: the photographs come with scikit-image; pip install scikit-image")
+    photo_stages = [s for s in args.stages if s.startswith("photos")]
+    if photo_stages and importlib.util.find_spec("skimage") is None:
+        parser.error(f"--stages {','.join(photo_stages)}: the photographs come with scikit-image; "
+                     "pip install scikit-image")
     quick_dir = Path(args.root) / "quick"
     results_dir = args.results_dir or (quick_dir / "results" if args.quick else "benchmarks/results")
     figures_dir = args.figures_dir or (quick_dir / "figures" if args.quick else "docs/figures")

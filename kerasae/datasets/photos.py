@@ -22,8 +22,11 @@ from kerasae.files import atomic_path
 TRAIN_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right", "immunohistochemistry",
                 "hubble_deep_field", "retina")
 TEST_PHOTOS = ("chelsea", "coffee")
-#: Training patches start every TRAIN_STRIDE pixels (half a 32x32 patch: neighbours overlap by half).
-TRAIN_STRIDE = 16
+
+
+def train_stride(size):
+    """Where training patches start: every size // 2 pixels, so neighbours overlap by half."""
+    return max(1, size // 2)
 
 
 def load_photo(name):
@@ -69,18 +72,20 @@ def augment(patches, rng):
     return out
 
 
-def patch_dataset(size=32, train_stride=TRAIN_STRIDE, seed=0, photos=None, augmented=True):
+def patch_dataset(size=32, stride=None, seed=0, photos=None, augmented=True):
     """x_train/y_train (overlapping patches of the training photos, shuffled, each `augment`ed unless
     augmented=False), x_test/y_test (tiles of the test photos as they are, in photo then row-major order);
-    y is the index of the patch's photo in `names`.
+    y is the index of the patch's photo in `names`. Training patches start every `stride` pixels
+    (default `train_stride(size)`).
 
     `photos` ({name: uint8 [H, W, 3]}, names in TRAIN_PHOTOS and TEST_PHOTOS) replaces the bundled ones.
     """
     photos = photos if photos is not None else {n: load_photo(n) for n in TRAIN_PHOTOS + TEST_PHOTOS}
     names = [n for n in TRAIN_PHOTOS + TEST_PHOTOS if n in photos]
     split = {}
-    for part, members, stride in (("train", TRAIN_PHOTOS, train_stride), ("test", TEST_PHOTOS, size)):
-        chunks = [(names.index(n), cut_patches(photos[n], size, stride)) for n in members if n in photos]
+    strides = {"train": train_stride(size) if stride is None else stride, "test": size}
+    for part, members in (("train", TRAIN_PHOTOS), ("test", TEST_PHOTOS)):
+        chunks = [(names.index(n), cut_patches(photos[n], size, strides[part])) for n in members if n in photos]
         if not chunks:
             raise ValueError(f"photos: none of the {part} photographs ({', '.join(members)}) was given")
         split[f"x_{part}"] = np.concatenate([c for _, c in chunks])
@@ -93,11 +98,11 @@ def patch_dataset(size=32, train_stride=TRAIN_STRIDE, seed=0, photos=None, augme
     return {**split, "names": np.array(names)}
 
 
-def write_patches(path, size=32, train_stride=TRAIN_STRIDE, seed=0, photos=None, augmented=True):
+def write_patches(path, size=32, stride=None, seed=0, photos=None, augmented=True):
     """Write `patch_dataset(...)` as an .npz (for `--dataset npz:PATH`), atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = patch_dataset(size, train_stride, seed, photos, augmented)
+    arrays = patch_dataset(size, stride, seed, photos, augmented)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
     return path

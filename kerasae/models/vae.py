@@ -10,7 +10,6 @@ from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, ch
                                  flag_non_finite, register)
 
 from kerasae.options import GAUSSIAN_SCALES, LIKELIHOODS, PRIORS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
-#: How a scaled decoder's scale (Gaussian std, logistic scale) is parameterized; the name predates the logistic.
 
 
 def _scale_softplus(t):
