@@ -437,3 +437,25 @@ def test_every_keras_load_in_kerasae_goes_through_the_safe_loader():
                 calls.setdefault(source.relative_to(REPO).as_posix(), []).append(line.strip())
     assert list(calls) == ["kerasae/files.py"], calls
     assert all("safe_mode=True" in line for line in calls["kerasae/files.py"])
+
+
+def test_the_backup_commits_an_epoch_only_after_its_history_row_and_best_model(tmp_path, monkeypatch):
+    """A kill right after a backup resumes after the epoch it records: that epoch's history row and best.keras must
+    already be on disk then, or the rerun never writes the row (a kill -9 under load lost epoch 0's row)."""
+    from kerasae.training import callbacks, run_dir
+
+    seen = []
+    save = callbacks.AtomicBackupAndRestore._save_model
+
+    def checked_save(self):
+        out = Path(self.backup_dir).parent
+        seen.append(([int(row["epoch"]) for row in run_dir.read_history(out / "history.csv")],
+                     self._current_epoch, (out / "best.keras").exists()))
+        save(self)
+
+    monkeypatch.setattr(callbacks.AtomicBackupAndRestore, "_save_model", checked_save)
+    training.train(preset="ae-shallow", epochs=3, max_train_samples=512, max_test_samples=64, validation_size=128,
+                   out=str(tmp_path / "run"), verbose=0)
+    assert [done for _, done, _ in seen] == [1, 2, 3]
+    for rows, done, best in seen:
+        assert rows == list(range(done)) and best

@@ -123,14 +123,14 @@ class _Crash(Exception):
 
 def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     kwargs = dict(preset="ae-shallow", out=str(tmp_path / "ae"), **{**SMALL, "epochs": 3})
-    original = train_lib.ImageSummaries.on_epoch_end
+    original = train_lib.AtomicBackupAndRestore.on_epoch_end
 
-    def crash_after_second_epoch(self, epoch, logs=None):
+    def crash_after_second_epoch(self, epoch, logs=None):  # once the backup holds it (the backup writes last)
         original(self, epoch, logs)
         if epoch == 1:
             raise _Crash
 
-    monkeypatch.setattr(train_lib.ImageSummaries, "on_epoch_end", crash_after_second_epoch)
+    monkeypatch.setattr(train_lib.AtomicBackupAndRestore, "on_epoch_end", crash_after_second_epoch)
     with pytest.raises(_Crash):
         kerasae.train(**kwargs)
     assert (tmp_path / "ae" / "backup").exists() and not (tmp_path / "ae" / "model.keras").exists()

@@ -226,7 +226,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if resumed_from and config.verbose != 0:
         print(f"Resuming from {backup_dir} after epoch {resumed_from}")
     guard = DivergenceGuard()
-    callbacks = [guard, EpochTimer(), AtomicBackupAndRestore(str(backup_dir), save=chief)]
+    callbacks = [guard, EpochTimer()]
     if chief:
         callbacks += [
             AtomicModelCheckpoint(str(run_dir / "best.keras"), save_best_only=True,
@@ -235,6 +235,9 @@ def fit(config, run_dir, data, val_size, strategy, model):
             keras.callbacks.TensorBoard(str(run_dir / "logs")),
             ImageSummaries(run_dir / "logs" / "images", x_fig[:8], labels=None if y_fig is None else y_fig[:8]),
         ]
+    # The backup writes last: an epoch counts as done (and is not redone on resume) only once its history row
+    # and best.keras are written, so a kill between them cannot lose the row.
+    callbacks.append(AtomicBackupAndRestore(str(backup_dir), save=chief))
     if config.verbose != 0:
         callbacks.append(EpochProgbarLogger())  # last, as Keras places its own: it shows epoch_time_s
     with _data_errors(data):
