@@ -13,10 +13,14 @@ tests/test_torch_twins.py checks equal loss and gradients), eager, NCHW, all ima
 randperm shuffle per epoch, `torch.bernoulli` per batch for vae-conv, `torch.optim.Adam` (lr 1e-3),
 batch 128. Repetitions are interleaved (kerasae, torch, kerasae, ...), each a fresh model; the first epoch of
 each (tracing) is not measured. `--profile` adds where the time goes: one profiled epoch of each framework,
-op self time per step summed by op type (TensorFlow's profiler, torch.profiler).
+op self time per step summed by op type (TensorFlow's profiler, torch.profiler). `--norm-ceiling` adds, for
+vae-resnet-32, a third interleaved run: kerasae with `norm="none"` (no GroupNorm at all) against the twin with
+GroupNorm, the most speed any faster GroupNorm could give kerasae.
 
     python benchmarks/conv_throughput.py             # the full benchmark (quiet machine only, ~8 minutes)
     python benchmarks/conv_throughput.py --quick     # seconds: a smoke run, numbers meaningless
+    python benchmarks/conv_throughput.py --presets vae-resnet-32 --norm-ceiling --out \
+        benchmarks/results/conv_throughput_norm_ceiling.json
 """
 
 import argparse
@@ -35,6 +39,7 @@ PRESETS = ("vae-conv", "vae-resnet-32")
 BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 STEPS = {"vae-conv": 128, "vae-resnet-32": 16}  # steps per epoch (full run)
+NORM_CEILING_PRESETS = ("vae-resnet-32",)  # the presets with GroupNorm
 QUICK = dict(reps=2, epochs_per_rep=2, steps=2)
 FULL = dict(reps=3, epochs_per_rep=4, steps=None)
 
@@ -52,6 +57,8 @@ def parse_args(argv=None):
                         help=f"comma-separated subset of {','.join(PRESETS)} (default: both)")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=False,
                         help="also profile one epoch of each framework: op time by op type")
+    parser.add_argument("--norm-ceiling", action="store_true",
+                        help="vae-resnet-32 also without normalization (norm=none): the ceiling of a faster GroupNorm")
     args = common.parse_args(parser, argv, lambda a: QUICK if a.quick else FULL, "conv_throughput.json")
     if args.epochs_per_rep < 2:
         parser.error("--epochs-per-rep must be at least 2: the first epoch of a repetition (tracing) is not measured")
@@ -71,15 +78,18 @@ def dataset(preset, images, workdir):
     return f"npz:{path}", pixels[:images].astype(np.float32) / 255.0
 
 
-def kerasae_rep(args, preset, spec, images, seed, workdir):
+def kerasae_rep(args, preset, spec, images, seed, workdir, model_kwargs=None):
     from kerasae import training
 
-    config = training.TrainConfig(preset=preset, dataset=spec, epochs=args.epochs_per_rep, batch_size=BATCH_SIZE,
-                                  learning_rate=LEARNING_RATE, validation_size=0,
+    model_kwargs = model_kwargs or {}
+    run_name = "-".join(["run", preset, str(seed), *(f"{k}={v}" for k, v in sorted(model_kwargs.items()))])
+    config = training.TrainConfig(preset=preset, model_kwargs=model_kwargs, dataset=spec, epochs=args.epochs_per_rep,
+                                  batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE, validation_size=0,
                                   max_train_samples=images, max_test_samples=64, seed=seed,
-                                  out=str(Path(workdir) / f"run-{preset}-{seed}"), verbose=0)
+                                  out=str(Path(workdir) / run_name), verbose=0)
     result = training.train(config)
-    return [row["epoch_time_s"] for row in result.history], result.metrics["train_function"]
+    model = {"norm": getattr(result.model, "norm", None), "parameters": result.model.count_params()}
+    return [row["epoch_time_s"] for row in result.history], result.metrics["train_function"], model
 
 
 def torch_model(torch, preset):
@@ -211,23 +221,40 @@ def main(argv=None):
             images = steps * BATCH_SIZE
             spec, x = dataset(preset, images, workdir)
             x_torch = None if torch is None else torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-            reps, kinds = {"kerasae": [], "torch": []}, set()
+            ceiling = args.norm_ceiling and preset in NORM_CEILING_PRESETS
+            reps, kinds, models = {"kerasae": [], "torch": [], "kerasae_no_norm": []}, set(), {}
             for rep in range(args.reps):
                 common.log(f"{preset} rep {rep + 1}/{args.reps}: kerasae")
-                times, kind = kerasae_rep(args, preset, spec, images, rep, workdir)
+                times, kind, models["kerasae"] = kerasae_rep(args, preset, spec, images, rep, workdir)
                 reps["kerasae"].append(times)
                 kinds.add(kind)
+                if ceiling:
+                    common.log(f"{preset} rep {rep + 1}/{args.reps}: kerasae, norm=none")
+                    times, _, models["kerasae_no_norm"] = kerasae_rep(args, preset, spec, images, rep, workdir,
+                                                                      model_kwargs={"norm": "none"})
+                    reps["kerasae_no_norm"].append(times)
                 if torch is not None:
                     common.log(f"{preset} rep {rep + 1}/{args.reps}: torch")
                     reps["torch"].append(torch_rep(torch, preset, x_torch, args.epochs_per_rep, rep))
-            entry = {"images_per_epoch": images, "kerasae": {**summarize(reps["kerasae"], images),
-                                                             "train_function": sorted(kinds)}}
+            entry = {"images_per_epoch": images,
+                     "kerasae": {**summarize(reps["kerasae"], images), "train_function": sorted(kinds),
+                                 "model": models["kerasae"]}}
             entry["torch_eager"] = summarize(reps["torch"], images) if torch is not None else {"status": torch_why}
             k_sps = entry["kerasae"]["samples_per_s"]["median"]
             t_sps = entry["torch_eager"].get("samples_per_s", {}).get("median")
             speedup = common.ratio(k_sps, t_sps)
             entry["target"] = {"kerasae_vs_torch_eager": {"target": ">= 1.3", "value": speedup,
                                                           "pass": None if speedup is None else speedup >= 1.3}}
+            if ceiling:
+                entry["kerasae_no_norm"] = {**summarize(reps["kerasae_no_norm"], images),
+                                            "model": models["kerasae_no_norm"]}
+                entry["norm_ceiling"] = {
+                    "what": "kerasae without any normalization vs the twin with GroupNorm: the speedup a GroupNorm "
+                            "that cost nothing would give",
+                    "kerasae_no_norm_vs_torch_eager": common.ratio(
+                        entry["kerasae_no_norm"]["samples_per_s"]["median"], t_sps),
+                    "kerasae_no_norm_vs_kerasae": common.ratio(entry["kerasae_no_norm"]["samples_per_s"]["median"],
+                                                               k_sps)}
             if args.profile:
                 common.log(f"{preset}: profiling")
                 entry["profile"] = {"tensorflow": profile_tensorflow(preset, x, workdir)}
@@ -247,6 +274,11 @@ def report(result, out):
         target = entry["target"]["kerasae_vs_torch_eager"]
         lines.append(f"{preset}: kerasae {k} samples/s, torch eager {t}: x{target['value']} "
                      f"(target {target['target']}: {target['pass']})")
+        if "norm_ceiling" in entry:
+            ceiling = entry["norm_ceiling"]
+            lines.append(f"{preset} without normalization: kerasae "
+                         f"{entry['kerasae_no_norm']['samples_per_s']['median']} samples/s: "
+                         f"x{ceiling['kerasae_no_norm_vs_torch_eager']} the twin with GroupNorm")
     return "\n".join(lines)
 
 

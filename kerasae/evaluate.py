@@ -150,9 +150,10 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
     estimate of the ELBO.
 
     `checkpoint`: an .npz path for evaluations that take hours (a residual VAE at k=5000): the
-    finished batches are saved there every CHECKPOINT_SECONDS, a call with the same path resumes
-    after them (the draws are keyed by batch, so the result is an uninterrupted call's), and the
-    file is removed at the end. The caller keys the path to the model, images, k and seed.
+    finished batches are saved there every CHECKPOINT_SECONDS, with the seconds spent on them
+    (`checkpointed_seconds`), a call with the same path resumes after them (the draws are keyed by
+    batch, so the result is an uninterrupted call's), and the file is removed at the end. The caller
+    keys the path to the model, images, k and seed.
     A conditional model takes the images' `labels`.
     """
     k = check_positive_int("k", k)
@@ -164,23 +165,24 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
     batch_size = batch_size or default_batch
     chunk = min(k, samples_per_chunk or default_chunk)
     nll, elbo = np.empty(len(x)), np.empty(len(x))
-    done = 0
+    done, earlier_s = 0, checkpointed_seconds(checkpoint)
     if checkpoint is not None and Path(checkpoint).exists():
         with np.load(checkpoint) as saved:
             done = int(saved["done"])
             nll[:done], elbo[:done] = saved["nll"][:done], saved["elbo"][:done]
-    saved_at = time.time()
+    started = saved_at = time.time()
     bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
     if bar is not None and done:
         bar.add(done)
     for b, (start, xb) in enumerate(_batches(x, batch_size)):
-        if start < done:
+        if start + len(xb) <= done:  # finished (a batch the checkpoint only partly covers is redone)
             continue
         parts = []
         for c, lo in enumerate(range(0, k, chunk)):
             s = min(chunk, k - lo)
             eps = tf.random.stateless_normal([s, len(xb), model.latent_dim], seed=[seed, b * 100003 + c])
-            inputs = tf.constant(xb) if labels is None else (tf.constant(xb), tf.constant(labels[start:start + len(xb)]))
+            inputs = (tf.constant(xb) if labels is None
+                      else (tf.constant(xb), tf.constant(labels[start:start + len(xb)])))
             parts.append(log_weights(inputs, eps).numpy().astype(np.float64))
         lw = np.concatenate(parts)  # [k, B]
         top = lw.max(axis=0)
@@ -190,11 +192,20 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
             bar.add(len(xb))
         if checkpoint is not None and time.time() - saved_at >= CHECKPOINT_SECONDS:
             with atomic_path(checkpoint, suffix=".npz") as tmp:
-                np.savez(tmp, done=start + len(xb), nll=nll[:start + len(xb)], elbo=elbo[:start + len(xb)])
+                np.savez(tmp, done=start + len(xb), nll=nll[:start + len(xb)], elbo=elbo[:start + len(xb)],
+                         seconds=earlier_s + time.time() - started)
             saved_at = time.time()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     return nll, elbo
+
+
+def checkpointed_seconds(checkpoint):
+    """Seconds an interrupted `importance_weighted_nll` spent on the batches its checkpoint holds (0 if none)."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return 0.0
+    with np.load(checkpoint) as saved:
+        return float(saved["seconds"]) if "seconds" in saved.files else 0.0
 
 
 def posterior_statistics(model, x, batch_size=1000, labels=None):
@@ -247,7 +258,7 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
         entries[key] = result
         write_json(cache, entries)
         return result
-    start = time.time()
+    start = time.time() - checkpointed_seconds(checkpoint)  # an interrupted evaluation's time counts too
     x = train_lib.evaluation_images(model, x_test)
     nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress, checkpoint=checkpoint,
                                         labels=labels)

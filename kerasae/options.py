@@ -15,6 +15,9 @@ NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 #: VAE decoder likelihoods (see `kerasae.models.vae`); the scaled ones learn (or fix) a decoder scale.
 LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 SCALED_LIKELIHOODS = ("gaussian", "discretized_logistic")
+#: `VAE`'s defaults, here so that the CLI can check its scale flags against them without TensorFlow.
+DEFAULT_LIKELIHOOD = "bernoulli"
+DEFAULT_GAUSSIAN_SCALE = "shared"
 #: Where a scaled likelihood's scale (Gaussian std, logistic scale) comes from: learned per pixel, per channel or
 #: shared, fixed, or predicted by the decoder per pixel and image (`VAE(gaussian_scale=...)`, the name predating
 #: the logistic; `--scale`).

@@ -29,6 +29,7 @@ ZOO = {
     "vae-mlp-2d": ("seed_claims.json", "vae-mlp-2d", "nll"),
     "vae-mlp": ("nll.json", None, "nll"),  # the best one-layer VAE of the likelihood runs
     "hvae-mlp-vamp": ("nll_hvae.json", None, "nll"),  # the best two-layer VAE (VampPrior)
+    "vae-resnet-28": ("nll_resnet.json", None, "nll"),  # the residual convolutional VAE
 }
 #: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
 #: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.

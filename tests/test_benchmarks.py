@@ -225,15 +225,17 @@ def test_torch_reference_computes_kerasaes_loss_and_gradients(mnist_binary, monk
 
 @pytest.mark.slow
 def test_conv_throughput_quick_with_profile(tmp_path):
-    """Both conv presets through kerasae.train and their PyTorch twins, each profiled by op type."""
+    """Both conv presets through kerasae.train and their PyTorch twins, each profiled by op type; with
+    --norm-ceiling, vae-resnet-32 (the preset with GroupNorm) also trained without normalization."""
     pytest.importorskip("torch")
     out = tmp_path / "conv.json"
-    result = load_result(run_benchmark("conv_throughput.py", "--quick", "--steps", "1", "--profile", "--out", out), out)
+    result = load_result(run_benchmark("conv_throughput.py", "--quick", "--steps", "1", "--profile", "--norm-ceiling",
+                                       "--out", out), out)
     assert_header(result, "conv_throughput")
     assert set(result["presets"]) == {"vae-conv", "vae-resnet-32"}
     for preset, entry in result["presets"].items():
         assert entry["images_per_epoch"] == 128
-        for name in ("kerasae", "torch_eager"):
+        for name in ("kerasae", "torch_eager", *(("kerasae_no_norm",) if preset == "vae-resnet-32" else ())):
             assert_summary(entry[name]["samples_per_s"], n=2)
             assert all(len(times) == 2 and all(positive(t) for t in times) for times in entry[name]["epoch_time_s"])
         assert entry["kerasae"]["train_function"] == ["keras"]  # conv models train without XLA
@@ -244,6 +246,13 @@ def test_conv_throughput_quick_with_profile(tmp_path):
             profile = entry["profile"][framework]
             assert positive(profile["ms_per_step"]), preset
             assert any(conv_op in op for op in profile["top_op_types_ms_per_step"]), (preset, framework)
+    resnet, conv = result["presets"]["vae-resnet-32"], result["presets"]["vae-conv"]
+    assert "kerasae_no_norm" not in conv and "norm_ceiling" not in conv
+    assert resnet["kerasae"]["model"]["norm"] == "group" and resnet["kerasae_no_norm"]["model"]["norm"] == "none"
+    assert resnet["kerasae_no_norm"]["model"]["parameters"] < resnet["kerasae"]["model"]["parameters"]
+    assert resnet["norm_ceiling"]["kerasae_no_norm_vs_torch_eager"] == pytest.approx(
+        resnet["kerasae_no_norm"]["samples_per_s"]["median"] / resnet["torch_eager"]["samples_per_s"]["median"],
+        rel=1e-3)
 
 
 # ---- inference_latency.py --------------------------------------------------------------------

@@ -131,7 +131,7 @@ def test_an_interrupted_evaluation_resumes_from_its_checkpoint(vae, mnist_binary
     with pytest.raises(KeyboardInterrupt):
         ev.importance_weighted_nll(vae, x, k=6, batch_size=8, samples_per_chunk=4, progress=False,
                                    checkpoint=checkpoint)
-    assert int(np.load(checkpoint)["done"]) == 16
+    assert int(np.load(checkpoint)["done"]) == 16 and float(np.load(checkpoint)["seconds"]) > 0
     calls.clear()
     monkeypatch.setattr(ev, "_log_weights_fn", counted)
     got = ev.importance_weighted_nll(vae, x, k=6, batch_size=8, samples_per_chunk=4, progress=False,
@@ -139,6 +139,28 @@ def test_an_interrupted_evaluation_resumes_from_its_checkpoint(vae, mnist_binary
     assert calls == [8] * 4 and not checkpoint.exists()  # batches 3 and 4, two chunks each
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_checkpoint_that_ends_inside_a_batch_redoes_that_batch(vae, mnist_binary, tmp_path):
+    """A checkpoint written with another batch size (12 images done, batches of 8): the batch it only partly
+    covers is computed again, not skipped with four images never computed."""
+    x, checkpoint = mnist_binary[:32], tmp_path / "eval.partial.npz"
+    want = ev.importance_weighted_nll(vae, x, k=6, batch_size=8, progress=False)
+    np.savez(checkpoint, done=12, nll=want[0][:12], elbo=want[1][:12], seconds=5.0)
+    got = ev.importance_weighted_nll(vae, x, k=6, batch_size=8, progress=False, checkpoint=checkpoint)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_resumed_evaluation_counts_the_time_of_its_finished_batches(vae, mnist_binary, tmp_path):
+    """evaluation_time_s of a resumed evaluate_vae adds the seconds its checkpoint recorded for the finished
+    batches (here 1000 s before any image was done) to this call's."""
+    x, checkpoint = mnist_binary[:16], tmp_path / "eval.partial.npz"
+    fresh = ev.evaluate_vae(vae, x, k=4, progress=False)
+    np.savez(checkpoint, done=0, nll=np.empty(0), elbo=np.empty(0), seconds=1000.0)
+    resumed = ev.evaluate_vae(vae, x, k=4, progress=False, checkpoint=checkpoint)
+    assert 1000 <= resumed["evaluation_time_s"] < 1000 + 60 + 10 * fresh["evaluation_time_s"]
+    assert resumed["nll"] == fresh["nll"] and not checkpoint.exists()
 
 
 def test_vae_evaluation_cache_is_keyed_by_weights_images_and_k(vae, mnist_binary, tmp_path, monkeypatch):
@@ -423,7 +445,7 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
 
 
 def test_the_shipped_zoo_is_intact_and_matches_the_published_results():
-    """exported/: every zoo model verifies (sha256, SavedModel and TFLite load), fits the 40 MB budget and
+    """exported/: every zoo model verifies (sha256, SavedModel and TFLite load), fits the MAX_ZOO_BYTES budget and
     carries the metrics of benchmarks/results; load_pretrained decodes images with it."""
     zoo_dir, results = REPO / "exported", REPO / "benchmarks" / "results"
     assert sum(p.stat().st_size for p in zoo_dir.rglob("*") if p.is_file()) <= zoo.MAX_ZOO_BYTES

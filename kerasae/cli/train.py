@@ -130,13 +130,13 @@ def config_from_args(parser, args):
 def _check_scale_flags(parser, preset, overrides):
     """--scale and --fixed-scale act only where they can: a scaled likelihood, and a fixed scale."""
     kwargs = {**registry.get_preset(preset).kwargs, **overrides}
-    likelihood = kwargs.get("likelihood", "bernoulli")  # the VAE's default
+    likelihood = kwargs.get("likelihood", options.DEFAULT_LIKELIHOOD)
     for flag in ("gaussian_scale", "fixed_scale"):
         if flag in overrides and likelihood not in options.SCALED_LIKELIHOODS:
             parser.error(f"--{flag.replace('gaussian_', '').replace('_', '-')} applies to a "
                          f"{' or '.join(options.SCALED_LIKELIHOODS)} likelihood; {preset}'s is {likelihood} "
                          "(set --likelihood)")
-    if "fixed_scale" in overrides and kwargs.get("gaussian_scale", "shared") != "fixed":
+    if "fixed_scale" in overrides and kwargs.get("gaussian_scale", options.DEFAULT_GAUSSIAN_SCALE) != "fixed":
         parser.error("--fixed-scale applies with --scale fixed")
 
 

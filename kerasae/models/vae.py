@@ -9,7 +9,8 @@ from kerasae import losses
 from kerasae.models.base import (BaseAutoencoder, check_choice, check_number, check_positive_int, draw,
                                  flag_non_finite, register)
 
-from kerasae.options import GAUSSIAN_SCALES, LIKELIHOODS, PRIORS, SCALED_LIKELIHOODS  # noqa: F401  (re-exported)
+from kerasae.options import (DEFAULT_GAUSSIAN_SCALE, DEFAULT_LIKELIHOOD, GAUSSIAN_SCALES, LIKELIHOODS,  # noqa: F401
+                             PRIORS, SCALED_LIKELIHOODS)  # (re-exported)
 
 
 def _scale_softplus(t):
@@ -70,9 +71,9 @@ class VAE(BaseAutoencoder):
     family = "vae"
 
     def __init__(self, image_shape=(28, 28, 1), latent_dim=32, arch="mlp", hidden_units=(512, 256),
-                 filters=(32, 64), activation="relu", likelihood="bernoulli", gaussian_scale="shared",
-                 fixed_scale=0.1, min_scale=1e-3, beta=1.0, num_importance_samples=1, kl_warmup_steps=0,
-                 prior_type="standard", num_pseudo_inputs=500, **kwargs):
+                 filters=(32, 64), activation="relu", likelihood=DEFAULT_LIKELIHOOD,
+                 gaussian_scale=DEFAULT_GAUSSIAN_SCALE, fixed_scale=0.1, min_scale=1e-3, beta=1.0,
+                 num_importance_samples=1, kl_warmup_steps=0, prior_type="standard", num_pseudo_inputs=500, **kwargs):
         super().__init__(image_shape=image_shape, latent_dim=latent_dim, arch=arch, hidden_units=hidden_units,
                          filters=filters, activation=activation, **kwargs)
         self.likelihood = check_choice("likelihood", likelihood, LIKELIHOODS)
