@@ -91,7 +91,8 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True, prefix="photos"):
                     "train_stride": photos.train_stride(size), "test_stride": size},
            "test": {"nll_bits_per_dim": mean(lambda r: r["vae"]["nll_bits_per_dim"]),
                     "elbo_bits_per_dim": mean(lambda r: r["vae"]["elbo_bits_per_dim"]), "k": k,
-                    **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c]) for c in compression.LOSSLESS_CODECS}},
+                    **{f"{c} per patch": mean(lambda r, c=c: r["codecs_per_patch"][c])
+                       for c in compression.LOSSLESS_CODECS}},
            "per_photo": per_photo,
            "conventions": {"bits_per_dim": "nats / (H * W * C * ln 2) of the 8-bit test patches (IWAE bound, k "
                                            "samples); codecs: 8 * file bytes / (H * W * C), each patch (or whole "
@@ -134,7 +135,8 @@ def summary_parts(results):
         if not photo:
             continue
         rows = [[name, r["num_patches"], f"{r['vae']['nll_bits_per_dim']:.3f}"]
-                + [f"{r['codecs_per_patch'][c]:.3f} ({r['codecs_whole_photo'][c]:.3f})" for c in compression.LOSSLESS_CODECS]
+                + [f"{r['codecs_per_patch'][c]:.3f} ({r['codecs_whole_photo'][c]:.3f})"
+                   for c in compression.LOSSLESS_CODECS]
                 for name, r in photo["per_photo"].items()]
         h, w = photo["data"]["patch"][:2]
         parts.append(f"Photographs never seen in training, {h}x{w} patches, bits per dimension (VAE: NLL, "

@@ -12,6 +12,6 @@ from kerasae.cli.results import (FASHION_MNIST_DIR, REPRODUCE_STAGES, build_eval
                                  build_reproduce_parser, evaluate_main, reproduce_main)
 from kerasae.cli.train import build_train_parser, config_from_args, print_presets, train_main
 
-__all__ = ["FASHION_MNIST_DIR", "REPRODUCE_STAGES", "build_convert_parser", "build_evaluate_parser", "build_export_parser",
-           "build_reproduce_parser", "build_train_parser", "config_from_args", "convert_main", "evaluate_main",
-           "export_main", "print_presets", "registry", "reproduce_main", "train_main"]
+__all__ = ["FASHION_MNIST_DIR", "REPRODUCE_STAGES", "build_convert_parser", "build_evaluate_parser",
+           "build_export_parser", "build_reproduce_parser", "build_train_parser", "config_from_args", "convert_main",
+           "evaluate_main", "export_main", "print_presets", "registry", "reproduce_main", "train_main"]

@@ -98,5 +98,6 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
                          f"{shape} are not MNIST's); pass --representative-data FILE.npz or drop int8 from --tflite")
     return export_model(model, export_dir, name, version=version, tflite=variants,
                         representative_data=representative_data, parity_data=parity_data, metrics=metrics,
-                        preset=config.get("preset"), overwrite=overwrite, source=source or path, strict_parity=strict_parity,
-                        tflite_signatures=tflite_signatures, fp16_data=fp16_data, keras_model=keras_model)
+                        preset=config.get("preset"), overwrite=overwrite, source=source or path,
+                        strict_parity=strict_parity, tflite_signatures=tflite_signatures, fp16_data=fp16_data,
+                        keras_model=keras_model)

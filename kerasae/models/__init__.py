@@ -8,4 +8,5 @@ from kerasae.models.hvae import HierarchicalVAE
 from kerasae.models.vae import VAE
 from kerasae.models.vqvae import VQVAE
 
-__all__ = ["Autoencoder", "BaseAutoencoder", "ConditionalVAE", "DenoisingAutoencoder", "HierarchicalVAE", "VAE", "VQVAE"]
+__all__ = ["Autoencoder", "BaseAutoencoder", "ConditionalVAE", "DenoisingAutoencoder", "HierarchicalVAE", "VAE",
+           "VQVAE"]
