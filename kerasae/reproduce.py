@@ -245,26 +245,28 @@ def reproduce(stages=("seed", "nll"), root="runs/reproduce", results_dir="benchm
     from kerasae import reproduce_images  # it builds on this module
 
     results_dir, fig_dir = Path(results_dir), Path(fig_dir)
-    image_k = reproduce_images.DEFAULT_K
+
+    def samples(full):  # k importance samples: as asked, else a few in quick mode, else the stage's protocol
+        return k or (20 if quick else full)
+
     written = {}
     for stage in stages:
         runs = {name: experiments.run(name, root=root, quick=quick, verbose=verbose, data_dirs=data_dirs)
                 for name in STAGES[stage]}
-        progress = verbose != 0
+        progress, stem = verbose != 0, Path(RESULT_FILES[stage]).stem  # figures are named like the JSON
         if stage == "seed":
-            result = seed_claims(runs, fig_dir, k=k or (20 if quick else 500), progress=progress)
+            result = seed_claims(runs, fig_dir, k=samples(500), progress=progress)
         elif stage == "vq":
             result = vq_compression(runs, fig_dir, results_dir)
         elif stage in STAGE_ANCHORS:
-            result = nll_results(runs, fig_dir, k=k or (20 if quick else 5000), max_test_samples=max_test_samples,
-                                 progress=progress, figure=f"{RESULT_FILES[stage][:-5]}_learning_curves.png",
-                                 anchors=STAGE_ANCHORS[stage])
+            result = nll_results(runs, fig_dir, k=samples(5000), max_test_samples=max_test_samples,
+                                 progress=progress, figure=f"{stem}_learning_curves.png", anchors=STAGE_ANCHORS[stage])
         elif stage == "fashion":
-            result = reproduce_images.fashion_results(runs, fig_dir, k=k or (20 if quick else image_k),
+            result = reproduce_images.fashion_results(runs, fig_dir, k=samples(reproduce_images.DEFAULT_K),
                                                       progress=progress)
-        else:  # photos, photos-64: figures named like the JSON
-            result = reproduce_images.photo_results(runs, fig_dir, k=k or (20 if quick else image_k),
-                                                    progress=progress, prefix=RESULT_FILES[stage][:-5])
+        else:  # photos, photos-64
+            result = reproduce_images.photo_results(runs, fig_dir, k=samples(reproduce_images.DEFAULT_K),
+                                                    progress=progress, prefix=stem)
         result.update(mode="quick" if quick else "full", created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_json(results_dir / RESULT_FILES[stage], result)
         written[stage] = result
