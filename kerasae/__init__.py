@@ -3,7 +3,8 @@
     import kerasae
     model = kerasae.build("vae-mlp")            # any name from kerasae.list_presets()
     result = kerasae.train(preset="vae-mlp", epochs=5, out="runs/vae")
-    vae = kerasae.load_pretrained("vae-mlp")    # the pretrained zoo, sha256-verified
+    vae = kerasae.from_preset("iwae_mlp_50d_mnist")  # a pretrained model (sha256-verified), trainable
+    served = kerasae.load_pretrained("iwae_mlp_50d_mnist")  # its SavedModel, same methods
     model = kerasae.load_model("runs/vae/model.keras")
 
 The names below load on first use (PEP 562), so `import kerasae` and the command-line
@@ -26,7 +27,7 @@ _EXPORTS = {
     "build": "kerasae.registry", "get_preset": "kerasae.registry", "list_presets": "kerasae.registry",
     "register_preset": "kerasae.registry",
     "TrainConfig": "kerasae.config", "TrainResult": "kerasae.training", "train": "kerasae.training",
-    "load_pretrained": "kerasae.zoo", "load_model": "kerasae.files:load_keras_model",
+    "load_pretrained": "kerasae.zoo", "from_preset": "kerasae.zoo", "load_model": "kerasae.files:load_keras_model",
 }
 
 __all__ = sorted(_EXPORTS)

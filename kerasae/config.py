@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kerasae.options import DATA_MODES, LR_SCHEDULES, STRATEGIES, check_choice, check_number, check_positive_int
 
-#: `init_from` names a pretrained zoo model with this prefix ("zoo:vae-mlp"), else a .keras file.
+#: `init_from` names a pretrained zoo model with this prefix ("zoo:iwae_mlp_50d_mnist"), else a .keras file.
 ZOO_PREFIX = "zoo:"
 #: Fields that may change between reruns into the same --out (data_mode: the same images either way).
 _IGNORED_FOR_COMPAT = ("verbose", "data_mode")

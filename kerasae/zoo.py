@@ -10,26 +10,50 @@ any directory after `pip install .`.
 """
 
 import dataclasses
+import difflib
 import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
 from kerasae import export as export_lib
 from kerasae.config import ZOO_PREFIX
-from kerasae.files import atomic_path
+from kerasae.files import atomic_path, json_text, write_json
+from kerasae.options import check_positive_int
 
-#: zoo name -> (results file, where its metrics are, lower-is-better metric that decides an update)
+class ZooEntry(NamedTuple):
+    """Where a zoo model comes from: reproduce's results file and run, the lower-is-better metric that decides
+    whether a new run replaces it, the registry preset its architecture starts from, and what it is."""
+
+    results_file: str
+    key: str | None  # the run in results_file (None: the stage's best NLL run)
+    metric: str
+    preset: str
+    summary: str
+
+
+#: Zoo name -> its entry. Names follow keras-hub's `<model>_<size>_<data>` with underscores, so a pretrained model
+#: never shares a name with a registry preset (hyphens), whose configuration may differ.
 ZOO = {
-    "ae-mlp-seed": ("seed_claims.json", "ae-mlp-seed", "mse_per_pixel"),
-    "dae-mlp": ("seed_claims.json", "dae-mlp", "mse_per_pixel"),
-    "vae-mlp-2d": ("seed_claims.json", "vae-mlp-2d", "nll"),
-    "vae-mlp": ("nll.json", None, "nll"),  # the best one-layer VAE of the likelihood runs
-    "hvae-mlp-vamp": ("nll_hvae.json", None, "nll"),  # the best two-layer VAE (VampPrior)
-    "vae-resnet-28": ("nll_resnet.json", None, "nll"),  # the residual convolutional VAE
+    "ae_mlp_2d_mnist": ZooEntry("seed_claims.json", "ae-mlp-seed", "mse_per_pixel", "ae-mlp-seed",
+                                "the classic deep MLP autoencoder 784-512-256-128-32-2 (a 2-D code)"),
+    "dae_mlp_64d_mnist": ZooEntry("seed_claims.json", "dae-mlp", "mse_per_pixel", "dae-mlp",
+                                  "a denoising MLP autoencoder 784-512-256-64, trained on gaussian noise (std 0.5)"),
+    "vae_mlp_2d_mnist": ZooEntry("seed_claims.json", "vae-mlp-2d", "nll", "vae-mlp-2d",
+                                 "an MLP VAE with a 2-D latent, for latent plots and manifolds"),
+    "iwae_mlp_50d_mnist": ZooEntry("nll.json", None, "nll", "iwae-mlp",
+                                   "a one-layer MLP VAE 784-512-512-512-50: 250 epochs on the ELBO with a KL "
+                                   "warm-up, then 100 on the IWAE bound (k=5)"),
+    "hvae_vamp_mlp_mnist": ZooEntry("nll_hvae.json", None, "nll", "hvae-mlp-vamp",
+                                    "a two-layer hierarchical MLP VAE with a VampPrior: 1,500 epochs on the ELBO with a "
+                                    "KL warm-up, then 300 on the IWAE bound (k=5); the best likelihood"),
+    "vae_resnet_32d_mnist": ZooEntry("nll_resnet.json", None, "nll", "vae-resnet-28",
+                                     "a residual convolutional VAE with a 32-D latent (3.5x fewer weights than "
+                                     "the MLP VAEs)"),
 }
 #: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
 #: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.
@@ -60,10 +84,11 @@ def available(zoo_dir=None):
 
 @dataclasses.dataclass
 class Pretrained:
-    """A verified zoo model: its signatures as methods (`model.decode(z=...)`), its manifest and path.
+    """A verified zoo model for serving: the SavedModel's signatures behind the method names and return types of
+    the kerasae Keras model (`encode`, `decode`, `reconstruct`, `score`, `sample`), its manifest and path.
 
-    `keras_model()` gives the trainable kerasae model behind the SavedModel (to fine-tune it,
-    or to use `encode`, `posterior`, `score`, ... from Python).
+    `keras_model()` gives the trainable kerasae model itself (to fine-tune it, or for `posterior`,
+    `importance_weighted_bound`, ...); `signatures[NAME](**inputs)` the raw signatures (dicts of tensors).
     """
 
     name: str
@@ -79,15 +104,42 @@ class Pretrained:
     def metrics(self):
         return self.manifest.get("metrics")
 
+    @property
+    def card(self):
+        """What the model is: preset and changes, dataset, pixels, objective, parameters and headline metric."""
+        return self.manifest.get("card")
+
     def keras_model(self):
         """The kerasae Keras model of this entry: the files sha256-verified, then rebuilt from the manifest and
         the SavedModel's variables (or loaded from an older entry's model.keras in Keras safe mode)."""
         return export_lib.load_keras_model(self.path)
 
-    def __getattr__(self, signature):
-        if signature.startswith("_") or signature not in self.saved_model.signatures:
-            raise AttributeError(signature)
-        return self.saved_model.signatures[signature]
+    def _call(self, signature, **inputs):
+        return self.saved_model.signatures[signature](**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
+
+    def encode(self, x):
+        """Images [B, H, W, C] in [0, 1] -> the code z (AE) or (z_mean, z_log_var) (VAE), as the Keras model."""
+        out = self._call("encode", x=tf.cast(x, tf.float32))
+        return (out["z_mean"], out["z_log_var"]) if "z_mean" in out else out["z"]
+
+    def decode(self, z):
+        """Codes [B, latent_dim] -> mean images [B, H, W, C] in [0, 1]."""
+        return self._call("decode", z=tf.cast(z, tf.float32))["x_mean"]
+
+    def reconstruct(self, x):
+        return self._call("reconstruct", x=tf.cast(x, tf.float32))["reconstruction"]
+
+    def score(self, x):
+        """Per-example anomaly score [B] (see the manifest's "score" for its definition)."""
+        return self._call("score", x=tf.cast(x, tf.float32))["score"]
+
+    def sample(self, n, seed=None):
+        """n images decoded from prior draws. The SavedModel draws its own random numbers: `seed` must be None
+        (seeded draws: `keras_model().sample(n, seed=...)`)."""
+        if seed is not None:
+            raise ValueError("seed: a SavedModel's sample signature draws unseeded; use keras_model().sample(n, "
+                             "seed=...) for reproducible draws")
+        return self._call("sample", num_samples=tf.constant(int(check_positive_int("n", n)), tf.int32))["x_mean"]
 
 
 def version_dir(name, zoo_dir=None, version=None):
@@ -97,7 +149,14 @@ def version_dir(name, zoo_dir=None, version=None):
     versions = export_lib.existing_versions(root) if root.is_dir() else []
     if not versions:
         names = available(zoo_dir)
-        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; available: {', '.join(names) or 'none'}. "
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        from kerasae import registry
+
+        if name in registry.PRESETS:
+            hint += (f"({name!r} is a preset: kerasae.build({name!r}) makes an untrained model; `kerasae zoo` lists "
+                     "what each pretrained model is) ")
+        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; {hint}available: {', '.join(names) or 'none'}. "
                          "The zoo ships with kerasae (pip install .); point zoo_dir or $KERASAE_ZOO at another "
                          "zoo, or build one with `python scripts/reproduce.py --export-zoo`")
     if version is not None and version not in versions:
@@ -137,11 +196,19 @@ def load_keras_model(spec):
     return export_lib.load_keras_model(version_dir(name, version=version))
 
 
+def from_preset(name, zoo_dir=None, version=None):
+    """The trainable kerasae Keras model of pretrained zoo model `name` (keras-hub's `from_preset`), verified.
+
+    `load_pretrained(name)` gives the same model's serving signatures, with the same method names.
+    """
+    return export_lib.load_keras_model(version_dir(name, zoo_dir, version))
+
+
 # ---- exporting -------------------------------------------------------------------------------------
 
 def zoo_metrics(name, results_dir):
     """(run directory, metrics dict, deciding metric value) of zoo entry `name` from reproduce's results."""
-    file_name, key, metric = ZOO[name]
+    file_name, key, metric = ZOO[name][:3]
     results = json.loads((Path(results_dir) / file_name).read_text())
     if file_name.startswith("nll"):  # the best run of a likelihood stage
         key = min(results["runs"], key=lambda run: results["runs"][run]["test"]["nll"])
@@ -180,6 +247,8 @@ def reexport(zoo_dir="exported"):
             done[name] = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=manifest["metrics"],
                                                source=f"{manifest['source']} (re-exported from {name} version "
                                                       f"{manifest['version']})", **ZOO_EXPORT)
+        if name in ZOO:
+            write_card(name, done[name])
         shutil.rmtree(old)
     _refresh_readme(zoo_dir)
     return done
@@ -206,7 +275,8 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
     """
     zoo_dir = Path(zoo_dir)
     done = {}
-    for name, (_, _, metric) in ZOO.items():
+    for name, entry in ZOO.items():
+        metric = entry.metric
         run_dir, metrics, value = zoo_metrics(name, results_dir)
         root = zoo_dir / name
         current = _current_metric(root, metric)
@@ -215,6 +285,7 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
             continue
         model_path = Path(run_dir) / "best.keras"
         new_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_EXPORT)
+        write_card(name, new_dir)
         for old in export_lib.existing_versions(root):
             if str(old) != new_dir.name:
                 shutil.rmtree(root / str(old))
@@ -225,6 +296,77 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
         raise ValueError(f"the zoo in {zoo_dir} takes {total / 2**20:.1f} MiB, over the {MAX_ZOO_BYTES / 2**20:.0f} "
                          "MiB budget")
     return done
+
+
+# ---- model cards: what each entry is, in its manifest ----------------------------------------------
+
+#: What every zoo model was trained and tested on (reproduce's protocol; benchmarks/results/*.json).
+ZOO_DATASET = ("MNIST, the copy embedded in kerasae: 55,000 training images (the last 5,000 of the 60,000 held out "
+               "for validation and model selection), tested on all 10,000 test images")
+
+
+def model_card(name, version_dir):
+    """The card of zoo entry `name` at `version_dir`: computed from its manifest, its rebuilt model and ZOO."""
+    from kerasae import data as data_lib
+    from kerasae import registry
+
+    entry = ZOO[name]
+    manifest = json.loads((Path(version_dir) / "assets.extra" / export_lib.MANIFEST).read_text())
+    model = export_lib.rebuild_keras_model(version_dir)
+    config = json.loads(json_text(model.get_config()))
+    preset = json.loads(json_text(registry.build(entry.preset, image_shape=tuple(config["image_shape"])).get_config()))
+    binary = bool(getattr(model, "binary_data", False))
+    seed = ((manifest.get("metrics") or {}).get("protocol") or {}).get("test_binarization_seed",
+                                                                        data_lib.TEST_BINARIZATION_SEED)
+    card = {"summary": entry.summary, "class": type(model).__name__, "preset": entry.preset,
+            "changes_from_preset": {k: v for k, v in config.items()
+                                    if k not in ("name", "trainable", "dtype", "seed") and preset.get(k) != v},
+            "parameters": int(model.count_params()), "dataset": ZOO_DATASET,
+            "pixels": (f"binarized: a fresh Bernoulli draw per training batch; the test images binarized once "
+                       f"(seed {seed})" if binary else "grey levels in [0, 1]"),
+            "objective": _objective(model),
+            "headline": _headline(manifest.get("metrics") or {}, binary, seed)}
+    return card
+
+
+def _objective(model):
+    if hasattr(model, "num_importance_samples"):  # the VAEs
+        k = model.num_importance_samples
+        return {"loss": f"negative IWAE bound, k={k}" if k > 1 else "negative ELBO", "k": k, "beta": model.beta,
+                "kl_warmup_steps": model.kl_warmup_steps, "likelihood": model.likelihood,
+                "prior": model.prior_type}
+    objective = {"loss": f"{model.reconstruction_loss} reconstruction loss"}
+    if getattr(model, "noise_type", None):
+        objective["noise"] = f"{model.noise_type} {model.noise_level:g} on the inputs"
+    return objective
+
+
+def _headline(metrics, binary, seed):
+    """The metric a reader compares this model by, with how it was measured."""
+    test = metrics.get("test") or {}
+    if "nll" in test:
+        return {"metric": "test NLL", "value": round(test["nll"], 2), "unit": "nats per image",
+                "how": f"IWAE bound with k={test['k']} importance samples on {test['num_images']:,} test images "
+                       f"binarized once (seed {seed})"}
+    return {"metric": "test PSNR", "value": round(test["psnr_db"], 2), "unit": "dB",
+            "how": "mean per-image PSNR of the reconstructions of the 10,000 test images" +
+                   ("" if not binary else f" (binarized, seed {seed})")}
+
+
+def write_card(name, version_dir):
+    """Put `model_card` into the entry's manifests (the version's and its tflite/ copy), atomically.
+
+    The manifests are not among the files they hash, so the export still verifies."""
+    version_dir = Path(version_dir)
+    card = model_card(name, version_dir)
+    paths = [version_dir / "assets.extra" / export_lib.MANIFEST]
+    tflite = version_dir.parent / "tflite" / export_lib.MANIFEST
+    if tflite.is_file() and json.loads(tflite.read_text()).get("export_id") == json.loads(
+            paths[0].read_text()).get("export_id"):
+        paths.insert(0, tflite)  # the version's copy last: a version with a manifest is complete
+    for path in paths:
+        write_json(path, {**json.loads(path.read_text()), "name": name, "card": card})
+    return card
 
 
 # ---- the table in exported/README.md ---------------------------------------------------------------
@@ -246,7 +388,7 @@ def _size(files):
 
 def zoo_table(zoo_dir):
     """Markdown: one row per zoo model with its measured test metrics and file sizes (from the manifests)."""
-    rows = ["| model | class, latent | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 "
+    rows = ["| model | class, latent, parameters | test metrics (see notes) | SavedModel | decode TFLite fp32 / int8 "
             "| version |",
             "|---|---|---|---|---|---|"]
     for name in ZOO:
@@ -266,7 +408,9 @@ def zoo_table(zoo_dir):
         sizes = " / ".join(f"{tflite[f]['bytes'] / 2**20:.2f} MiB" for f in ("decode.fp32.tflite", "decode.int8.tflite")
                            if f in tflite)
         model = manifest["model"]
-        rows.append(f"| `{name}` | {model['class']}, {manifest['latent_dim']} | {metric} | "
+        parameters = (manifest.get("card") or {}).get("parameters")
+        parameters = f", {parameters:,}" if parameters else ""
+        rows.append(f"| `{name}` | {model['class']}, {manifest['latent_dim']}{parameters} | {metric} | "
                     f"{_size(manifest['files']['saved_model']) / 2**20:.1f} MiB | {sizes or '-'} | "
                     f"{manifest['version']} |")
     return "\n".join(rows)

@@ -410,12 +410,12 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
 
     zoo_dir = root / "quick" / "exported"
     assert sorted(p.name for p in zoo_dir.iterdir()) == sorted(zoo.ZOO)
-    assert sorted(p.name for p in (zoo_dir / "vae-mlp" / "tflite").glob("*.tflite")) == ["decode.fp32.tflite",
+    assert sorted(p.name for p in (zoo_dir / "iwae_mlp_50d_mnist" / "tflite").glob("*.tflite")) == ["decode.fp32.tflite",
                                                                                        "decode.int8.tflite"]
-    model = zoo.load_pretrained("vae-mlp", zoo_dir=zoo_dir)
+    model = zoo.load_pretrained("iwae_mlp_50d_mnist", zoo_dir=zoo_dir)
     assert model.metrics["test"]["nll"] == min(r["test"]["nll"] for r in nll["runs"].values())
-    out = model.decode(z=np.zeros((2, 50), np.float32))
-    assert out["x_mean"].shape == (2, 28, 28, 1)
+    assert model.card["headline"]["value"] == round(model.metrics["test"]["nll"], 2)
+    assert model.decode(np.zeros((2, 50), np.float32)).shape == (2, 28, 28, 1)
 
     table = zoo.zoo_table(zoo_dir)
     assert f"NLL {model.metrics['test']['nll']:.2f} nats" in table and all(f"`{n}`" in table for n in zoo.ZOO)
@@ -433,13 +433,13 @@ def test_reproduce_quick_end_to_end_and_the_zoo(tmp_path):
     assert "kept" in again.stdout
 
     # A changed byte is caught before anything loads.
-    variables = next((zoo_dir / "ae-mlp-seed").glob("*/variables/variables.data-*"))
+    variables = next((zoo_dir / "ae_mlp_2d_mnist").glob("*/variables/variables.data-*"))
     data = bytearray(variables.read_bytes())
     data[-1] ^= 0xFF
     variables.write_bytes(bytes(data))
     with pytest.raises(Exception, match="sha256 mismatch"):
-        zoo.load_pretrained("ae-mlp-seed", zoo_dir=zoo_dir)
-    with pytest.raises(ValueError, match="available: .*dae-mlp"):
+        zoo.load_pretrained("ae_mlp_2d_mnist", zoo_dir=zoo_dir)
+    with pytest.raises(ValueError, match="available: .*dae_mlp_64d_mnist"):
         zoo.load_pretrained("nope", zoo_dir=zoo_dir)
     shutil.rmtree(zoo_dir)
 
@@ -453,8 +453,8 @@ def test_the_shipped_zoo_is_intact_and_matches_the_published_results():
         assert export.verify(zoo_dir / name) == [], name
         _, metrics, value = zoo.zoo_metrics(name, results)
         assert zoo.load_pretrained(name, zoo_dir=zoo_dir).metrics["test"] == json.loads(json.dumps(metrics["test"]))
-    vae = zoo.load_pretrained("vae-mlp", zoo_dir=zoo_dir)
-    x = vae.decode(z=np.zeros((3, vae.manifest["latent_dim"]), np.float32))["x_mean"].numpy()
+    vae = zoo.load_pretrained("iwae_mlp_50d_mnist", zoo_dir=zoo_dir)
+    x = vae.decode(np.zeros((3, vae.manifest["latent_dim"]), np.float32)).numpy()
     assert x.shape == (3, 28, 28, 1) and 0.0 <= x.min() and x.max() <= 1.0
     readme = (zoo_dir / "README.md").read_text()
     assert zoo.zoo_table(zoo_dir) in readme

@@ -79,8 +79,8 @@ def test_import_kerasae_is_lazy_and_names_resolve(tmp_path):
 
 def test_zoo_loads_from_another_directory_without_environment(tmp_path):
     """The zoo ships with the package: no KERASAE_ZOO, and the working directory holds no exported/."""
-    code = ("import numpy as np, kerasae; vae = kerasae.load_pretrained('vae-mlp'); "
-            "x = vae.decode(z=np.zeros([1, vae.manifest['latent_dim']], np.float32))['x_mean']; "
+    code = ("import numpy as np, kerasae; vae = kerasae.load_pretrained('iwae_mlp_50d_mnist'); "
+            "x = vae.decode(np.zeros([1, vae.manifest['latent_dim']], np.float32)); "
             "print(tuple(x.shape), vae.path.parent.parent.name)")
     env = {k: v for k, v in os.environ.items() if k != "KERASAE_ZOO"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -93,11 +93,16 @@ def test_zoo_loads_from_another_directory_without_environment(tmp_path):
 def test_an_unknown_zoo_model_names_what_is_available():
     from kerasae import zoo
 
-    with pytest.raises(ValueError, match=r"no pretrained model 'vae-nope'.*available: ae-mlp-seed, dae-mlp, "
-                                         r"hvae-mlp-vamp, vae-mlp, vae-mlp-2d.*reproduce.py --export-zoo"):
+    with pytest.raises(ValueError, match=r"no pretrained model 'vae-nope'.*available: ae_mlp_2d_mnist, "
+                                         r"dae_mlp_64d_mnist, hvae_vamp_mlp_mnist, .*reproduce.py --export-zoo"):
         zoo.load_pretrained("vae-nope")
+    with pytest.raises(ValueError, match="did you mean 'iwae_mlp_50d_mnist'"):
+        zoo.load_pretrained("iwae_mlp_50_mnist")
+    # A preset's name is not a pretrained model's: the error says what it is instead.
+    with pytest.raises(ValueError, match=r"'vae-mlp' is a preset: kerasae.build\('vae-mlp'\)"):
+        zoo.from_preset("vae-mlp")
     with pytest.raises(ValueError, match="zoo:NAME or zoo:NAME/VERSION"):
-        zoo.load_keras_model("zoo:vae-mlp/latest")
+        zoo.load_keras_model("zoo:iwae_mlp_50d_mnist/latest")
 
 
 ZOO_NAMES = sorted(p.name for p in (REPO / "exported").iterdir() if p.is_dir())
@@ -113,7 +118,7 @@ def test_readme_names_every_zoo_model():
     """README's zoo paragraph names exactly the shipped models (it listed four when there were five)."""
     readme = (REPO / "README.md").read_text()
     section = readme.split("### The pretrained zoo", 1)[1].split("```", 1)[0]
-    assert sorted(re.findall(r"`([a-z0-9-]+)`", section)) == ZOO_NAMES
+    assert sorted(re.findall(r"`([a-z0-9]+(?:_[a-z0-9]+)+)`", section)) == ZOO_NAMES
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
@@ -129,9 +134,54 @@ def test_every_zoo_entry_holds_its_keras_model(name, mnist_small):
     assert type(model).__name__ == entry.manifest["model"]["class"]
     assert model.get_config() == entry.manifest["model"]["config"]
     x = mnist_small.x_test[:32]
-    np.testing.assert_allclose(model.reconstruct(x).numpy(), entry.reconstruct(x=x)["reconstruction"].numpy(),
-                               atol=1e-5)
-    np.testing.assert_allclose(model.score(x).numpy(), entry.score(x=x)["score"].numpy(), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(model.reconstruct(x).numpy(), entry.reconstruct(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(model.score(x).numpy(), entry.score(x).numpy(), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_every_zoo_entry_serves_the_keras_models_methods(name, mnist_small):
+    """load_pretrained(name) and from_preset(name) answer the same method names with the same types and values."""
+    import tensorflow as tf
+
+    from kerasae import zoo
+
+    served, model = zoo.load_pretrained(name), zoo.from_preset(name)
+    x = mnist_small.x_test[:16]
+    for method in ("encode", "reconstruct", "score"):
+        want, got = getattr(model, method)(x), getattr(served, method)(x)
+        assert type(got) is type(want) or (tf.is_tensor(got) and tf.is_tensor(want)), (method, type(got))
+        for w, g in zip(tf.nest.flatten(want), tf.nest.flatten(got), strict=True):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-3, err_msg=method)
+    z = np.random.default_rng(0).standard_normal((4, served.manifest["latent_dim"])).astype(np.float32)
+    np.testing.assert_allclose(served.decode(z).numpy(), model.decode(z).numpy(), atol=1e-5)
+    assert served.sample(3).shape == model.sample(3, seed=0).shape == (3, 28, 28, 1)
+    with pytest.raises(ValueError, match="seed"):
+        served.sample(3, seed=0)
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_every_zoo_card_says_what_the_model_is(name):
+    """The card's preset plus its changes rebuild the shipped config; the headline is the manifest's measured
+    metric; a zoo name is never a preset's name (whose configuration may differ)."""
+    from kerasae import registry, zoo
+
+    entry = zoo.load_pretrained(name)
+    card, config = entry.card, entry.manifest["model"]["config"]
+    assert name not in registry.PRESETS
+    rebuilt = registry.build(card["preset"], image_shape=tuple(config["image_shape"]),
+                             **card["changes_from_preset"]).get_config()
+    ignore = ("name", "seed", "dtype", "trainable")
+    assert json.loads(json.dumps({k: v for k, v in rebuilt.items() if k not in ignore})) == {
+        k: v for k, v in config.items() if k not in ignore}
+    assert card["class"] == entry.manifest["model"]["class"] and card["parameters"] == entry.keras_model().count_params()
+    test = entry.metrics["test"]
+    if "nll" in test:
+        assert card["headline"]["value"] == round(test["nll"], 2) and f"k={test['k']}" in card["headline"]["how"]
+        assert card["objective"]["k"] == config["num_importance_samples"]
+        assert ("IWAE" in card["objective"]["loss"]) == (config["num_importance_samples"] > 1)
+    else:
+        assert card["headline"]["value"] == round(test["psnr_db"], 2)
+    assert card["pixels"].startswith("binarized") == (config.get("likelihood") == "bernoulli")
 
 
 def test_an_export_without_model_keras_loads_rebuilt_and_the_zoo_reexports_to_that_form(tmp_path):
@@ -192,13 +242,13 @@ def test_fine_tune_a_zoo_model_on_other_images(tmp_path):
     rng = np.random.default_rng(0)
     images = (rng.random((300, 32, 32, 3)) * 255).astype(np.uint8)  # another size and colour mode than MNIST
     np.savez(tmp_path / "mine.npz", x_train=images[:240], x_test=images[240:])
-    result = kerasae.train(init_from="zoo:ae-mlp-seed", dataset=f"npz:{tmp_path / 'mine.npz'}", epochs=1,
+    result = kerasae.train(init_from="zoo:ae_mlp_2d_mnist", dataset=f"npz:{tmp_path / 'mine.npz'}", epochs=1,
                            batch_size=60, validation_size=60, out=str(tmp_path / "run"), verbose=0)
     assert type(result.model).__name__ == "Autoencoder" and tuple(result.model.image_shape) == (28, 28, 1)
-    start = zoo.load_pretrained("ae-mlp-seed").keras_model()
+    start = zoo.from_preset("ae_mlp_2d_mnist")
     moved = [not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(start.weights, result.model.weights)]
     assert all(moved)  # every weight was trained from the zoo's values
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["init_from"] == "zoo:ae-mlp-seed"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["init_from"] == "zoo:ae_mlp_2d_mnist"
 
 
 def test_an_unknown_zoo_model_is_a_usage_error(tmp_path):
@@ -206,7 +256,7 @@ def test_an_unknown_zoo_model_is_a_usage_error(tmp_path):
 
     proc = run_script("train.py", "--init-from", "zoo:nope", "--out", tmp_path / "run", cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
-    assert "no pretrained model 'nope'" in proc.stderr and "available: ae-mlp-seed" in proc.stderr
+    assert "no pretrained model 'nope'" in proc.stderr and "available: ae_mlp_2d_mnist" in proc.stderr
 
 
 def test_readme_quotes_the_main_job_as_measured():

@@ -61,21 +61,22 @@ def entries():
 
 
 #: The results file of each zoo VAE that a likelihood stage published.
-NLL_FILES = {"vae-mlp": "nll.json", "hvae-mlp-vamp": "nll_hvae.json", "vae-resnet-28": "nll_resnet.json"}
+NLL_FILES = {"iwae_mlp_50d_mnist": "nll.json", "hvae_vamp_mlp_mnist": "nll_hvae.json",
+             "vae_resnet_32d_mnist": "nll_resnet.json"}
 
 
 def published_vae(name, seed_claims):
     """The published test figures of zoo VAE `name`: vae-mlp-2d from seed_claims.json, the others from the
     likelihood stage's file (NLL_FILES)."""
-    if name == "vae-mlp-2d":
-        return seed_claims["vae"]["vae-mlp-2d"]
+    if zoo.ZOO[name].results_file == "seed_claims.json":
+        return seed_claims["vae"][zoo.ZOO[name].key]
     nll = json.loads((RESULTS / NLL_FILES[name]).read_text())["runs"]
     best = min(nll, key=lambda run: nll[run]["test"]["nll"])  # README: the zoo holds each stage's best NLL run
     return nll[best]["test"]
 
 
 def published_ae(name, seed_claims):
-    return next(row["ae"] for row in seed_claims["ae_vs_pca"] if row["model"] == name)
+    return next(row["ae"] for row in seed_claims["ae_vs_pca"] if row["model"] == zoo.ZOO[name].key)
 
 
 def batched(fn, x, batch_size=2500):
@@ -85,7 +86,7 @@ def batched(fn, x, batch_size=2500):
 def signature(entry, name, output):
     """x -> the float64 numpy output `output` of the shipped SavedModel signature `name` (input key x or z)."""
     key = "z" if name == "decode" else "x"
-    fn = getattr(entry, name)
+    fn = entry.signatures[name]
     return lambda x: batched(lambda b: fn(**{key: tf.constant(b, tf.float32)})[output].numpy(), x).astype(np.float64)
 
 
@@ -96,7 +97,7 @@ class ShippedReconstruction:
         self.entry = entry
 
     def reconstruct(self, x):
-        return self.entry.reconstruct(x=tf.constant(x))["reconstruction"]
+        return self.entry.reconstruct(x)
 
 
 def softplus(t):
@@ -114,7 +115,7 @@ def numpy_reconstruction_metrics(x, x_hat):
 
 # ---- AEs and the DAE ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["ae-mlp-seed", "dae-mlp"])
+@pytest.mark.parametrize("name", ["ae_mlp_2d_mnist", "dae_mlp_64d_mnist"])
 def test_autoencoder_reconstruction_matches_published(name, entries, mnist, seed_claims):
     """MSE, BCE and PSNR of the shipped AE on the 10,000 clean test images (measured: agree to 1e-7 relative)."""
     published = published_ae(name, seed_claims)
@@ -131,8 +132,8 @@ def test_denoising_psnrs_match_published(entries, mnist, seed_claims):
     against the clean ones, for the published corruption (ev.corrupt, seed 0)."""
     published = seed_claims["denoising"]["dae-mlp"]
     x = mnist.x_test
-    reconstruct = signature(entries["dae-mlp"], "reconstruct", "reconstruction")
-    kerasae_rows = ev.evaluate_denoising(ShippedReconstruction(entries["dae-mlp"]), x,
+    reconstruct = signature(entries["dae_mlp_64d_mnist"], "reconstruct", "reconstruction")
+    kerasae_rows = ev.evaluate_denoising(ShippedReconstruction(entries["dae_mlp_64d_mnist"]), x,
                                          noises=[(row["noise"], row["level"]) for row in published])
     x64 = x.reshape(len(x), -1).astype(np.float64)
     for row, kerasae_row in zip(published, kerasae_rows):
@@ -156,8 +157,8 @@ def train_split(mnist):
     return x_train, mnist.y_train[:len(x_train)]
 
 
-@pytest.mark.parametrize("name, label, output", [("ae-mlp-seed", "AE (ae-mlp-seed)", "z"),
-                                                 ("vae-mlp-2d", "VAE (vae-mlp-2d)", "z_mean")])
+@pytest.mark.parametrize("name, label, output", [("ae_mlp_2d_mnist", "AE (ae-mlp-seed)", "z"),
+                                                 ("vae_mlp_2d_mnist", "VAE (vae-mlp-2d)", "z_mean")])
 def test_knn_accuracy_on_2d_codes_matches_published(name, label, output, entries, mnist, train_split, seed_claims):
     """5-NN test accuracy on the 2-D codes of the grayscale images (fitted on the training split): measured
     equal to the published figure; tolerance 0.002 (20 of 10,000 test images) for neighbours that float32
@@ -206,7 +207,7 @@ def test_pca_baseline_matches_published(mnist, train_split, seed_claims):
 
 # ---- VAEs ----------------------------------------------------------------------------------------------
 
-VAES = ["vae-mlp", "vae-mlp-2d", "vae-resnet-28"]  # one stochastic layer, Bernoulli decoder
+VAES = ["iwae_mlp_50d_mnist", "vae_mlp_2d_mnist", "vae_resnet_32d_mnist"]  # one stochastic layer, Bernoulli decoder
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +249,7 @@ def test_vae_deterministic_metrics_match_published(name, entries, binarized_test
 #: per image, two random subsets of 300): k=50: +0.95, +1.00; k=256: +0.56, +0.49 (+- 0.06). Allowance ~2x the gap.
 NLL_SAMPLES = 256
 NLL_IMAGES = 300
-K_BIAS = {"vae-mlp": 1.0, "vae-mlp-2d": 0.3, "vae-resnet-28": 1.0}
+K_BIAS = {"iwae_mlp_50d_mnist": 1.0, "vae_mlp_2d_mnist": 0.3, "vae_resnet_32d_mnist": 1.0}
 
 
 @pytest.mark.parametrize("name", VAES)
@@ -301,7 +302,7 @@ def test_vae_importance_weighted_bound_matches_published_nll(name, entries, bina
     assert nll < elbo  # the bound tightens with k
 
 
-@pytest.mark.parametrize("name", [*VAES, "hvae-mlp-vamp"])
+@pytest.mark.parametrize("name", [*VAES, "hvae_vamp_mlp_mnist"])
 def test_kerasae_evaluation_of_the_shipped_vae_matches_published(name, entries, mnist, binarized_test, seed_claims):
     """kerasae.evaluate.evaluate_vae on the shipped model and the 10,000 grayscale test images (it binarizes
     them itself) with k=1: KL, active units and reconstruction exactly as published; the one-sample ELBO
@@ -311,7 +312,7 @@ def test_kerasae_evaluation_of_the_shipped_vae_matches_published(name, entries, 
     model = entries[name].keras_model()  # rebuilt from the shipped manifest and SavedModel, sha256-verified
     x = binarized_test[:256]
     np.testing.assert_allclose(model.reconstruct(x).numpy(),
-                               entries[name].reconstruct(x=tf.constant(x))["reconstruction"].numpy(), atol=1e-6)
+                               entries[name].reconstruct(x).numpy(), atol=1e-6)
     result = ev.evaluate_vae(model, mnist.x_test, k=1, progress=False)
     assert result["num_images"] == 10000
     assert result["kl"] == pytest.approx(published["kl"], rel=RTOL)
@@ -334,7 +335,7 @@ def test_hierarchical_vae_bound_matches_published_nll(entries, binarized_test, s
     itself is kerasae's code, not independent numpy maths. Measured: NLL_256 81.69 +- 0.13 (published NLL_5000
     81.28), -ELBO 85.58 +- 0.14 (85.47): the check catches the published NLL lowered by > 0.7 nats or raised
     by > 0.9."""
-    name = "hvae-mlp-vamp"
+    name = "hvae_vamp_mlp_mnist"
     published = published_vae(name, seed_claims)
     model = entries[name].keras_model()
     score = signature(entries[name], "score", "score")(binarized_test)

@@ -58,8 +58,8 @@ def build_train_parser():
     g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",
                    help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
     g.add_argument("--init-from", metavar="MODEL.keras|zoo:NAME",
-                   help="fine-tune a saved model (a .keras file, or a pretrained zoo model such as zoo:vae-mlp) "
-                        "instead of a new one")
+                   help="fine-tune a saved model (a .keras file, or a pretrained zoo model such as "
+                        "zoo:iwae_mlp_50d_mnist) instead of a new one")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs)
     g.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
