@@ -38,6 +38,8 @@ def test_a_jpeg_payload_decodes_behind_another_files_headers(two_images, quality
     pa, pb = compression.jpeg_payload_bytes(a), compression.jpeg_payload_bytes(b)
     assert pa != pb and len(a) - pa == len(b) - pb  # the headers are the same size; the payloads differ
     header_a = a[:len(a) - pa - 2]
+    sos = header_a.rfind(b"\xff\xda")  # the headers end with the scan header, the file with EOI
+    assert int.from_bytes(header_a[sos + 2:sos + 4], "big") == len(header_a) - sos - 2 and a[-2:] == b"\xff\xd9"
     spliced = header_a + b[len(b) - pb - 2:]
     assert header_a == b[:len(b) - pb - 2]  # byte for byte: nothing image-dependent is counted as fixed
     np.testing.assert_array_equal(_pixels(spliced), _pixels(b))
