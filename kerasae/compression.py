@@ -17,18 +17,77 @@ def _to_uint8(x):
     return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
 
 
+def jpeg_payload_bytes(data):
+    """Bytes of a single-scan (baseline) JPEG's entropy-coded data: the file less its markers, headers and tables.
+
+    The rest (SOI, JFIF, quantization and Huffman tables, frame and scan headers, EOI) is the same for every
+    image of one size, quality and Huffman table set: an abbreviated JPEG stream leaves it to the decoder, as a
+    VQ-VAE leaves its codebook. Raises ValueError for anything but a single-scan JPEG.
+    """
+    data = bytes(data)
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("data: not a JPEG stream (no SOI marker)")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise ValueError(f"data: no JPEG marker at byte {i}")
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # SOS: entropy-coded data up to the next marker other than a stuffed 0xFF00 or RSTn
+            start = j = i + 2 + length
+            while True:
+                j = data.find(b"\xff", j)
+                if j < 0 or j + 1 >= len(data):
+                    raise ValueError("data: a truncated JPEG stream (its scan has no end)")
+                if data[j + 1] != 0x00 and not 0xD0 <= data[j + 1] <= 0xD7:
+                    break
+                j += 2
+            if data[j:j + 2] != b"\xff\xd9" or j + 2 != len(data):
+                raise ValueError("data: not a single-scan JPEG (more follows the first scan)")
+            return j - start
+        i += 2 + length
+    raise ValueError("data: a JPEG stream without a scan")
+
+
+def png_payload_bytes(data):
+    """Bytes of a PNG's compressed image data (the IDAT chunks' contents); the signature, IHDR, IEND and each
+    chunk's length, type and CRC are the same for every image of one size and colour type."""
+    data = bytes(data)
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("data: not a PNG stream (no signature)")
+    i, payload = 8, 0
+    while i + 8 <= len(data):
+        length, kind = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+        if kind == b"IDAT":
+            payload += length
+        elif kind not in (b"IHDR", b"IEND"):
+            raise ValueError(f"data: a PNG chunk {kind!r} an image of one size would not repeat")
+        i += 12 + length
+    return payload
+
+
+_PAYLOAD = {"JPEG": jpeg_payload_bytes, "PNG": png_payload_bytes}
+
+
 def codec_rate_distortion(x, fmt, **options):
-    """Mean bytes per image and mean PSNR (dB) of images x [N, H, W, 1] saved one by one with Pillow."""
+    """Mean bytes per image and mean PSNR (dB) of images x [N, H, W, 1] saved one by one with Pillow.
+
+    `bytes_per_image` is the whole file; `payload_bytes_per_image` its image-dependent part (JPEG's scan
+    data, PNG's IDAT data), `fixed_bytes_per_image` the headers and tables every file of this codec and
+    setting repeats, which a decoder can hold as a model holds its decoder (abbreviated streams).
+    """
     from PIL import Image
 
-    sizes, decoded = [], []
+    sizes, payloads, decoded = [], [], []
     for img in _to_uint8(x)[..., 0]:
         buf = io.BytesIO()
         Image.fromarray(img, mode="L").save(buf, format=fmt, **options)
         sizes.append(buf.tell())
+        payloads.append(_PAYLOAD[fmt](buf.getvalue()))
         buf.seek(0)
         decoded.append(np.asarray(Image.open(buf), np.float32) / 255.0)
-    return {"bytes_per_image": float(np.mean(sizes)),
+    fixed = np.asarray(sizes) - np.asarray(payloads)
+    return {"bytes_per_image": float(np.mean(sizes)), "payload_bytes_per_image": float(np.mean(payloads)),
+            "fixed_bytes_per_image": float(np.mean(fixed)), "fixed_bytes_vary": bool(fixed.min() != fixed.max()),
             "psnr_db": float(np.mean(np.minimum(psnr(x, np.stack(decoded)[..., None]), 100.0)))}
 
 

@@ -96,26 +96,41 @@ def save_latent_scatters(panels, labels, path):
 
 
 def save_rate_distortion(rows, path):
-    """PSNR (dB) against bytes per image (log scale); rows carry method, bytes_per_image, psnr_db."""
+    """PSNR (dB) against bytes per image (log scale); rows carry method, bytes_per_image, psnr_db.
+
+    Codecs are drawn at their payload (`payload_bytes_per_image`, the headers and tables every file repeats left
+    to the decoder, as the models' decoders and codebooks are) and, faint, at whole-file size."""
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     jpeg = sorted((r for r in rows if r["method"].startswith("JPEG")), key=lambda r: r["bytes_per_image"])
     if jpeg:
-        ax.plot([r["bytes_per_image"] for r in jpeg], [r["psnr_db"] for r in jpeg], "o-", label="JPEG (Pillow)")
+        psnrs = [r["psnr_db"] for r in jpeg]
+        if all("payload_bytes_per_image" in r for r in jpeg):
+            line, = ax.plot([r["payload_bytes_per_image"] for r in jpeg], psnrs, "o-", label="JPEG (Pillow) payload")
+            ax.plot([r["bytes_per_image"] for r in jpeg], psnrs, "o--", color=line.get_color(), alpha=0.35,
+                    label="JPEG whole files")
+        else:
+            ax.plot([r["bytes_per_image"] for r in jpeg], psnrs, "o-", label="JPEG (Pillow)")
     for r in rows:
         if r["method"].startswith("JPEG"):
             continue
         lossless = r["method"] == "PNG"
         marker = "^" if lossless else "D" if "VQ codes" in r["method"] else "s"
-        points = ax.scatter(r["bytes_per_image"], min(r["psnr_db"], 60.0), marker=marker, s=40,
-                            label=r["method"] + (" (lossless, shown at 60 dB)" if lossless else ""))
+        psnr_shown = min(r["psnr_db"], 60.0)
+        size = r.get("payload_bytes_per_image", r["bytes_per_image"])
+        points = ax.scatter(size, psnr_shown, marker=marker, s=40,
+                            label=r["method"] + (" payload (lossless, shown at 60 dB)" if lossless else ""))
+        if "payload_bytes_per_image" in r:  # the whole file, faint
+            ax.scatter(r["bytes_per_image"], psnr_shown, marker=marker, s=40, color=points.get_facecolor()[0],
+                       alpha=0.35)
         if "entropy_coded_bytes_per_image" in r:  # the same codes entropy-coded: hollow, joined to the fixed length
             colour = points.get_facecolor()[0]
             ax.plot([r["entropy_coded_bytes_per_image"], r["bytes_per_image"]], [r["psnr_db"]] * 2, ":", color=colour)
             ax.scatter(r["entropy_coded_bytes_per_image"], r["psnr_db"], marker=marker, s=40, facecolors="none",
                        edgecolors=[colour])
     ax.set_xscale("log")
-    ax.set_xlabel("bytes per image (AE, VQ: code only; decoder shared; hollow: entropy-coded)")
+    ax.set_xlabel("bytes per image (AE, VQ: code only; codecs: payload, faint: whole file;\n"
+                  "decoders, codebooks and codec tables shared; hollow: entropy-coded)")
     ax.set_ylabel("PSNR vs original (dB)")
     ax.set_title("Rate-distortion on MNIST test images")
     ax.grid(True, which="both", alpha=0.3)
