@@ -1,0 +1,192 @@
+"""Learned image codecs as Keras models (Balle et al. 2018): an analysis transform g_a (four stride-2 5x5 convs
+with GDN) maps an image to latents y, a synthesis transform g_s (transposed convs with IGDN) maps them back.
+
+- `FactorizedPriorCodec`: y's integers are coded under one learned density per channel.
+- `ScaleHyperpriorCodec`: a hyper-analysis h_a maps |y| to hyper-latents z (coded under a factorized density),
+  from which h_s predicts the scale of a zero-mean Gaussian for every element of y (side information).
+
+Training (`model.fit` on images [B, H, W, C] in [0, 1], H and W multiples of `stride`) minimizes
+lmbda * 255^2 * MSE + bits per pixel, with additive uniform noise standing in for rounding; evaluation rounds
+(`training=False`), so its bits per pixel are what an entropy coder with these models' tables would write, up to
+the coder's overhead.
+"""
+
+import numbers
+
+from kerasae import _backend  # noqa: F401
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerasae.codec.layers import GDN, FactorizedDensity, gaussian_likelihood
+from kerasae.models.base import draw, register
+from kerasae.options import check_number, check_positive_int
+
+#: Rate-distortion weights of the quality ladder, quality 1 (fewest bytes) to 8 (CompressAI's MSE ladder,
+#: for distortion = lmbda * 255^2 * MSE on [0, 1] pixels).
+QUALITY_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+
+
+def _conv(filters, kernel, stride, name, transpose=False, activation=None):
+    cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
+    return cls(filters, kernel, strides=stride, padding="same", activation=activation, name=name)
+
+
+class ImageCodec(keras.Model):
+    """What the codecs share: the transforms, the training objective, metrics and config.
+
+    Args:
+        channels: image channels (1 or 3).
+        filters: N, the width of the transforms' hidden layers.
+        latent_channels: M, the channels of the latents y.
+        lmbda: the weight of lmbda * 255^2 * MSE against the rate in bits per pixel.
+        seed: seed of the training noise (None picks one).
+    """
+
+    metric_names = ("loss", "bpp", "mse", "psnr")
+    #: y is H/16 x W/16: images must be a multiple of this (`kerasae.codec` pads and crops).
+    stride = 16
+
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.channels, self.seed = int(channels), int(seed)
+        self.filters = check_positive_int("filters", filters)
+        self.latent_channels = check_positive_int("latent_channels", latent_channels)
+        self.lmbda = check_number("lmbda", lmbda, low=0.0, low_open=True)
+        n, m = self.filters, self.latent_channels
+        self.analysis = keras.Sequential(
+            [_conv(n, 5, 2, "ga_conv0"), GDN(name="ga_gdn0"), _conv(n, 5, 2, "ga_conv1"), GDN(name="ga_gdn1"),
+             _conv(n, 5, 2, "ga_conv2"), GDN(name="ga_gdn2"), _conv(m, 5, 2, "ga_conv3")], name="analysis")
+        self.synthesis = keras.Sequential(
+            [_conv(n, 5, 2, "gs_conv0", True), GDN(inverse=True, name="gs_igdn0"),
+             _conv(n, 5, 2, "gs_conv1", True), GDN(inverse=True, name="gs_igdn1"),
+             _conv(n, 5, 2, "gs_conv2", True), GDN(inverse=True, name="gs_igdn2"),
+             _conv(self.channels, 5, 2, "gs_conv3", True)], name="synthesis")
+        self._trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
+
+    def build(self, input_shape):
+        self.analysis.build((None, None, None, self.channels))
+        self.synthesis.build((None, None, None, self.latent_channels))
+        self.build_priors()
+        self.built = True
+
+    def build_priors(self):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "filters": self.filters,
+                "latent_channels": self.latent_channels, "lmbda": self.lmbda, "seed": self.seed}
+
+    # ---- the objective ----------------------------------------------------------------
+
+    def quantize_latents(self, v, training, step=None, stream=0):
+        """Training: v + U(-1/2, 1/2) noise (keyed by seed, step and stream); otherwise rounded to integers."""
+        if training:
+            return v + draw("uniform", tf.shape(v), None if step is None else self.seed, step, stream) - 0.5
+        return tf.round(v)
+
+    def likelihoods(self, y, training=False, step=None):
+        """(quantized y, [likelihood tensors whose -log2 sums give the bits]) of latents y."""
+        raise NotImplementedError
+
+    def compute_terms(self, x, training=False, step=None):
+        """Per-example loss, bits per pixel, MSE and PSNR of images x [B, H, W, C] in [0, 1]."""
+        x = tf.cast(x, tf.float32)
+        y = self.analysis(x, training=training)
+        y_hat, likelihoods = self.likelihoods(y, training, step)
+        x_hat = self.synthesis(y_hat, training=training)
+        pixels = tf.cast(tf.shape(x)[1] * tf.shape(x)[2], tf.float32)
+        bits = tf.add_n([tf.reduce_sum(-tf.math.log(p), axis=[1, 2, 3]) for p in likelihoods]) / np.log(2.0)
+        bpp = bits / pixels
+        mse = tf.reduce_mean(tf.square(x - x_hat), axis=[1, 2, 3])
+        clipped = tf.reduce_mean(tf.square(x - tf.clip_by_value(x_hat, 0.0, 1.0)), axis=[1, 2, 3])
+        psnr = -10.0 * tf.math.log(tf.maximum(clipped, 1e-10)) / np.log(10.0)
+        return {"loss": self.lmbda * 255.0**2 * mse + bpp, "bpp": bpp, "mse": mse, "psnr": psnr}
+
+    def call(self, x, training=False):
+        """The reconstruction of x after quantization (rounded latents unless training)."""
+        y = self.analysis(tf.cast(x, tf.float32), training=training)
+        y_hat, _ = self.likelihoods(y, training)
+        return self.synthesis(y_hat, training=training)
+
+    # ---- Keras training ------------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return list(self._trackers)
+
+    def _update(self, terms):
+        for tracker in self._trackers:
+            tracker.update_state(terms[tracker.name])
+        return {tracker.name: tracker.result() for tracker in self._trackers}
+
+    def train_step(self, data):
+        x = keras.utils.unpack_x_y_sample_weight(data)[0]
+        with tf.GradientTape() as tape:
+            terms = self.compute_terms(x, training=True, step=self.optimizer.iterations)
+            loss = tf.nn.compute_average_loss(terms["loss"])
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        return self._update(terms)
+
+    def test_step(self, data):
+        return self._update(self.compute_terms(keras.utils.unpack_x_y_sample_weight(data)[0], training=False))
+
+
+@register
+class FactorizedPriorCodec(ImageCodec):
+    """Balle et al. 2018's factorized-prior model: each latent channel coded under its own learned density."""
+
+    def build_priors(self):
+        self.prior = FactorizedDensity(name="prior")
+        self.prior.build((None, None, None, self.latent_channels))
+
+    def likelihoods(self, y, training=False, step=None):
+        y_hat = self.quantize_latents(y, training, step)
+        return y_hat, [self.prior(y_hat)]
+
+
+@register
+class ScaleHyperpriorCodec(ImageCodec):
+    """Balle et al. 2018's scale hyperprior: hyper-latents z (coded under a factorized density) carry the scale of
+    a zero-mean Gaussian for every latent. `hyper_filters`: the width of h_a and h_s."""
+
+    stride = 64  # z is H/64 x W/64
+
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, hyper_filters=None, seed=None,
+                 **kwargs):
+        super().__init__(channels=channels, filters=filters, latent_channels=latent_channels, lmbda=lmbda, seed=seed,
+                         **kwargs)
+        self.hyper_filters = check_positive_int("hyper_filters", hyper_filters or self.filters)
+        n = self.hyper_filters
+        self.hyper_analysis = keras.Sequential(
+            [_conv(n, 3, 1, "ha_conv0", activation="relu"), _conv(n, 5, 2, "ha_conv1", activation="relu"),
+             _conv(n, 5, 2, "ha_conv2")], name="hyper_analysis")
+        self.hyper_synthesis = keras.Sequential(
+            [_conv(n, 5, 2, "hs_conv0", True, "relu"), _conv(n, 5, 2, "hs_conv1", True, "relu"),
+             _conv(self.latent_channels, 3, 1, "hs_conv2", activation="relu")], name="hyper_synthesis")
+
+    def build_priors(self):
+        self.hyper_analysis.build((None, None, None, self.latent_channels))
+        self.hyper_synthesis.build((None, None, None, self.hyper_filters))
+        self.hyperprior = FactorizedDensity(name="hyperprior")
+        self.hyperprior.build((None, None, None, self.hyper_filters))
+
+    def get_config(self):
+        return {**super().get_config(), "hyper_filters": self.hyper_filters}
+
+    def scales(self, z_hat, training=False):
+        """The Gaussian scale of every latent, from the quantized hyper-latents."""
+        return self.hyper_synthesis(z_hat, training=training)
+
+    def likelihoods(self, y, training=False, step=None):
+        z = self.hyper_analysis(tf.abs(y), training=training)
+        z_hat = self.quantize_latents(z, training, step, stream=1)
+        y_hat = self.quantize_latents(y, training, step)
+        return y_hat, [gaussian_likelihood(y_hat, self.scales(z_hat, training)), self.hyperprior(z_hat)]
