@@ -189,16 +189,17 @@ def prepare(config):
     if val_size >= data.num_train:
         raise ValueError(f"validation_size {val_size} leaves no training images (have {data.num_train})")
     model = _build_model(config, data.image_shape, strategy)
-    record = {"data": recipe.data_record(image_size, color_mode, data.image_shape, getattr(model, "binary_data", False),
-                                         fitted_to, fitted_to and recipe.source_image_shape(config.dataset)),
+    binary = getattr(model, "binary_data", False)
+    record = {"data": recipe.data_record(image_size, color_mode, data.image_shape, binary, fitted_to,
+                                         fitted_to and recipe.source_image_shape(config.dataset)),
               "objective": recipe.objective(model)}
     if fitted_to:  # the conversion --init-from implied, said once
         line = recipe.describe_data(config.dataset, record["data"])
         if line:
             log(line)
-    restarted_from = (config.init_from and "kl_warmup_steps" not in config.model_kwargs
-                      and _init_warmup_steps(config.init_from))
-    log(recipe.describe_objective(record["objective"], config.init_from, restarted_from))
+    saved_warmup = (config.init_from and "kl_warmup_steps" not in config.model_kwargs
+                    and _init_warmup_steps(config.init_from))
+    log(recipe.describe_objective(record["objective"], config.init_from, saved_warmup))
     run_dir = prepare_run_dir(config)  # only now: a usage error above leaves no empty run directory behind
     return Prepared(run_dir, data, val_size, strategy, model, record)
 

@@ -35,7 +35,7 @@ def objective(model):
     return {"family": model.family, "reconstruction_loss": getattr(model, "reconstruction_loss", None)}
 
 
-def describe_objective(record, init_from=None, restarted_from=0):
+def describe_objective(record, init_from=None, saved_warmup=0):
     """One line for the log, e.g. "objective: IWAE-5 bound (k=5), beta 1, no KL warm-up"."""
     if "bound" not in record:
         return f"objective: {record['family']} reconstruction loss ({record['reconstruction_loss']})"
@@ -45,8 +45,8 @@ def describe_objective(record, init_from=None, restarted_from=0):
     text = f"objective: {bound}, beta {record['beta']:g}, {warmup}"
     if init_from:
         text += f"; continued from {init_from}"
-        if restarted_from and not record["kl_warmup_steps"]:
-            text += f" (its {restarted_from}-step warm-up is not restarted; --kl-warmup-steps N restarts one)"
+        if saved_warmup and not record["kl_warmup_steps"]:
+            text += f" (its {saved_warmup}-step warm-up is not restarted; --kl-warmup-steps N restarts one)"
         if record["k"] > 1:
             text += "; --k 1 trains the ELBO"
     return text
