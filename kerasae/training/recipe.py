@@ -62,8 +62,8 @@ def data_record(image_size, color_mode, image_shape, binarized, fitted_to=None, 
 
 
 def source_image_shape(spec):
-    """The (H, W, C) of a dataset's images as stored, where cheap to tell without opening it: MNIST, or the
-    first image files of an images:DIR folder ("mixed" in place of H, W when those differ). None otherwise."""
+    """The [H, W, C] of a dataset's images as stored, where cheap to tell without opening it: MNIST, or the
+    first image files found in an images:DIR folder (H and W None when those differ). None otherwise."""
     kind, _, arg = str(spec).partition(":")
     if spec == "mnist":
         return [28, 28, 1]
@@ -71,7 +71,7 @@ def source_image_shape(spec):
         return None
     import tensorflow as tf
 
-    files = (p for p in sorted(Path(arg).rglob("*")) if p.suffix.lower() in data_lib.IMAGE_EXTENSIONS)
+    files = (p for p in Path(arg).rglob("*") if p.suffix.lower() in data_lib.IMAGE_EXTENSIONS)  # lazily: a few
     shapes = []
     for path in itertools.islice(files, _PEEK_FILES):
         try:
@@ -82,7 +82,7 @@ def source_image_shape(spec):
     if not shapes:
         return None
     if any(s != shapes[0] for s in shapes):
-        return ["mixed", "mixed", shapes[0][2]] if all(s[2] == shapes[0][2] for s in shapes) else None
+        return [None, None, shapes[0][2]] if all(s[2] == shapes[0][2] for s in shapes) else None
     return shapes[0]
 
 
@@ -94,7 +94,7 @@ def describe_data(spec, record):
     source = record["source_image_shape"]
     parts = []
     if source is not None and source != record["image_shape"]:
-        size = "images of mixed sizes" if source[0] == "mixed" else f"{source[0]}x{source[1]}"
+        size = "images of mixed sizes" if source[0] is None else f"{source[0]}x{source[1]}"
         parts.append(f"{_CHANNELS.get(source[2], f'{source[2]}-channel')} {size} -> {target} "
                      f"to fit {record['fitted_to']}'s input")
     elif source is None:
