@@ -61,6 +61,7 @@ def test_a_fine_tuned_run_records_the_conversion_and_says_it_once(fine_tuned):
     run, folder, printed = fine_tuned
     line = f"images:{folder}: RGB 40x40 -> grayscale 28x28 to fit {ZOO_VAE}'s input, binarized (Bernoulli likelihood)"
     assert printed.count(line) == 1, printed
+    assert f"objective: ELBO (k=1), beta 1, no KL warm-up; continued from {ZOO_VAE}\n" in printed
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["image_size"] is None and config["train"]["color_mode"] is None  # what was asked
     data = config["data"]
@@ -95,6 +96,19 @@ def test_a_fine_tuned_run_evaluates_on_its_converted_images(fine_tuned):
     mse = float(((x.astype(np.float64) - model.reconstruct(x).numpy()) ** 2).mean())
     assert result["num_test"] == len(x) == 8
     assert result["vae"]["reconstruction"]["mse_per_pixel"] == pytest.approx(mse, rel=1e-4)
+
+
+def test_the_objective_line_says_what_fine_tuning_trains():
+    """A zoo VAE with k=5 trains the IWAE-5 bound, and a saved warm-up that is not restarted is named."""
+    iwae = {"family": "vae", "bound": "iwae", "k": 5, "beta": 1.0, "kl_warmup_steps": 0, "likelihood": "bernoulli"}
+    assert recipe.describe_objective(iwae, "zoo:vae-mlp") == (
+        "objective: IWAE-5 bound (k=5), beta 1, no KL warm-up; continued from zoo:vae-mlp; --k 1 trains the ELBO")
+    elbo = {**iwae, "bound": "elbo", "k": 1}
+    assert recipe.describe_objective(elbo, "zoo:vae-resnet-28", saved_warmup=4300) == (
+        "objective: ELBO (k=1), beta 1, no KL warm-up; continued from zoo:vae-resnet-28 (its 4300-step warm-up is "
+        "not restarted; --kl-warmup-steps N restarts one)")
+    assert recipe.describe_objective({**elbo, "beta": 0.5, "kl_warmup_steps": 200}) == (
+        "objective: ELBO (k=1), beta 0.5, KL warm-up over 200 steps")
 
 
 def test_runs_without_recorded_data_options_reopen_with_their_training_flags():
