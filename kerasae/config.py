@@ -1,4 +1,5 @@
-"""`TrainConfig`: everything a training run depends on, one field per `scripts/train.py` flag.
+"""`TrainConfig`: everything a training run depends on, one field per `scripts/train.py` flag; `reopen_options`:
+how a run's recorded config reopens its dataset.
 
 Importable without TensorFlow, so the CLI shows its defaults and parses before TF loads.
 """
@@ -86,3 +87,12 @@ class TrainConfig:
 
     def to_json(self):
         return dataclasses.asdict(self)
+
+
+def reopen_options(config_json):
+    """(image_size, color_mode) to reopen a run's dataset with: the recorded data options, else (runs written
+    before they were recorded) the training config's."""
+    recorded = config_json.get("data")
+    source = recorded if isinstance(recorded, dict) and "image_size" in recorded else config_json.get("train") or {}
+    image_size = source.get("image_size")
+    return (tuple(image_size) if image_size else None), source.get("color_mode")

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from kerasae import data as data_lib
 from kerasae import training as train_lib
+from kerasae.config import reopen_options
 from kerasae.files import atomic_path, load_keras_model, write_json
 from kerasae.losses import bits_per_dim
 from kerasae.models.base import check_positive_int, draw
@@ -54,11 +55,12 @@ def run_data(run_dir):
     Streamed data is decoded here: its test split (all of it, or --max-test-samples) and at most
     MAX_BASELINE_TRAIN_IMAGES training images.
     """
-    train = json.loads((Path(run_dir) / "config.json").read_text())["train"]
+    recorded = json.loads((Path(run_dir) / "config.json").read_text())
     fields = train_lib.TrainConfig.__dataclass_fields__  # a newer run's config may carry more
-    config = train_lib.TrainConfig(**{k: v for k, v in train.items() if k in fields})
-    data = data_lib.open_dataset(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                                 color_mode=config.color_mode, mode=config.data_mode,
+    config = train_lib.TrainConfig(**{k: v for k, v in recorded["train"].items() if k in fields})
+    image_size, color_mode = reopen_options(recorded)  # as training opened it (the conversion init_from implied)
+    data = data_lib.open_dataset(config.dataset, data_dir=config.data_dir, image_size=image_size,
+                                 color_mode=color_mode, mode=config.data_mode,
                                  skip_bad_images=config.skip_bad_images, log=lambda *a: None)
     data = data.take(config.max_train_samples, config.max_test_samples)
     val = config.validation_size if config.validation_size is not None else min(5000, data.num_train // 10)

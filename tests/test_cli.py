@@ -60,7 +60,7 @@ def _usage_error(argv, capsys):
     (["--batch-size", "zero"], "argument --batch-size: must be an integer >= 1"),
     (["--latent-dim", "0"], "argument --latent-dim: must be an integer >= 1"),
     (["--k", "0"], "argument --k: must be an integer >= 1"),
-    (["--init-from", "runs/x/model.keras", "--k", "5"], "--init-from takes the architecture from the saved model"),
+    (["--init-from", "runs/x/model.keras", "--latent-dim", "5"], "--init-from takes from the saved model"),
     (["--beta", "-0.5"], "argument --beta: must be >= 0"),
     (["--learning-rate", "0"], "argument --learning-rate: must be > 0"),
     (["--arch", "dae", "--noise", "masking:1.5"], "noise level must be > 0 and < 1 for masking"),

@@ -13,7 +13,9 @@ _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood
                 "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", _VAES),
                 "pseudo_inputs": ("num_pseudo_inputs", _VAES), "codebook_size": ("num_embeddings", ("vqvae",)),
                 "code_dim": ("embedding_dim", ("vqvae",)), "scale": ("gaussian_scale", _VAES),
-                "fixed_scale": ("fixed_scale", _VAES)}
+                "fixed_scale": ("fixed_scale", _VAES), "kl_warmup_steps": ("kl_warmup_steps", _VAES)}
+#: The flags that change how a model trains, not its weights' shapes: the ones --init-from takes.
+_TRAINING_FLAGS = ("k", "beta", "kl_warmup_steps", "noise")
 
 
 def build_train_parser():
@@ -49,6 +51,9 @@ def build_train_parser():
     g.add_argument("--fixed-scale", type=_float(0.0, True), help="VAE with --scale fixed: the scale (> 0)")
     g.add_argument("--beta", type=_float(0.0, False), help="VAE: weight of the KL term (>= 0)")
     g.add_argument("--k", type=_positive_int, help="VAE: importance samples (1: ELBO, >1: IWAE bound)")
+    g.add_argument("--kl-warmup-steps", type=_non_negative_int,
+                   help="VAE: ramp the KL weight from 0 to beta over N training steps (default: the preset's; with "
+                        "--init-from 0, the saved model's warm-up is not restarted)")
     g.add_argument("--prior", choices=options.PRIORS,
                    help="VAE: p(z), N(0, I) (standard) or the VampPrior (vamp: a mixture of the encoder's posteriors "
                         "of learned pseudo-inputs)")
@@ -59,7 +64,8 @@ def build_train_parser():
                    help="DAE corruption: gaussian:STD, masking:P or salt_and_pepper:P")
     g.add_argument("--init-from", metavar="MODEL.keras|zoo:NAME",
                    help="fine-tune a saved model (a .keras file, or a pretrained zoo model such as "
-                        "zoo:iwae_mlp_50d_mnist) instead of a new one")
+                        "zoo:iwae_mlp_50d_mnist) instead of a new one; of the model flags it takes only %s" %
+                        ", ".join(_flag(f) for f in _TRAINING_FLAGS))
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs)
     g.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size,
@@ -98,23 +104,29 @@ def config_from_args(parser, args):
     family = registry.get_preset(preset).family
     if args.arch and args.preset and family != args.arch:
         parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
+    given = [flag for flag in (*_MODEL_FLAGS, "noise") if getattr(args, flag) is not None]
+    if args.init_from:
+        refused = [flag for flag in given if flag not in _TRAINING_FLAGS]
+        if refused:
+            parser.error(f"{_flag(refused[0])} changes the architecture, which --init-from takes from the saved "
+                         f"model; with --init-from only the training flags {', '.join(map(_flag, _TRAINING_FLAGS))} "
+                         "apply")
     overrides = {}
     for flag, (kwarg, needs) in _MODEL_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
             continue
-        if needs and family not in needs:
+        if needs and family not in needs and not args.init_from:  # the saved model's class checks them
             parser.error(f"--{flag.replace('_', '-')} applies to {' and '.join(needs)} presets, not {preset} "
                          f"({family})")
         overrides[kwarg] = value
-    _check_scale_flags(parser, preset, overrides)
+    if not args.init_from:
+        _check_scale_flags(parser, preset, overrides)
+        _check_prior_flags(parser, preset, overrides)
     if args.noise is not None:
-        if family != "dae":
+        if family != "dae" and not args.init_from:
             parser.error(f"--noise applies to dae presets, not {preset} ({family})")
         overrides["noise_type"], overrides["noise_level"] = args.noise
-    if args.init_from and overrides:
-        parser.error("--init-from takes the architecture from the saved model; drop the model flags (to change "
-                     "training settings such as k, use kerasae.train(init_from=..., model_kwargs={...}))")
     return TrainConfig(
         preset=preset, model_kwargs=overrides, dataset=args.dataset, data_dir=args.data_dir,
         image_size=args.image_size, color_mode=args.color_mode, data_mode=args.data_mode,
@@ -125,6 +137,17 @@ def config_from_args(parser, args):
         steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, deterministic=args.deterministic,
         verbose="auto" if args.verbose is None else args.verbose)
+
+
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def _check_prior_flags(parser, preset, overrides):
+    """--pseudo-inputs acts only on the VampPrior."""
+    prior = {**registry.get_preset(preset).kwargs, **overrides}.get("prior_type", "standard")
+    if "num_pseudo_inputs" in overrides and prior != "vamp":
+        parser.error(f"--pseudo-inputs applies with --prior vamp; {preset}'s prior is {prior}")
 
 
 def _check_scale_flags(parser, preset, overrides):

@@ -14,6 +14,7 @@ from kerasae.export.core import export_model
 from kerasae.export.parity import NUM_PARITY_IMAGES
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
 from kerasae import files
+from kerasae.config import reopen_options
 from kerasae.options import SIGNATURES, VARIANTS, check_variants
 
 #: Training images an int8 file is calibrated on (export_run's default).
@@ -63,7 +64,8 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
         metrics = json.loads((run_dir / "metrics.json").read_text())  # measured on model.keras, not best.keras
     model = files.load_keras_model(model_path)  # CRC-checked, safe_mode=True; ModelFileError (a ValueError) if bad
     shape = tuple(model.image_shape)
-    binary = bool(getattr(model, "binary_data", False))
+    recorded = config.get("data") if isinstance(config.get("data"), dict) else {}
+    binary = bool(recorded.get("binarized", getattr(model, "binary_data", False)))  # what the run tested on
     train_cfg = config.get("train") or {}
 
     variants = check_variants(tflite)
@@ -71,10 +73,9 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
         representative_data = load_images_npz(representative_data)
     data = None
     if variants and train_cfg.get("dataset"):
-        image_size = train_cfg.get("image_size")
+        image_size, color_mode = reopen_options(config)  # as training opened it (the conversion init_from implied)
         data = data_lib.load_dataset(train_cfg["dataset"], data_dir=train_cfg.get("data_dir"),
-                                     image_size=tuple(image_size) if image_size else None,
-                                     color_mode=train_cfg.get("color_mode"),
+                                     image_size=image_size, color_mode=color_mode,
                                      skip_bad_images=train_cfg.get("skip_bad_images", False),
                                      max_train_samples=max(num_representative, NUM_FP16_CALIBRATION_IMAGES),
                                      max_test_samples=NUM_PARITY_IMAGES)

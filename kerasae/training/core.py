@@ -28,6 +28,7 @@ from kerasae.files import library_versions, load_keras_model, write_json
 from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, DivergenceGuard,
                                         EpochProgbarLogger, EpochTimer, ImageSummaries)
 from kerasae.training.figures import save_figures
+from kerasae.training import recipe
 from kerasae.training.multiworker import loop_evaluate, loop_fit
 from kerasae.training.run_dir import (backup_epoch, check_run_dir, prepare_run_dir, read_history, save_model_atomic,
                                       trim_history)
@@ -46,6 +47,7 @@ class Prepared(NamedTuple):
     val_size: int
     strategy: tf.distribute.Strategy
     model: keras.Model
+    record: dict | None = None  # config.json's "data" and "objective" (see kerasae.training.recipe)
 
 
 @dataclasses.dataclass
@@ -80,21 +82,32 @@ def _load_init_model(init_from):
     return load_keras_model(init_from)
 
 
+def _init_config(init_from):
+    """The config of the model `init_from` names (zoo manifest or the .keras file's config.json), or None where
+    it does not read: nothing is built, and loading the model says what is wrong."""
+    try:
+        if str(init_from).startswith(ZOO_PREFIX):
+            from kerasae import export, zoo  # above training; only this option reaches up to them
+
+            return export.model_record(zoo.version_dir(*zoo.parse_spec(init_from)))["config"]
+        with zipfile.ZipFile(Path(init_from)) as archive:
+            return json.loads(archive.read("config.json"))["config"]
+    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
+        return None
+
+
 def _init_image_shape(init_from):
     """The image shape (H, W, C) the model `init_from` names takes, read from its config: nothing is built."""
-    if str(init_from).startswith(ZOO_PREFIX):
-        from kerasae import zoo
-
-        try:
-            return zoo.image_shape(init_from)
-        except (OSError, KeyError, ValueError, TypeError):
-            return None  # loading the model says what is wrong with the entry
-    path = Path(init_from)
     try:
-        with zipfile.ZipFile(path) as archive:
-            return tuple(json.loads(archive.read("config.json"))["config"]["image_shape"])
-    except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile):
-        return None  # loading the model says what is wrong with the file
+        return tuple(_init_config(init_from)["image_shape"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _init_warmup_steps(init_from):
+    """The KL warm-up steps the model `init_from` names was configured with (0 if none or unknown)."""
+    config = _init_config(init_from)
+    return int(config.get("kl_warmup_steps") or 0) if isinstance(config, dict) else 0
 
 
 def _make_model(config, image_shape, strategy):
@@ -104,9 +117,10 @@ def _make_model(config, image_shape, strategy):
             if tuple(model.image_shape) != tuple(image_shape):
                 raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
                                  f"but the dataset has {tuple(image_shape)}")
-            if config.model_kwargs:  # training settings only (e.g. num_importance_samples)
+            overrides = recipe.training_overrides(model, config.model_kwargs)  # training settings only
+            if overrides:
                 try:
-                    model = model.clone(**config.model_kwargs)
+                    model = model.clone(**overrides)
                 except ValueError as err:
                     raise ValueError(f"init_from {config.init_from}: model_kwargs {err}") from None
         else:
@@ -158,11 +172,12 @@ def prepare(config):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     check_run_dir(config)  # a run of another config there: refused before the data loads
-    image_size, color_mode = config.image_size, config.color_mode
+    image_size, color_mode, fitted_to = config.image_size, config.color_mode, None
     if config.init_from and image_size is None and color_mode is None:  # fit the data to the model's input
         shape = _init_image_shape(config.init_from)
         if shape is not None:
             image_size, color_mode = shape[:2], "grayscale" if shape[2] == 1 else "rgb"
+            fitted_to = config.init_from
     log = print if config.verbose != 0 else (lambda *args: None)
     data = data_lib.open_dataset(config.dataset, data_dir=config.data_dir, image_size=image_size,
                                  color_mode=color_mode, mode=config.data_mode,
@@ -174,8 +189,19 @@ def prepare(config):
     if val_size >= data.num_train:
         raise ValueError(f"validation_size {val_size} leaves no training images (have {data.num_train})")
     model = _build_model(config, data.image_shape, strategy)
+    binary = getattr(model, "binary_data", False)
+    record = {"data": recipe.data_record(image_size, color_mode, data.image_shape, binary, fitted_to,
+                                         fitted_to and recipe.source_image_shape(config.dataset)),
+              "objective": recipe.objective(model)}
+    if fitted_to:  # the conversion --init-from implied, said once
+        line = recipe.describe_data(config.dataset, record["data"])
+        if line:
+            log(line)
+    saved_warmup = (config.init_from and "kl_warmup_steps" not in config.model_kwargs
+                    and _init_warmup_steps(config.init_from))
+    log(recipe.describe_objective(record["objective"], config.init_from, saved_warmup))
     run_dir = prepare_run_dir(config)  # only now: a usage error above leaves no empty run directory behind
-    return Prepared(run_dir, data, val_size, strategy, model)
+    return Prepared(run_dir, data, val_size, strategy, model, record)
 
 
 def train(config=None, **kwargs):
@@ -184,8 +210,9 @@ def train(config=None, **kwargs):
     return fit(config, *prepare(config))
 
 
-def fit(config, run_dir, data, val_size, strategy, model):
-    """The training half of `train`: fit, evaluate on the test split, write every output."""
+def fit(config, run_dir, data, val_size, strategy, model, record=None):
+    """The training half of `train`: fit, evaluate on the test split, write every output. `record`: what
+    `prepare` found (the data options in effect, the objective) for config.json."""
     start = time.time()
     x_train, x_val, x_test, y_test = data.split_validation(val_size)
     binary = getattr(model, "binary_data", False)
@@ -216,7 +243,7 @@ def fit(config, run_dir, data, val_size, strategy, model):
     if chief:
         config_json = {"train": config.to_json(), "preset": None if config.init_from else config.preset,
                        "model": {"class": type(model).__name__, "config": model.get_config()},
-                       "versions": library_versions()}
+                       **(record or {"objective": recipe.objective(model)}), "versions": library_versions()}
         write_json(run_dir / "config.json", config_json)
     backup_dir, history_path = run_dir / "backup", run_dir / "history.csv"
     resumed_from = backup_epoch(backup_dir)
