@@ -156,7 +156,7 @@ def test_training_flags_reach_a_fine_tuned_model():
     model = train_lib._make_model(config, (28, 28, 1), tf.distribute.get_strategy())
     assert (model.num_importance_samples, model.beta, model.latent_dim) == (3, 0.5, 2)
     assert recipe.objective(model)["bound"] == "iwae"
-    dae = _config(["--init-from", "zoo:dae_mlp_64d_mnist", "--noise", "masking:0.3"])  # a DAE's corruption is training only
+    dae = _config(["--init-from", "zoo:dae_mlp_64d_mnist", "--noise", "masking:0.3"])  # a DAE's corruption: training
     model = train_lib._make_model(dae, (28, 28, 1), tf.distribute.get_strategy())
     assert (model.noise_type, model.noise_level) == ("masking", 0.3)
 
