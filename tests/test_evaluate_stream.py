@@ -196,3 +196,26 @@ def test_evaluate_run_never_loads_a_streamed_test_split(folder, tmp_path, monkey
         assert result["vae"][key] == pytest.approx(want[key], rel=RTOL), key
     assert result["prior_match"] == pytest.approx(ev.mmd_to_prior(ev.codes(model, data.x_test)), rel=RTOL)
     assert ev.evaluate_run(out, k=4, max_test_samples=10, progress=False)["vae"]["num_images"] == 10
+
+
+@pytest.mark.slow
+def test_evaluate_memory_benchmark_quick(tmp_path):
+    """benchmarks/evaluate_memory.py --quick: evaluates one run on two streamed test splits in child processes
+    and records their peak RSS, the machine's lscpu model and flags, and the ratio against the target."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "evaluate_memory.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "evaluate_memory.py"), "--quick", "--out", out,
+                           "--cache-dir", tmp_path / "cache"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] and result["lscpu"]["flags"] is not None
+    runs = result["runs"]
+    assert [r["test_images"] for r in runs] == [r["streamed"]["num_test"] for r in runs] == [100, 300]
+    small, large = (r["streamed"]["peak_rss_bytes"] for r in runs)
+    assert small > 50e6 and large > 50e6
+    assert result["ratio_largest_to_smallest"] == pytest.approx(large / small, rel=1e-3)
+    assert result["met"] == (large <= 1.25 * small)
