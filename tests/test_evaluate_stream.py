@@ -198,6 +198,18 @@ def test_evaluate_run_never_loads_a_streamed_test_split(folder, tmp_path, monkey
     assert ev.evaluate_run(out, k=4, max_test_samples=10, progress=False)["vae"]["num_images"] == 10
 
 
+@pytest.mark.parametrize("args", [["--sizes", "100,x"], ["--k", "0"]])
+def test_evaluate_memory_benchmark_bad_arguments(args):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "evaluate_memory.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "usage:" in proc.stderr and "error:" in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_evaluate_memory_benchmark_quick(tmp_path):
     """benchmarks/evaluate_memory.py --quick: evaluates one run on two streamed test splits in child processes
