@@ -69,7 +69,7 @@ def run_data(run_dir, stream_test=False):
     x_train = data.split_validation(val)[0]
     if data.streamed:
         x_train = x_train.head(MAX_BASELINE_TRAIN_IMAGES).to_arrays()[0]
-        data = data.take(1) if stream_test else data.take(1).to_memory()  # the test split whole; one training image
+        data = data.take(1) if stream_test else data.take(1).to_memory()  # one training image; test split whole
     return data, x_train
 
 
