@@ -27,6 +27,9 @@ from kerasae.files import atomic_path, load_keras_model, write_json
 from kerasae.losses import bits_per_dim
 from kerasae.models.base import check_positive_int, draw
 from kerasae.models.dae import apply_noise
+from kerasae.running import (RunningMoments, TestImages, _reconstruction_result,  # noqa: F401 (re-exported)
+                             _reconstruction_sums, as_test_images, psnr, reconstruction_metrics,
+                             reconstruction_metrics_of)
 
 #: Per run directory: VAE evaluations already done (see evaluate_vae's `cache`).
 EVALUATION_CACHE = "evaluation-cache.json"
@@ -49,11 +52,12 @@ def load_model(run_dir):
 MAX_BASELINE_TRAIN_IMAGES = 20_000
 
 
-def run_data(run_dir):
+def run_data(run_dir, stream_test=False):
     """The run's dataset (same slice as in training): (ImageData, training images without validation).
 
     Streamed data is decoded here: its test split (all of it, or --max-test-samples) and at most
-    MAX_BASELINE_TRAIN_IMAGES training images.
+    MAX_BASELINE_TRAIN_IMAGES training images; with `stream_test` its test split stays streamed (a
+    `StreamedData` whose test split `TestImages` reads a batch at a time).
     """
     recorded = json.loads((Path(run_dir) / "config.json").read_text())
     fields = train_lib.TrainConfig.__dataclass_fields__  # a newer run's config may carry more
@@ -67,7 +71,7 @@ def run_data(run_dir):
     x_train = data.split_validation(val)[0]
     if data.streamed:
         x_train = x_train.head(MAX_BASELINE_TRAIN_IMAGES).to_arrays()[0]
-        data = data.take(1).to_memory()  # the test split whole; one training image
+        data = data.take(1) if stream_test else data.take(1).to_memory()  # one training image; test split whole
     return data, x_train
 
 
@@ -81,22 +85,6 @@ def _map(fn, x, batch_size=1000, labels=None):
     if labels is None:
         return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
     return np.concatenate([np.asarray(fn(b, labels[i:i + len(b)])) for i, b in _batches(x, batch_size)])
-
-
-def psnr(x, x_hat):
-    """Per-image PSNR in dB (peak 1.0); inf where an image is reproduced exactly."""
-    x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
-    mse = ((x - x_hat) ** 2).reshape(len(x), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(1.0 / mse)
-
-
-def reconstruction_metrics(x, x_hat):
-    """MSE per pixel, binary cross-entropy per image (nats; targets = x) and mean PSNR."""
-    x, x_hat = np.asarray(x, np.float64), np.clip(np.asarray(x_hat, np.float64), 1e-7, 1 - 1e-7)
-    bce = -(x * np.log(x_hat) + (1 - x) * np.log1p(-x_hat)).reshape(len(x), -1).sum(axis=1)
-    return {"mse_per_pixel": float(((x - x_hat) ** 2).mean()), "bce_per_image": float(bce.mean()),
-            "psnr_db": float(np.mean(psnr(x, x_hat)))}
 
 
 def codes(model, x, batch_size=1000, labels=None):
@@ -156,35 +144,41 @@ def importance_weighted_nll(model, x, k=5000, batch_size=None, samples_per_chunk
     (`checkpointed_seconds`), a call with the same path resumes after them (the draws are keyed by
     batch, so the result is an uninterrupted call's), and the file is removed at the end. The caller
     keys the path to the model, images, k and seed.
-    A conditional model takes the images' `labels`.
+    A conditional model takes the images' `labels`. `x` may be `TestImages` (a streamed split, read a batch
+    at a time; its labels its own).
     """
     k = check_positive_int("k", k)
-    x = model.check_images(x).numpy()
-    if model.conditional:
-        labels = model.check_labels(labels, like=x).numpy()
+    if not isinstance(x, TestImages):  # checked whole before any work; TestImages a batch at a time
+        x = model.check_images(x).numpy()
+        if model.conditional:
+            labels = model.check_labels(labels, like=x).numpy()
+    images = as_test_images(x, labels)
     log_weights = _log_weights_fn(model)
     default_batch, default_chunk = evaluation_batches(model, k)
     batch_size = batch_size or default_batch
     chunk = min(k, samples_per_chunk or default_chunk)
-    nll, elbo = np.empty(len(x)), np.empty(len(x))
+    nll, elbo = np.empty(len(images)), np.empty(len(images))
     done, earlier_s = 0, checkpointed_seconds(checkpoint)
     if checkpoint is not None and Path(checkpoint).exists():
         with np.load(checkpoint) as saved:
             done = int(saved["done"])
             nll[:done], elbo[:done] = saved["nll"][:done], saved["elbo"][:done]
     started = saved_at = time.time()
-    bar = keras.utils.Progbar(len(x), unit_name="image") if progress else None
+    bar = keras.utils.Progbar(len(images), unit_name="image") if progress else None
     if bar is not None and done:
         bar.add(done)
-    for b, (start, xb) in enumerate(_batches(x, batch_size)):
-        if start + len(xb) <= done:  # finished (a batch the checkpoint only partly covers is redone)
-            continue
+    first = done // batch_size * batch_size  # finished batches are not read again (a partly covered one is redone)
+    for start, xb, yb in images.batches(batch_size, first):
+        b = start // batch_size  # the draws' key: the batch's index in the whole split
+        if images.streamed:
+            xb = model.check_images(xb).numpy()
+            if model.conditional:
+                yb = model.check_labels(yb, like=xb).numpy()
         parts = []
         for c, lo in enumerate(range(0, k, chunk)):
             s = min(chunk, k - lo)
             eps = tf.random.stateless_normal([s, len(xb), model.latent_dim], seed=[seed, b * 100003 + c])
-            inputs = (tf.constant(xb) if labels is None
-                      else (tf.constant(xb), tf.constant(labels[start:start + len(xb)])))
+            inputs = tf.constant(xb) if yb is None else (tf.constant(xb), tf.constant(yb))
             parts.append(log_weights(inputs, eps).numpy().astype(np.float64))
         lw = np.concatenate(parts)  # [k, B]
         top = lw.max(axis=0)
@@ -212,23 +206,25 @@ def checkpointed_seconds(checkpoint):
 
 def posterior_statistics(model, x, batch_size=1000, labels=None):
     """Active units and KL(q || p), averaged over x (nats): per latent dimension where p is N(0, I) (it then splits
-    by dimension), else the model's own `kl_divergence` (a VampPrior's approximated, a two-layer VAE's at z2's mean)."""
-    means, log_vars, kls = [], [], []
-    for i, xb in _batches(x, batch_size):
-        m, lv = model.encode(xb) if labels is None else model.encode(xb, labels[i:i + len(xb)])
-        means.append(m.numpy())
-        log_vars.append(lv.numpy())
-        kls.append(model.kl_divergence(m, lv).numpy())
-    mean, log_var = np.concatenate(means).astype(np.float64), np.concatenate(log_vars).astype(np.float64)
-    activity = mean.var(axis=0)
-    per_dim = None
-    if model.prior_type == "standard" and not hasattr(model, "latent_dims"):
-        per_dim = (0.5 * (mean**2 + np.exp(log_var) - 1.0 - log_var)).mean(axis=0).round(5).tolist()
-    return {"active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
+    by dimension), else the model's own `kl_divergence` (a VampPrior's approximated, a two-layer VAE's at z2's mean).
+
+    A batch at a time (x an array or `TestImages`): the activity, the variance of the posterior mean over x,
+    by `RunningMoments`; the KLs as float64 sums."""
+    activity, kl_sum, per_dim_sum = RunningMoments(), 0.0, 0.0
+    per_dim = model.prior_type == "standard" and not hasattr(model, "latent_dims")
+    for _, xb, yb in as_test_images(x, labels).batches(batch_size):
+        m, lv = model.encode(xb) if yb is None else model.encode(xb, yb)
+        kl_sum += float(model.kl_divergence(m, lv).numpy().astype(np.float64).sum())
+        mean, log_var = m.numpy().astype(np.float64), lv.numpy().astype(np.float64)
+        activity.add(mean)
+        if per_dim:
+            per_dim_sum = per_dim_sum + (0.5 * (mean**2 + np.exp(log_var) - 1.0 - log_var)).sum(axis=0)
+    variance = activity.variance
+    return {"active_units": int((variance > ACTIVE_UNIT_THRESHOLD).sum()),
             "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-            "activity_per_dim": activity.round(5).tolist(),
-            "kl_per_dim": per_dim,
-            "kl": float(np.concatenate(kls).astype(np.float64).mean())}
+            "activity_per_dim": variance.round(5).tolist(),
+            "kl_per_dim": (per_dim_sum / activity.count).round(5).tolist() if per_dim else None,
+            "kl": kl_sum / activity.count}
 
 
 def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, checkpoint=None, labels=None):
@@ -241,13 +237,11 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
     k and seed, so a long evaluation (k=5000 on 10,000 images takes a quarter of an hour
     on 2 CPU cores) is not redone by `scripts/evaluate.py` or a rerun of reproduce; an
     interrupted one resumes from a checkpoint next to it (`importance_weighted_nll`). A conditional model takes
-    the images' `labels`.
+    the images' `labels`. `x_test` may be `TestImages` (a streamed split): every number is then computed a
+    batch at a time, and equals the in-memory evaluation's of the same images.
     """
     if cache is not None:
-        x = np.ascontiguousarray(np.asarray(x_test, np.float32))
-        given = b"" if labels is None else np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes()
-        key = hashlib.sha256(f"{train_lib.weights_digest(model)}|{k}|{seed}|{x.shape}".encode()
-                             + x.tobytes() + given).hexdigest()
+        key = _cache_key(model, k, seed, x_test, labels)
         cache = Path(cache)
         try:
             entries = json.loads(cache.read_text())
@@ -261,7 +255,10 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
         write_json(cache, entries)
         return result
     start = time.time() - checkpointed_seconds(checkpoint)  # an interrupted evaluation's time counts too
-    x = train_lib.evaluation_images(model, x_test)
+    if isinstance(x_test, TestImages):
+        x = x_test.binarized() if getattr(model, "binary_data", False) else x_test
+    else:
+        x = train_lib.evaluation_images(model, x_test)
     nll, elbo = importance_weighted_nll(model, x, k=k, seed=seed, progress=progress, checkpoint=checkpoint,
                                         labels=labels)
     bits = {}
@@ -271,14 +268,34 @@ def evaluate_vae(model, x_test, k=5000, progress=True, seed=0, cache=None, check
     return {"nll": float(nll.mean()), "nll_stderr": float(nll.std(ddof=1) / math.sqrt(len(nll))) if len(nll) > 1
             else None, "elbo": float(elbo.mean()), **bits, "k": k, "num_images": len(x),
             **posterior_statistics(model, x, labels=labels),
-            "reconstruction": reconstruction_metrics(x, reconstruct(model, x, labels=labels)),
+            "reconstruction": reconstruction_metrics_of(model, x, labels=labels),
             "evaluation_time_s": round(time.time() - start, 1)}
+
+
+def _cache_key(model, k, seed, x_test, labels):
+    """evaluate_vae's cache key: sha256 of the weights' digest, k, seed, the images' shape, their float32 bytes
+    and the labels' int64 bytes; TestImages hashed a batch at a time to the same key as the array."""
+    head = lambda shape: f"{train_lib.weights_digest(model)}|{k}|{seed}|{tuple(shape)}".encode()  # noqa: E731
+    if not isinstance(x_test, TestImages):
+        x = np.ascontiguousarray(np.asarray(x_test, np.float32))
+        given = b"" if labels is None else np.ascontiguousarray(np.asarray(labels, np.int64)).tobytes()
+        return hashlib.sha256(head(x.shape) + x.tobytes() + given).hexdigest()
+    digest, given = hashlib.sha256(head(x_test.shape)), []
+    for _, xb, yb in x_test.batches(1000):
+        digest.update(np.ascontiguousarray(xb, np.float32).tobytes())
+        if yb is not None:
+            given.append(np.asarray(yb, np.int64))
+    if given:
+        digest.update(np.ascontiguousarray(np.concatenate(given)).tobytes())
+    return digest.hexdigest()
 
 
 # ---- AEs, DAEs and PCA --------------------------------------------------------------------------
 
 def evaluate_autoencoder(model, x_test):
-    """Reconstruction MSE, binary cross-entropy and PSNR of the (clean) test images."""
+    """Reconstruction MSE, binary cross-entropy and PSNR of the (clean) test images (an array or `TestImages`)."""
+    if isinstance(x_test, TestImages):
+        return reconstruction_metrics_of(model, x_test)
     return reconstruction_metrics(x_test, reconstruct(model, x_test))
 
 
@@ -308,11 +325,21 @@ def evaluate_denoising(model, x_test, noises=DENOISING_NOISES, seed=0):
 
 
 def pca_baseline(x_train, x_test, n_components, seed=0):
-    """PCA with n_components fitted on x_train: test reconstruction metrics and the codes of both splits."""
+    """PCA with n_components fitted on x_train: test reconstruction metrics and the codes of both splits (of
+    TestImages, metrics summed a batch at a time and no test codes: None)."""
     from sklearn.decomposition import PCA
 
-    flat_train, flat_test = x_train.reshape(len(x_train), -1), x_test.reshape(len(x_test), -1)
+    flat_train = x_train.reshape(len(x_train), -1)
     pca = PCA(n_components=n_components, random_state=seed).fit(flat_train)
+    if isinstance(x_test, TestImages):
+        sums = None
+        for _, xb, _ in x_test.batches(1000):
+            x_hat = pca.inverse_transform(pca.transform(xb.reshape(len(xb), -1)))
+            sums = _reconstruction_sums(xb, np.clip(x_hat, 0.0, 1.0).reshape(xb.shape), sums)
+        explained = float(pca.explained_variance_ratio_.sum())
+        return ({"metrics": _reconstruction_result(sums), "explained_variance": explained},
+                pca.transform(flat_train), None)
+    flat_test = x_test.reshape(len(x_test), -1)
     z_test = pca.transform(flat_test)
     x_hat = np.clip(pca.inverse_transform(z_test), 0.0, 1.0).reshape(x_test.shape)
     return {"metrics": reconstruction_metrics(x_test, x_hat),
@@ -342,6 +369,25 @@ def mmd_to_prior(z, num=2000, seed=0):
     z = np.asarray(z, np.float64)
     if len(z) > num:
         z = z[rng.choice(len(z), num, replace=False)]
+    return _mmd_statistics(z, rng)
+
+
+def prior_match(model, images, num=2000, seed=0, batch_size=1000):
+    """mmd_to_prior(codes(model, images), num, seed) for `TestImages`, a batch at a time: only the `num` codes the
+    statistic samples are kept (the same ones, drawn by the same generator)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), num, replace=False) if len(images) > num else np.arange(len(images))
+    z = None
+    for start, xb, yb in images.batches(batch_size):
+        inside = (pick >= start) & (pick < start + len(xb))
+        if inside.any():
+            zb = codes(model, xb, batch_size, labels=yb)
+            z = np.empty((len(pick), zb.shape[-1])) if z is None else z
+            z[inside] = zb[pick[inside] - start]
+    return _mmd_statistics(z, rng)
+
+
+def _mmd_statistics(z, rng):
     n, d = z.shape
 
     def mmd(a, b):
@@ -365,14 +411,18 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
     """Every metric that applies to the run's model, on its test split; also written to RUN_DIR/evaluation.json."""
     run_dir = Path(run_dir)
     model = load_model(run_dir)
-    data, x_train = run_data(run_dir)
-    x_test = data.x_test[:max_test_samples]
+    data, x_train = run_data(run_dir, stream_test=True)
     labels = None
-    if model.conditional:
-        if data.y_test is None:
-            raise ValueError(f"{run_dir}: a conditional model is evaluated on labelled test images; its dataset's "
-                             "test split has no labels")
-        labels = data.y_test[:len(x_test)]
+    if model.conditional and (not data.test.has_labels if data.streamed else data.y_test is None):
+        raise ValueError(f"{run_dir}: a conditional model is evaluated on labelled test images; its dataset's "
+                         "test split has no labels")
+    if data.streamed:  # read a batch at a time (a DAE's noise and a VQ-VAE's codes: the whole split in memory)
+        x_test = TestImages(data.test.head(max_test_samples), labels=model.conditional)
+        if model.family in ("dae", "vqvae"):
+            x_test = x_test.to_array()[0]
+    else:
+        x_test = data.x_test[:max_test_samples]
+        labels = data.y_test[:len(x_test)] if model.conditional else None
     result = {"model": type(model).__name__, "family": model.family, "num_test": len(x_test)}
     if model.family in ("vae", "cvae"):
         result["vae"] = evaluate_vae(model, x_test, k=k, progress=progress, cache=run_dir / EVALUATION_CACHE,
@@ -390,6 +440,7 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
         result["pca_same_code_size"] = pca
     if model.family == "dae":
         result["denoising"] = evaluate_denoising(model, x_test)
-    result["prior_match"] = mmd_to_prior(codes(model, x_test, labels=labels))
+    result["prior_match"] = (prior_match(model, x_test) if isinstance(x_test, TestImages)
+                             else mmd_to_prior(codes(model, x_test, labels=labels)))
     write_json(run_dir / "evaluation.json", result)
     return result
