@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.data.arrays import DataError, as_labels
+from kerasae.data.labels import StreamLabels, check_in_graph
 from kerasae.data.streams import Split
 
 _BINARIZE_LEVELS = 2**16
@@ -20,7 +21,9 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     """Float32 batches [B, H, W, C] of `x`, a numpy array or a streamed `Split`.
 
     Autoencoders need no labels; conditional models do: `labels` (an int array [N] for arrays, True
-    for a `Split`, which carries its own) makes every element (images, int32 labels [B]).
+    for a `Split`, which carries its own) makes every element (images, int32 labels [B]). For a `Split`,
+    a `StreamLabels(num_classes, split)` instead of True also checks every label in the graph: one
+    outside [0, num_classes) stops the stream with an error naming the split, the value and the file.
 
     `shuffle` reshuffles every epoch (reproducibly given `seed`). `binarize` draws fresh Bernoulli
     pixels per batch every epoch (dynamic binarization regularizes Bernoulli VAEs); the per-batch
@@ -39,11 +42,12 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
         raise ValueError(f"worker_index must be in [0, num_workers) and batch_size ({batch_size}) at least "
                          f"num_workers ({num_workers}), got worker_index {worker_index}")
     if isinstance(x, Split):
-        if labels is not None and (labels is not True or not x.has_labels):
+        streamed_labels = labels is True or isinstance(labels, StreamLabels)
+        if labels is not None and (not streamed_labels or not x.has_labels):
             raise DataError("labels: a streamed split yields its own labels (labels=True), and this one has none"
-                            if labels is True else f"labels: pass True for a streamed split, got {type(labels)}")
+                            if streamed_labels else f"labels: pass True for a streamed split, got {type(labels)}")
         ds = _split_batches(x, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize,
-                            labels is not None)
+                            labels)
     else:
         x = np.asarray(x, np.float32)
         if labels is not None:
@@ -96,6 +100,7 @@ def _array_batches(images, batch_size, shuffle, seed, repeat, binarize, labels=N
 
 
 def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize, with_labels):
+    """Batches of a streamed split; `with_labels`: None, True or a StreamLabels (labels checked in the graph)."""
     if split.count < num_workers:
         raise ValueError(f"{split.count} images cannot be shared by {num_workers} workers")
     items = split.encoded()
@@ -124,8 +129,11 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
         ds = ds.map(lambda item, label: (item[worker_index::num_workers], label[worker_index::num_workers]))
     decode, shape = split.decode_fn(), split.image_shape
     scale = float(_BINARIZE_LEVELS) if binarize else 1.0
+    check = with_labels if isinstance(with_labels, StreamLabels) else None
 
     def decode_batch(item, label):
+        if check is not None:
+            label = check_in_graph(label, item, check, split.paths is not None)
         images = tf.map_fn(decode, item, fn_output_signature=tf.TensorSpec(shape, tf.float32))
         images = images * scale if binarize else images
         return (images, tf.cast(label, tf.int32)) if with_labels else images
