@@ -5,6 +5,7 @@ Expectations come from the files the tests write (class folders, records with kn
 the code under test.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -124,3 +125,70 @@ def test_a_label_past_the_recorded_class_count_stops_training_in_one_line(tmp_pa
         kerasae.train(config)
     assert "train split: labels must be in [0, num_classes=2), found 2" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+# ---- 2. test splits in a seeded random order ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["stream", "memory"])
+def test_max_test_samples_20_of_a_class_foldered_test_split_holds_at_least_5_classes(tmp_path, mode):
+    """What evaluate reads (run_data): 10 classes x 10 test images; sorted by class, the first 20 would be 2."""
+    from kerasae import evaluate
+
+    root = class_folder(tmp_path / "ten", 10, (2, 10))
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig(preset="vae-mlp", dataset=f"images:{root}", data_mode=mode, max_test_samples=20,
+                         validation_size=2)
+    (run / "config.json").write_text(json.dumps({"train": config.to_json()}))
+    data, _ = evaluate.run_data(run)
+    assert len(data.y_test) == 20
+    assert len(set(data.y_test.tolist())) >= 5
+    # each label is its image's class (the pixel value is 10 * class + i)
+    assert (np.floor(data.x_test[:, 0, 0, 0] * 255 / 10 + 1e-3).astype(int) == data.y_test).all()
+    again, _ = evaluate.run_data(run)  # seeded: the same order every time
+    np.testing.assert_array_equal(again.x_test, data.x_test)
+
+
+# ---- 4. record splits skip whole shards and parse only what they read ------------------------------------------
+
+def _raw_values(paths):
+    """The pixel value of every record of `paths`, in file order, read with protobuf and PIL alone."""
+    import io
+
+    values = []
+    for path in paths:
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            image = tf.train.Example.FromString(record).features.feature["image"].bytes_list.value[0]
+            values.append(int(np.asarray(Image.open(io.BytesIO(image)))[0, 0]))
+    return values
+
+
+def test_a_record_split_that_starts_late_opens_no_earlier_shard_and_parses_only_its_records(tmp_path):
+    x = (np.arange(60, dtype=np.float32) * 4 / 255).reshape(60, 1, 1, 1) * np.ones((1, 8, 8, 1), np.float32)
+    source = data_lib.ImageData("sixty", x[:50], None, x[50:], None)
+    out = tmp_path / "shards"
+    data_lib.write_tfrecords(source, out, shard_bytes=400, log=lambda *a: None)  # a few records per shard
+    shards = sorted(out.glob("train-*.tfrecord"))
+    assert len(shards) >= 5
+    values = _raw_values(shards)  # the records in the order the split streams them
+    opened = open_dataset(f"tfrecord:{out}", mode="stream")
+    train, val, _, _ = opened.split_validation(12)  # validation: the last 12 training records
+    assert [split.count for split in (train, val)] == [38, 12]
+
+    first_val_shard = np.searchsorted(np.cumsum([sum(1 for _ in tf.data.TFRecordDataset(str(s))) for s in shards]),
+                                      38, side="right")
+    assert first_val_shard >= 1
+    for shard in shards[:first_val_shard]:  # the shards before the validation split: never opened
+        shard.unlink()
+    x_val, _ = val.to_arrays()
+    assert np.rint(x_val[:, 0, 0, 0] * 255).astype(int).tolist() == values[38:]
+
+    parsed = []
+
+    def counting(record):
+        seen = tf.numpy_function(lambda: (parsed.append(1), np.int64(0))[1], [], tf.int64)  # once per record
+        with tf.control_dependencies([seen]):
+            return tuple(tf.identity(t) for t in val.parse(record))
+
+    list(dataclasses.replace(val, parse=counting).encoded().as_numpy_iterator())
+    assert len(parsed) == 12  # the validation split's records, none of the 38 before them
