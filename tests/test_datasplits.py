@@ -192,3 +192,41 @@ def test_a_record_split_that_starts_late_opens_no_earlier_shard_and_parses_only_
 
     list(dataclasses.replace(val, parse=counting).encoded().as_numpy_iterator())
     assert len(parsed) == 12  # the validation split's records, none of the 38 before them
+
+
+# ---- 6. workers read only their own shards ---------------------------------------------------------------------
+
+def _counting(split):
+    """`split` with a parse that records the pixel value of every record it parses."""
+    parsed = []
+
+    def parse(record):
+        image, label = split.parse(record)
+        value = tf.cast(tf.io.decode_png(image)[0, 0, 0], tf.int64)
+        seen = tf.numpy_function(lambda v: (parsed.append(int(v)), np.int64(0))[1], [value], tf.int64)
+        with tf.control_dependencies([seen]):
+            return tf.identity(image), tf.identity(label)
+
+    return dataclasses.replace(split, parse=parse), parsed
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_each_worker_reads_only_its_own_shards(tmp_path, repeat):
+    """4 train shards of 6 records (values 4 * i), 2 workers, global batch 4: worker w owns shards w and w + 2."""
+    for s in range(4):
+        write_records(tmp_path / "rec" / f"train-{s}.tfrecord",
+                      [example({"image": png_bytes(4 * (6 * s + i))}) for i in range(6)])
+    write_records(tmp_path / "rec" / "test.tfrecord", [example({"image": png_bytes(250)})] * 2)
+    split = open_dataset(f"tfrecord:{tmp_path / 'rec'}", mode="stream").train
+    assert split.count == 24
+    seen = {}
+    for worker in (0, 1):
+        own = {4 * (6 * s + i) for s in (worker, worker + 2) for i in range(6)}
+        counted, parsed = _counting(split)
+        ds = make_dataset(counted, 4, shuffle=True, seed=3, num_workers=2, worker_index=worker, repeat=repeat)
+        batches = [np.rint(b[:, 0, 0, 0] * 255).astype(int) for b in ds.take(6).as_numpy_iterator()]
+        assert [len(b) for b in batches] == [2] * 6  # its half of each global batch of 4, 24 / 4 = 6 steps
+        seen[worker] = np.concatenate(batches)
+        assert set(seen[worker]) == own  # each of its 12 records once in the epoch
+        assert set(parsed) <= own  # nothing parsed from the other worker's shards
+    assert not set(seen[0]) & set(seen[1])

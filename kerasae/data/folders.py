@@ -1,7 +1,7 @@
 """images:DIR: a folder of image files, streamed (decoded in parallel inside tf.data) or loaded.
 
 DIR/train and DIR/test are the splits if both exist; otherwise a seeded 10% of the files is the
-test set. Either way both splits are in a seeded random order, so any first N images are a fair sample. Class subfolders give labels (sorted names -> 0, 1, ...); a flat folder has none. Every
+test set. Class subfolders give labels (sorted names -> 0, 1, ...); a flat folder has none. Every
 file is decoded once up front, so a broken one is named before training, not mid-epoch.
 """
 

@@ -34,7 +34,9 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     Arrays are auto-sharded by DATA under tf.distribute. A `Split` read by several workers
     (`num_workers` > 1, from a tf.distribute.InputContext) is cut per global batch: worker w takes
     items w, w + W, ... of each batch of `batch_size`, so every worker runs the same number of steps and
-    each image is read (for files: opened) by exactly one worker once per epoch.
+    each image file is opened by exactly one worker once per epoch (records are read by every worker and
+    decoded by one). Shuffled record shards, when there are at least as many as workers, are shared by
+    file instead: worker w reads only shards w, w + W, ... (see `_own_shard_batches`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -103,8 +105,11 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
     """Batches of a streamed split; `with_labels`: None, True or a StreamLabels (labels checked in the graph)."""
     if split.count < num_workers:
         raise ValueError(f"{split.count} images cannot be shared by {num_workers} workers")
-    items = split.encoded()
-    if split.paths is not None and shuffle:
+    own_shards = num_workers > 1 and shuffle and bool(split.shards) and len(split.pieces()) >= num_workers
+    items = None if own_shards else split.encoded()
+    if own_shards:
+        ds = _own_shard_batches(split, batch_size, seed, repeat, num_workers, worker_index)
+    elif split.paths is not None and shuffle:
         # An exact permutation per epoch, drawn from a re-randomized seed stream (identical on every
         # worker given the same seed); an infinite stream of epochs when repeating.
         count = split.count
@@ -125,7 +130,7 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
         ds = _batch(items, batch_size, split.count, num_workers)
         if repeat:
             ds = ds.repeat()
-    if num_workers > 1:
+    if num_workers > 1 and not own_shards:
         ds = ds.map(lambda item, label: (item[worker_index::num_workers], label[worker_index::num_workers]))
     decode, shape = split.decode_fn(), split.image_shape
     scale = float(_BINARIZE_LEVELS) if binarize else 1.0
@@ -142,6 +147,21 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
     if not repeat:  # known to Keras (progress bar, steps per execution) although filters and windows hide it
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(split.count, batch_size, num_workers)))
     return ds
+
+
+def _own_shard_batches(split, batch_size, seed, repeat, num_workers, worker_index):
+    """Worker `worker_index`'s training batches of a split of record shards: it reads only the shards (the
+    parts of them in the split) w, w + W, ..., in a seeded order reshuffled every epoch, through the record
+    shuffle buffer. An epoch is the split's steps of this worker's share of each global batch; its records
+    repeat as a stream, so a worker with fewer records than its share starts its shards again, and one with
+    more leaves the rest of a pass to the next epoch."""
+    pieces = split.pieces()[worker_index::num_workers]
+    own = sum(size for _, _, size, _ in pieces)
+    share = batch_size // num_workers + (worker_index < batch_size % num_workers)
+    items = split.read_pieces(pieces, shuffle=True, seed=seed)
+    items = items.shuffle(min(own, RECORD_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    ds = items.repeat().batch(share)
+    return ds if repeat else ds.take(num_batches(split.count, batch_size, num_workers))
 
 
 def _batch(items, batch_size, count, num_workers):

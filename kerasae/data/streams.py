@@ -95,16 +95,16 @@ class Split:
             offset += n
         return out
 
-    def read_pieces(self, pieces, shuffle_seed=None) -> tf.data.Dataset:
-        """(encoded image, label) of `pieces` (see `pieces`), in order or, given `shuffle_seed`, with the
-        pieces in a seeded order reshuffled on each iteration. Only the records read are parsed."""
+    def read_pieces(self, pieces, shuffle=False, seed=None) -> tf.data.Dataset:
+        """(encoded image, label) of `pieces` (see `pieces`), in order or, with `shuffle`, with the pieces
+        in an order (seeded by `seed`) reshuffled on each iteration. Only the records read are parsed."""
         if not pieces:
             raise DataError("a record split without records to read")
         paths, lows, sizes, positions = (list(column) for column in zip(*pieces))
         ds = tf.data.Dataset.from_tensor_slices((paths, np.array(lows, np.int64), np.array(sizes, np.int64),
                                                  np.array(positions, np.int64)))
-        if shuffle_seed is not None:
-            ds = ds.shuffle(len(pieces), seed=shuffle_seed, reshuffle_each_iteration=True)
+        if shuffle:
+            ds = ds.shuffle(len(pieces), seed=seed, reshuffle_each_iteration=True)
 
         def piece(path, low, size, position):
             raw = tf.data.TFRecordDataset(path).skip(low).take(size)  # raw bytes: skipping parses nothing
