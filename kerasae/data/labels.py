@@ -26,11 +26,6 @@ class StreamLabels:
     split: str = "streamed"
 
 
-def out_of_range(split: str, num_classes: int, value, where: str = "") -> str:
-    """The one-line message for a bad label `value` of `split` (`where`: the file or record, if known)."""
-    return f"{split} split: {LABEL_ERROR}{num_classes}), found {value}{f' ({where})' if where else ''}"
-
-
 def num_classes(data) -> int | None:
     """How many classes the labels of `data` (ImageData or StreamedData) name; None when it has none.
 
@@ -69,8 +64,8 @@ def _stream_range(split):
 
 
 def check_in_graph(labels, items, check: StreamLabels, from_file: bool):
-    """`labels` [B] unchanged, or an InvalidArgumentError whose message is `out_of_range` for the first bad one
-    (naming its file when `items` are file paths)."""
+    """`labels` [B] unchanged, or an InvalidArgumentError "SPLIT split: labels must be in [0, num_classes=K),
+    found V (FILE)" for the first bad one (FILE when `items` are file paths)."""
     bad = tf.logical_or(labels < 0, labels >= check.num_classes)
     first = tf.argmax(tf.cast(bad, tf.int32))
     message = tf.strings.join([

@@ -72,8 +72,10 @@ class Split:
         if self.paths is not None:
             labels = self.labels if self.labels is not None else np.full(self.count, -1, np.int64)
             return tf.data.Dataset.from_tensor_slices((self.paths.astype(str), labels))
-        return self.read_pieces(self.pieces()) if self.shards else self._drop_skipped(
-            self.records().skip(self.start).enumerate(self.start)).map(lambda i, record: record).take(self.count)
+        if self.shards:
+            return self.read_pieces(self.pieces())
+        ds = self._drop_skipped(self.records().skip(self.start).enumerate(self.start))
+        return ds.map(lambda i, record: record).take(self.count)
 
     def _drop_skipped(self, ds):
         if not self.skip:
@@ -98,11 +100,9 @@ class Split:
     def read_pieces(self, pieces, shuffle=False, seed=None) -> tf.data.Dataset:
         """(encoded image, label) of `pieces` (see `pieces`), in order or, with `shuffle`, with the pieces
         in an order (seeded by `seed`) reshuffled on each iteration. Only the records read are parsed."""
-        if not pieces:
-            raise DataError("a record split without records to read")
-        paths, lows, sizes, positions = (list(column) for column in zip(*pieces))
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.array(lows, np.int64), np.array(sizes, np.int64),
-                                                 np.array(positions, np.int64)))
+        paths, lows, sizes, positions = (list(column) for column in zip(*pieces)) if pieces else ([],) * 4
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), *(
+            tf.constant(column, tf.int64) for column in (lows, sizes, positions))))
         if shuffle:
             ds = ds.shuffle(len(pieces), seed=seed, reshuffle_each_iteration=True)
 
