@@ -74,6 +74,17 @@ def test_a_streamed_cvae_on_a_folder_with_more_classes_than_the_model_exits_2_be
     assert not out.exists()  # refused before the run directory (and any training)
 
 
+def test_num_classes_is_a_cvae_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.train_main(["--arch", "vae", "--num-classes", "5"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train.py: error: --num-classes applies to cvae presets, not vae-mlp (vae)")
+    with pytest.raises(SystemExit) as exc:
+        cli.train_main(["--arch", "cvae", "--num-classes", "0"])
+    assert exc.value.code == 2
+
+
 def test_a_new_cvae_takes_the_folders_class_count(tmp_path):
     root = class_folder(tmp_path / "twelve", 12, (3, 1))
     prepared = prepare(TrainConfig(preset="cvae-mlp", dataset=f"images:{root}", data_mode="stream",
