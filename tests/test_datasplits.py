@@ -243,3 +243,18 @@ def test_each_worker_reads_only_its_own_shards(tmp_path, repeat):
                           repeat=repeat).take(6))
         assert parsed and set(parsed) <= own  # nothing parsed from the other worker's shards
     assert not set(seen[0]) & set(seen[1])
+
+
+def test_uneven_shards_fall_back_to_sharing_each_batch(tmp_path):
+    """Shards of 10 and 2 records for 2 workers: dealt by file, one worker would hold 2 of its 6 per epoch, so
+    both read both shards and take halves of each global batch."""
+    for s, n in enumerate((10, 2)):
+        write_records(tmp_path / "rec" / f"train-{s}.tfrecord",
+                      [example({"image": png_bytes(4 * (10 * s + i))}) for i in range(n)])
+    write_records(tmp_path / "rec" / "test.tfrecord", [example({"image": png_bytes(250)})] * 2)
+    split = open_dataset(f"tfrecord:{tmp_path / 'rec'}", mode="stream").train
+    seen = []
+    for worker in (0, 1):
+        ds = make_dataset(split, 4, shuffle=True, seed=3, num_workers=2, worker_index=worker)
+        seen.append([int(v) for b in ds.as_numpy_iterator() for v in np.rint(b[:, 0, 0, 0] * 255)])
+    assert sorted(seen[0] + seen[1]) == [4 * i for i in range(10)] + [40, 44]  # every record once per epoch

@@ -35,8 +35,8 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     (`num_workers` > 1, from a tf.distribute.InputContext) is cut per global batch: worker w takes
     items w, w + W, ... of each batch of `batch_size`, so every worker runs the same number of steps and
     each image file is opened by exactly one worker once per epoch (records are read by every worker and
-    decoded by one). Shuffled record shards, when there are at least as many as workers, are shared by
-    file instead: worker w reads only shards w, w + W, ... (see `_own_shard_batches`).
+    decoded by one). Shuffled record shards, when there are enough of them, are shared by file instead:
+    each worker reads only the shards dealt to it (see `_deal_shards`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -105,10 +105,11 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
     """Batches of a streamed split; `with_labels`: None, True or a StreamLabels (labels checked in the graph)."""
     if split.count < num_workers:
         raise ValueError(f"{split.count} images cannot be shared by {num_workers} workers")
-    own_shards = num_workers > 1 and shuffle and bool(split.shards) and len(split.pieces()) >= num_workers
+    dealt = _deal_shards(split, batch_size, num_workers) if num_workers > 1 and shuffle and split.shards else None
+    own_shards = dealt is not None
     items = None if own_shards else split.encoded()
     if own_shards:
-        ds = _own_shard_batches(split, batch_size, seed, repeat, num_workers, worker_index)
+        ds = _own_shard_batches(split, dealt[worker_index], batch_size, seed, repeat, num_workers, worker_index)
     elif split.paths is not None and shuffle:
         # An exact permutation per epoch, drawn from a re-randomized seed stream (identical on every
         # worker given the same seed); an infinite stream of epochs when repeating.
@@ -149,13 +150,35 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
     return ds
 
 
-def _own_shard_batches(split, batch_size, seed, repeat, num_workers, worker_index):
-    """Worker `worker_index`'s training batches of a split of record shards: it reads only the shards (the
-    parts of them in the split) w, w + W, ..., in a seeded order reshuffled every epoch, through the record
-    shuffle buffer. An epoch is the split's steps of this worker's share of each global batch; its records
-    repeat as a stream, so a worker with fewer records than its share starts its shards again, and one with
-    more leaves the rest of a pass to the next epoch."""
-    pieces = split.pieces()[worker_index::num_workers]
+#: Shards are dealt to workers only if each then holds at least this fraction of its share of an epoch's records.
+MIN_WORKER_SHARE = 0.75
+
+
+def _deal_shards(split, batch_size, num_workers):
+    """Each worker's shards (pieces of them in the split, see Split.pieces), dealt largest first to the worker
+    with the fewest records (the same on every worker), or None where there are fewer shards than workers or a
+    worker would hold under MIN_WORKER_SHARE of its share of an epoch (it would repeat its records more often
+    than the others theirs)."""
+    pieces = split.pieces()
+    if len(pieces) < num_workers:
+        return None
+    dealt, totals = [[] for _ in range(num_workers)], [0] * num_workers
+    for piece in sorted(pieces, key=lambda p: (-p[2], p[3])):
+        worker = totals.index(min(totals))
+        dealt[worker].append(piece)
+        totals[worker] += piece[2]
+    steps = num_batches(split.count, batch_size, num_workers)
+    shares = [batch_size // num_workers + (w < batch_size % num_workers) for w in range(num_workers)]
+    if any(total < MIN_WORKER_SHARE * steps * share for total, share in zip(totals, shares)):
+        return None
+    return [sorted(own, key=lambda p: p[3]) for own in dealt]
+
+
+def _own_shard_batches(split, pieces, batch_size, seed, repeat, num_workers, worker_index):
+    """Worker `worker_index`'s training batches from its own `pieces` of record shards only, in a seeded order
+    reshuffled every epoch, through the record shuffle buffer. An epoch is the split's steps of this worker's
+    share of each global batch; its records repeat as a stream, so a worker with fewer records than its share
+    starts its shards again, and one with more leaves the rest of a pass to the next epoch."""
     own = sum(size for _, _, size, _ in pieces)
     share = batch_size // num_workers + (worker_index < batch_size % num_workers)
     items = split.read_pieces(pieces, shuffle=True, seed=seed)
