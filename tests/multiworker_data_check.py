@@ -1,8 +1,8 @@
 """Run by test_multiworker.py as one of two workers of a MultiWorkerMirroredStrategy on 127.0.0.1 (TF_CONFIG):
-read epochs of a streamed image folder through training's per-worker input pipeline and print, as JSON, the
-images this worker got in each step (each image's pixel value is its index).
+read epochs of a streamed image folder (or TFRecord shards) through training's per-worker input pipeline and
+print, as JSON, the images this worker got in each step (each image's pixel value is its index).
 
-`multiworker_data_check.py DIR BATCH EPOCHS`
+`multiworker_data_check.py DIR|tfrecord:DIR BATCH EPOCHS`
 """
 
 import json
@@ -18,7 +18,8 @@ from kerasae import data  # noqa: E402
 from kerasae.training.core import input_pipeline  # noqa: E402
 
 folder, batch, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-split = data.open_dataset(f"images:{folder}", mode="stream", log=lambda *a: None).train
+spec = folder if folder.startswith("tfrecord:") else f"images:{folder}"
+split = data.open_dataset(spec, mode="stream", log=lambda *a: None).train
 dataset = strategy.distribute_datasets_from_function(
     input_pipeline(batch, True, split, shuffle=True, seed=0))
 seen = []

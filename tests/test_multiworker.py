@@ -73,6 +73,38 @@ def test_two_workers_split_streamed_files_so_each_image_is_read_once_per_epoch(t
     assert orders[0] != orders[1]  # reshuffled each epoch
 
 
+@pytest.mark.slow
+def test_two_workers_read_only_their_own_record_shards(tmp_path):
+    """4 train shards of 5 records (pixel value = index), global batch 4: worker w reads shards w and w + 2 only."""
+    import tensorflow as tf
+
+    def record(i):
+        png = tf.io.encode_png(np.full((4, 4, 1), i, np.uint8)).numpy()
+        return tf.train.Example(features=tf.train.Features(feature={
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png]))})).SerializeToString()
+
+    (tmp_path / "rec").mkdir()
+    for name, values in [(f"train-{s}.tfrecord", range(5 * s, 5 * s + 5)) for s in range(4)] + [
+            ("test.tfrecord", (200, 201))]:
+        with tf.io.TFRecordWriter(str(tmp_path / "rec" / name)) as writer:
+            for i in values:
+                writer.write(record(i))
+    workers = _cluster()
+    script = str(REPO / "tests" / "multiworker_data_check.py")
+    procs = [_launch(workers, i, [], tmp_path, command=[script, f"tfrecord:{tmp_path / 'rec'}", "4", "2"])
+             for i in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for proc, (out, err) in zip(procs, results):
+        assert proc.returncode == 0, err[-3000:]
+    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in results]
+    own = [set(range(0, 5)) | set(range(10, 15)), set(range(5, 10)) | set(range(15, 20))]
+    for worker in (0, 1):
+        for epoch in seen[worker]["epochs"]:
+            assert [len(images) for images in epoch] == [2] * 5  # half of each global batch, 20 / 4 = 5 steps
+            assert sorted(i for images in epoch for i in images) == sorted(own[worker])  # its records, once
+    assert seen[0]["epochs"][0] != seen[0]["epochs"][1]  # reshuffled each epoch
+
+
 def test_two_workers_train_in_lockstep_on_streamed_files_and_only_the_chief_writes(tmp_path):
     _write_indexed_images(tmp_path / "images" / "train", 300)
     _write_indexed_images(tmp_path / "images" / "test", 20)

@@ -13,7 +13,8 @@ _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood
                 "beta": ("beta", _VAES), "k": ("num_importance_samples", _VAES), "prior": ("prior_type", _VAES),
                 "pseudo_inputs": ("num_pseudo_inputs", _VAES), "codebook_size": ("num_embeddings", ("vqvae",)),
                 "code_dim": ("embedding_dim", ("vqvae",)), "scale": ("gaussian_scale", _VAES),
-                "fixed_scale": ("fixed_scale", _VAES), "kl_warmup_steps": ("kl_warmup_steps", _VAES)}
+                "fixed_scale": ("fixed_scale", _VAES), "kl_warmup_steps": ("kl_warmup_steps", _VAES),
+                "num_classes": ("num_classes", ("cvae",))}
 #: The flags that change how a model trains, not its weights' shapes: the ones --init-from takes.
 _TRAINING_FLAGS = ("k", "beta", "kl_warmup_steps", "noise")
 
@@ -58,6 +59,8 @@ def build_train_parser():
                    help="VAE: p(z), N(0, I) (standard) or the VampPrior (vamp: a mixture of the encoder's posteriors "
                         "of learned pseudo-inputs)")
     g.add_argument("--pseudo-inputs", type=_positive_int, help="VAE with --prior vamp: pseudo-inputs (default 500)")
+    g.add_argument("--num-classes", type=_positive_int,
+                   help="CVAE: classes the labels name, in [0, N) (default: the data's count; fewer is refused)")
     g.add_argument("--codebook-size", type=_positive_int, help="VQ-VAE: K, the codebook's vectors (codes in [0, K))")
     g.add_argument("--code-dim", type=_positive_int, help="VQ-VAE: the size of each codebook vector")
     g.add_argument("--noise", type=_noise, metavar="TYPE[:LEVEL]",

@@ -12,6 +12,8 @@ from kerasae import _backend  # noqa: F401
 from kerasae.data.arrays import (TEST_BINARIZATION_SEED, DataError, ImageData, binarize,  # noqa: F401
                                  split_validation)
 from kerasae.data.folders import DEFAULT_FOLDER_IMAGE_SIZE, IMAGE_EXTENSIONS  # noqa: F401
+from kerasae.data import labels  # noqa: F401
+from kerasae.data.labels import StreamLabels, num_classes  # noqa: F401
 from kerasae.data.idx import load_mnist, read_idx  # noqa: F401
 from kerasae.data.pipeline import make_dataset, num_batches  # noqa: F401
 from kerasae.data.sources import SPEC_FORMS, load_dataset, open_dataset  # noqa: F401

@@ -33,11 +33,16 @@ def open_image_folder(directory, image_size=None, color_mode=None, skip_bad=Fals
         train, test = np.split(order, [len(paths) - max(1, int(len(paths) * FOLDER_TEST_FRACTION))])
         train_paths, test_paths = paths[train], paths[test]
         train_labels, test_labels = (None, None) if labels is None else (labels[train], labels[test])
-    # Training files in a seeded order: --max-train-samples and the validation split take the
-    # first images, which must be a random subset, not the first class.
+    # Both splits in a seeded order: --max-train-samples, --max-test-samples, the validation split and the
+    # figures take the first images, which must be a random subset, not the first class. (A folder without
+    # train/ and test/ has its test files in random order already: they are a slice of a permutation.)
     order = np.random.default_rng(FOLDER_SPLIT_SEED + 1).permutation(len(train_paths))
     train_paths = train_paths[order]
     train_labels = None if train_labels is None else train_labels[order]
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        order = np.random.default_rng(FOLDER_SPLIT_SEED + 2).permutation(len(test_paths))
+        test_paths = test_paths[order]
+        test_labels = None if test_labels is None else test_labels[order]
     has_labels = classes is not None
     splits, dropped = [], []
     shapes_all = []

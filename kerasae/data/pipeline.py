@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.data.arrays import DataError, as_labels
+from kerasae.data.labels import StreamLabels, check_in_graph
 from kerasae.data.streams import Split
 
 _BINARIZE_LEVELS = 2**16
@@ -20,7 +21,9 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     """Float32 batches [B, H, W, C] of `x`, a numpy array or a streamed `Split`.
 
     Autoencoders need no labels; conditional models do: `labels` (an int array [N] for arrays, True
-    for a `Split`, which carries its own) makes every element (images, int32 labels [B]).
+    for a `Split`, which carries its own) makes every element (images, int32 labels [B]). For a `Split`,
+    a `StreamLabels(num_classes, split)` instead of True also checks every label in the graph: one
+    outside [0, num_classes) stops the stream with an error naming the split, the value and the file.
 
     `shuffle` reshuffles every epoch (reproducibly given `seed`). `binarize` draws fresh Bernoulli
     pixels per batch every epoch (dynamic binarization regularizes Bernoulli VAEs); the per-batch
@@ -31,7 +34,9 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     Arrays are auto-sharded by DATA under tf.distribute. A `Split` read by several workers
     (`num_workers` > 1, from a tf.distribute.InputContext) is cut per global batch: worker w takes
     items w, w + W, ... of each batch of `batch_size`, so every worker runs the same number of steps and
-    each image is read (for files: opened) by exactly one worker once per epoch.
+    each image file is opened by exactly one worker once per epoch (records are read by every worker and
+    decoded by one). Shuffled record shards, when there are enough of them, are shared by file instead:
+    each worker reads only the shards dealt to it (see `_deal_shards`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -39,11 +44,12 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
         raise ValueError(f"worker_index must be in [0, num_workers) and batch_size ({batch_size}) at least "
                          f"num_workers ({num_workers}), got worker_index {worker_index}")
     if isinstance(x, Split):
-        if labels is not None and (labels is not True or not x.has_labels):
+        streamed_labels = labels is True or isinstance(labels, StreamLabels)
+        if labels is not None and (not streamed_labels or not x.has_labels):
             raise DataError("labels: a streamed split yields its own labels (labels=True), and this one has none"
-                            if labels is True else f"labels: pass True for a streamed split, got {type(labels)}")
+                            if streamed_labels else f"labels: pass True for a streamed split, got {type(labels)}")
         ds = _split_batches(x, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize,
-                            labels is not None)
+                            labels)
     else:
         x = np.asarray(x, np.float32)
         if labels is not None:
@@ -96,10 +102,15 @@ def _array_batches(images, batch_size, shuffle, seed, repeat, binarize, labels=N
 
 
 def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker_index, binarize, with_labels):
+    """Batches of a streamed split; `with_labels`: None, True or a StreamLabels (labels checked in the graph)."""
     if split.count < num_workers:
         raise ValueError(f"{split.count} images cannot be shared by {num_workers} workers")
-    items = split.encoded()
-    if split.paths is not None and shuffle:
+    dealt = _deal_shards(split, batch_size, num_workers) if num_workers > 1 and shuffle and split.shards else None
+    own_shards = dealt is not None
+    items = None if own_shards else split.encoded()
+    if own_shards:
+        ds = _own_shard_batches(split, dealt[worker_index], batch_size, seed, repeat, num_workers, worker_index)
+    elif split.paths is not None and shuffle:
         # An exact permutation per epoch, drawn from a re-randomized seed stream (identical on every
         # worker given the same seed); an infinite stream of epochs when repeating.
         count = split.count
@@ -120,12 +131,15 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
         ds = _batch(items, batch_size, split.count, num_workers)
         if repeat:
             ds = ds.repeat()
-    if num_workers > 1:
+    if num_workers > 1 and not own_shards:
         ds = ds.map(lambda item, label: (item[worker_index::num_workers], label[worker_index::num_workers]))
     decode, shape = split.decode_fn(), split.image_shape
     scale = float(_BINARIZE_LEVELS) if binarize else 1.0
+    check = with_labels if isinstance(with_labels, StreamLabels) else None
 
     def decode_batch(item, label):
+        if check is not None:
+            label = check_in_graph(label, item, check, split.paths is not None)
         images = tf.map_fn(decode, item, fn_output_signature=tf.TensorSpec(shape, tf.float32))
         images = images * scale if binarize else images
         return (images, tf.cast(label, tf.int32)) if with_labels else images
@@ -134,6 +148,43 @@ def _split_batches(split, batch_size, shuffle, seed, repeat, num_workers, worker
     if not repeat:  # known to Keras (progress bar, steps per execution) although filters and windows hide it
         ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches(split.count, batch_size, num_workers)))
     return ds
+
+
+#: Shards are dealt to workers only if each then holds at least this fraction of its share of an epoch's records.
+MIN_WORKER_SHARE = 0.75
+
+
+def _deal_shards(split, batch_size, num_workers):
+    """Each worker's shards (pieces of them in the split, see Split.pieces), dealt largest first to the worker
+    with the fewest records (the same on every worker), or None where there are fewer shards than workers or a
+    worker would hold under MIN_WORKER_SHARE of its share of an epoch (it would repeat its records more often
+    than the others theirs)."""
+    pieces = split.pieces()
+    if len(pieces) < num_workers:
+        return None
+    dealt, totals = [[] for _ in range(num_workers)], [0] * num_workers
+    for piece in sorted(pieces, key=lambda p: (-p[2], p[3])):
+        worker = totals.index(min(totals))
+        dealt[worker].append(piece)
+        totals[worker] += piece[2]
+    steps = num_batches(split.count, batch_size, num_workers)
+    shares = [batch_size // num_workers + (w < batch_size % num_workers) for w in range(num_workers)]
+    if any(total < MIN_WORKER_SHARE * steps * share for total, share in zip(totals, shares)):
+        return None
+    return [sorted(own, key=lambda p: p[3]) for own in dealt]
+
+
+def _own_shard_batches(split, pieces, batch_size, seed, repeat, num_workers, worker_index):
+    """Worker `worker_index`'s training batches from its own `pieces` of record shards only, in a seeded order
+    reshuffled every epoch, through the record shuffle buffer. An epoch is the split's steps of this worker's
+    share of each global batch; its records repeat as a stream, so a worker with fewer records than its share
+    starts its shards again, and one with more leaves the rest of a pass to the next epoch."""
+    own = sum(size for _, _, size, _ in pieces)
+    share = batch_size // num_workers + (worker_index < batch_size % num_workers)
+    items = split.read_pieces(pieces, shuffle=True, seed=seed)
+    items = items.shuffle(min(own, RECORD_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    ds = items.repeat().batch(share)
+    return ds if repeat else ds.take(num_batches(split.count, batch_size, num_workers))
 
 
 def _batch(items, batch_size, count, num_workers):

@@ -25,9 +25,11 @@ _SCAN_BATCH = 256
 class Split:
     """`count` images of shape `image_shape`, in a fixed order, decoded when read.
 
-    Image files: `paths` (labels from class folders in `labels`). Records: `records()` returns a
-    tf.data stream of (encoded image, int64 label or -1) in a fixed order; this split is `count` of
-    them from position `start` on, leaving out the positions in `skip` (unreadable images).
+    Image files: `paths` (labels from class folders in `labels`). Records: a stream of (encoded image,
+    int64 label or -1) in a fixed order, either record files, `shards` ((path, record count), ...) read
+    in order and parsed by `parse`, or `records()`, a tf.data stream (tfds); this split is `count` of
+    them from position `start` on, leaving out the positions in `skip` (unreadable images). Shards
+    before `start` are not opened, and records skipped within a shard are not parsed.
     """
 
     image_shape: tuple
@@ -38,6 +40,8 @@ class Split:
     start: int = 0
     skip: tuple = ()
     has_labels: bool = False
+    shards: tuple = ()
+    parse: Callable | None = None
 
     def __len__(self):
         return self.count
@@ -68,11 +72,46 @@ class Split:
         if self.paths is not None:
             labels = self.labels if self.labels is not None else np.full(self.count, -1, np.int64)
             return tf.data.Dataset.from_tensor_slices((self.paths.astype(str), labels))
-        ds = self.records().skip(self.start).enumerate(self.start)
-        if self.skip:
-            skip = tf.constant(sorted(self.skip), tf.int64)
-            ds = ds.filter(lambda i, record: tf.logical_not(tf.reduce_any(tf.equal(i, skip))))
+        if self.shards:
+            return self.read_pieces(self.pieces())
+        ds = self._drop_skipped(self.records().skip(self.start).enumerate(self.start))
         return ds.map(lambda i, record: record).take(self.count)
+
+    def _drop_skipped(self, ds):
+        if not self.skip:
+            return ds
+        skip = tf.constant(sorted(self.skip), tf.int64)
+        return ds.filter(lambda i, record: tf.logical_not(tf.reduce_any(tf.equal(i, skip))))
+
+    def pieces(self) -> list[tuple[str, int, int, int]]:
+        """(path, first record in the file, records, position in the stream) of each shard this split reads."""
+        first, end = self.start, self.start + self.count
+        for s in sorted(self.skip):  # each unreadable position inside the split moves its end one further
+            if first <= s < end:
+                end += 1
+        out, offset = [], 0
+        for path, n in self.shards:
+            low, high = max(first, offset), min(end, offset + n)
+            if low < high:
+                out.append((str(path), low - offset, high - low, low))
+            offset += n
+        return out
+
+    def read_pieces(self, pieces, shuffle=False, seed=None) -> tf.data.Dataset:
+        """(encoded image, label) of `pieces` (see `pieces`), in order or, with `shuffle`, with the pieces
+        in an order (seeded by `seed`) reshuffled on each iteration. Only the records read are parsed."""
+        paths, lows, sizes, positions = (list(column) for column in zip(*pieces)) if pieces else ([],) * 4
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), *(
+            tf.constant(column, tf.int64) for column in (lows, sizes, positions))))
+        if shuffle:
+            ds = ds.shuffle(len(pieces), seed=seed, reshuffle_each_iteration=True)
+
+        def piece(path, low, size, position):
+            raw = tf.data.TFRecordDataset(path).skip(low).take(size)  # raw bytes: skipping parses nothing
+            return tf.data.Dataset.zip(tf.data.Dataset.range(position, position + size), raw)
+
+        parse = self.parse
+        return self._drop_skipped(ds.flat_map(piece)).map(lambda i, record: parse(record))
 
     def decode_fn(self):
         """item -> float32 image [H, W, C] in [0, 1], resized and converted to `image_shape`."""
@@ -261,5 +300,5 @@ def drop_unreadable(split: Split, shapes, skip_bad: bool, culprit: str, names=No
 
 
 def _record_at(split, i):
-    ds = split.records().skip(split.start + int(i)).take(1)
-    return next(iter(ds))[0].numpy()
+    one = dataclasses.replace(split, start=split.start + int(i), count=1, skip=())
+    return next(iter(one.encoded()))[0].numpy()

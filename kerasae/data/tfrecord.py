@@ -7,6 +7,7 @@ of the records is the test set. Shards written by `write_tfrecords` carry a kera
 records their counts and shape (the conversion decoded every image, so they are not scanned again).
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -42,8 +43,8 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
     has_labels = label_key is not None
 
     def reader(chosen):
-        paths = [files[i] for i in chosen]
-        return lambda: tf.data.TFRecordDataset(paths).map(parse)
+        """The chosen shards with their record counts: a split skips whole shards by them."""
+        return {"shards": tuple((files[i], counts[i]) for i in chosen), "parse": parse}
 
     def namer(chosen):
         """Position in the concatenated `chosen` shards -> "SHARD record J" (J counts from 0 in that shard)."""
@@ -55,9 +56,9 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
         return name
 
     if named["train"] and named["test"]:
-        train = Split((0, 0, 0), sum(counts[i] for i in named["train"]), records=reader(named["train"]),
+        train = Split((0, 0, 0), sum(counts[i] for i in named["train"]), **reader(named["train"]),
                       has_labels=has_labels)
-        test = Split((0, 0, 0), sum(counts[i] for i in named["test"]), records=reader(named["test"]),
+        test = Split((0, 0, 0), sum(counts[i] for i in named["test"]), **reader(named["test"]),
                      has_labels=has_labels)
         names = {"train": namer(named["train"]), "test": namer(named["test"])}
     else:
@@ -66,7 +67,7 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
         if total < 2:
             raise DataError(f"tfrecord:{pattern} holds {total} record(s); need at least 2 to split off a test set")
         n_test = max(1, int(total * TEST_FRACTION))
-        whole = Split((0, 0, 0), total, records=reader(every), has_labels=has_labels)
+        whole = Split((0, 0, 0), total, **reader(every), has_labels=has_labels)
         train, test = whole.split_first(total - n_test)
         names = dict.fromkeys(("train", "test"), namer(every))
     culprit = f"tfrecord:{pattern}"
@@ -90,8 +91,7 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
     for split, name in ((train, "train"), (test, "test")):
         if split.count == 0:
             raise DataError(f"{culprit}: the {name} split has no readable records")
-    train, test = (Split(shape, s.count, records=s.records, start=s.start, skip=s.skip, has_labels=has_labels)
-                   for s in (train, test))
+    train, test = (dataclasses.replace(s, image_shape=shape) for s in (train, test))
     name = meta["name"] if meta else Path(files[0]).parent.name
     return StreamedData(name, train, test, source=culprit,
                         class_names=tuple(meta["class_names"]) if meta and meta.get("class_names") else None,

@@ -137,7 +137,7 @@ def evaluation_images(model, x):
 
 def training_labels(model, data, val_size):
     """{"train", "val", "test": what make_dataset's `labels` takes} for a conditional model ({} otherwise):
-    arrays split as the images are, or True for streamed splits (they carry their own)."""
+    arrays split as the images are (checked here), or for streamed splits a StreamLabels (checked in the graph)."""
     if not model.conditional:
         return {}
     has_labels = (data.train.has_labels and data.test.has_labels) if data.streamed else (
@@ -146,13 +146,33 @@ def training_labels(model, data, val_size):
         raise data_lib.DataError(f"{type(model).__name__} trains on labelled images, and {data.name} has no labels "
                                  "(class folders, a tfrecord label key, an npz with y_train and y_test)")
     if data.streamed:
-        return {"train": True, "val": True, "test": True}
+        return {name: data_lib.StreamLabels(model.num_classes, name) for name in ("train", "val", "test")}
     y_train, y_val = data_lib.split_validation(data.y_train, val_size)
     bad = [int(y) for y in (data.y_train.min(), data.y_train.max(), data.y_test.min(), data.y_test.max())
            if not 0 <= y < model.num_classes]
     if bad:
         raise data_lib.DataError(f"{data.name}: labels must be in [0, num_classes={model.num_classes}), found {bad[0]}")
     return {"train": y_train, "val": y_val, "test": data.y_test}
+
+
+def _conditional_preset(config):
+    """Whether `config` builds a new conditional model (a cvae preset, or one with a num_classes setting)."""
+    if config.init_from:
+        return False
+    preset = registry.get_preset(config.preset)
+    return preset.family == "cvae" or "num_classes" in preset.kwargs
+
+
+def _check_classes(model, data, classes):
+    """Refuse a conditional model whose classes are fewer than the labels of `data` name (before training)."""
+    if classes is None:  # no labels: training_labels says so
+        training_labels(model, data, 0)
+    elif classes > model.num_classes:
+        named = f" (class folders {list(data.class_names)[:5]}{' ...' if classes > 5 else ''})" if getattr(
+            data, "class_names", None) else ""
+        raise data_lib.DataError(f"{getattr(data, 'source', data.name)}: the labels name {classes} classes{named}, "
+                                 f"more than the model's num_classes={model.num_classes}; pass --num-classes "
+                                 f"{classes} (or leave it out to take the data's count)")
 
 
 def prepare(config):
@@ -188,7 +208,13 @@ def prepare(config):
         val_size = min(5000, data.num_train // 10)
     if val_size >= data.num_train:
         raise ValueError(f"validation_size {val_size} leaves no training images (have {data.num_train})")
-    model = _build_model(config, data.image_shape, strategy)
+    classes = data_lib.num_classes(data) if _conditional_preset(config) else None
+    model_config = config  # a new conditional model without num_classes takes the data's count
+    if classes is not None and "num_classes" not in config.model_kwargs:
+        model_config = dataclasses.replace(config, model_kwargs={**config.model_kwargs, "num_classes": classes})
+    model = _build_model(model_config, data.image_shape, strategy)
+    if getattr(model, "conditional", False):
+        _check_classes(model, data, classes if _conditional_preset(config) else data_lib.num_classes(data))
     binary = getattr(model, "binary_data", False)
     record = {"data": recipe.data_record(image_size, color_mode, data.image_shape, binary, fitted_to,
                                          fitted_to and recipe.source_image_shape(config.dataset)),
@@ -339,6 +365,9 @@ def _data_errors(data):
     try:
         yield
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.DataLossError) as err:
+        bad_label = data_lib.labels.message_of(err.message or "")
+        if bad_label:  # labels are checked in the graph (a file changed, or no count was known before training)
+            raise data_lib.DataError(f"{data.source}: {bad_label}") from None
         first = plain_error_message(err) if err.message else str(err)
         try:
             culprit = first_unreadable(data)  # one more decode pass, to name the file
