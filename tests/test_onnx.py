@@ -96,8 +96,8 @@ def test_every_signature_runs_in_onnxruntime_and_matches_the_savedmodel(onnx_exp
     assert first["z"].shape == (5, 16) and first["x_mean"].shape == (5, 28, 28, 1)
     assert not np.allclose(first["z"], second["z"])  # fresh draws on every run
     # and in every process (onnxruntime seeds an op without a seed attribute per process)
-    draw = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], "
-            "providers=['CPUExecutionProvider']); print(s.run(['z'], {'num_samples': np.array(2, np.int32)})[0].tolist())")
+    draw = ("import sys, numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], providers="
+            "['CPUExecutionProvider']); print(s.run(['z'], {'num_samples': np.array(2, np.int32)})[0].tolist())")
     processes = [subprocess.run([sys.executable, "-c", draw, str(onnx_dir / "sample.onnx")], capture_output=True,
                                 text=True, timeout=120, check=True).stdout for _ in range(2)]
     assert processes[0] != processes[1], processes

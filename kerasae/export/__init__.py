@@ -70,5 +70,6 @@ __all__ = [
     "existing_versions", "expected_signatures", "export_model", "export_run", "keras_outputs", "load_images_npz",
     "load_interpreter", "load_keras_model", "model_record", "non_builtin_ops", "parity_failures",
     "rebuild_keras_model", "representative_inputs",
-    "run_onnx", "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify", "write_saved_model",
+    "run_onnx", "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify",
+    "write_saved_model",
 ]
