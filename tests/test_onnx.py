@@ -245,6 +245,7 @@ HIDDEN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow
 def test_kerasae_imports_and_exports_without_the_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-c", HIDDEN], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO)))
