@@ -63,10 +63,11 @@ def converter_versions():
 
 @contextlib.contextmanager
 def _quiet_tf2onnx():
-    """tf2onnx logs every step of a conversion at INFO/WARNING; keep its errors only."""
+    """tf2onnx logs every step of a conversion, and a traceback for an op it cannot convert (the export records
+    the reason under onnx.skipped): keep it quiet."""
     logger = logging.getLogger("tf2onnx")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
