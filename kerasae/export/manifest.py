@@ -152,7 +152,8 @@ def _load_onnx(path):
         onnx_session(path)
 
 
-#: The folders beside the version directories: (manifest files key, how a file is loaded, in what).
+#: The folders beside the version directories, by name (their key in the manifest's files): (how a file is
+#: loaded, in what runtime).
 _FOLDERS = {"tflite": (_load_tflite, "LiteRT"), "onnx": (_load_onnx, "onnxruntime")}
 
 
