@@ -96,6 +96,7 @@ def assert_trained(entry, reps):
     ("inference_latency.py", ["--calls", "-3"]),
     ("fp16_parity.py", ["no/such/run"]),
     ("fp16_parity.py", []),
+    ("onnx_parity.py", ["--slices", "0"]),
     ("streaming.py", ["--sizes", "10000,x"]),
     ("streaming.py", ["--repeats", "0"]),
 ])

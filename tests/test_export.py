@@ -748,7 +748,8 @@ def test_readme_consumer_examples_run_without_kerasae(exports, tmp_path):
     """The plain-TensorFlow and LiteRT examples in exported/README.md, run as written (on the VAE export)."""
     readme = (REPO / "exported" / "README.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-              if "import kerasae" not in b]  # the zoo example needs kerasae: test_evaluate runs it
+              if "import kerasae" not in b  # the zoo example needs kerasae: test_evaluate runs it
+              and "import onnxruntime" not in b]  # the onnx extra's: test_onnx runs it
     assert len(blocks) >= 2 and any("tf.saved_model.load" in b for b in blocks) and any("ai_edge_litert" in b
                                                                                          for b in blocks)
     (tmp_path / "exported").mkdir()

@@ -28,6 +28,9 @@ def build_export_parser():
     p.add_argument("--no-keras-model", dest="keras_model", action="store_false",
                    help="write no assets.extra/model.keras: load_keras_model rebuilds the model from the manifest "
                         "and the SavedModel's variables (the weights stored once, as in the zoo)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write NAME/onnx/<signature>.onnx, each checked in onnxruntime against the SavedModel "
+                        '(needs the extra: pip install "kerasae[onnx]")')
     p.add_argument("--verify", metavar="PATH", help="check an export's files against its manifest and exit 0/1")
     return p
 
@@ -51,6 +54,11 @@ def export_main(argv=None):
             parser.error(" ".join(str(err).split()))
         if not Path(args.source).exists():
             parser.error(f"{args.source} does not exist")
+    if args.onnx:
+        from kerasae.export.onnx import INSTALL_HINT, missing_modules
+
+        if missing_modules():
+            parser.error(f"--onnx needs {' and '.join(missing_modules())}, not installed: {INSTALL_HINT}")
     from kerasae import export as export_lib
 
     if args.verify:
@@ -65,7 +73,7 @@ def export_main(argv=None):
         version_dir = export_lib.export_run(args.source, args.name, export_dir=args.export_dir, version=args.version,
                                             tflite=args.tflite, representative_data=args.representative_data,
                                             overwrite=args.overwrite, strict_parity=args.strict_parity,
-                                            keras_model=args.keras_model)
+                                            keras_model=args.keras_model, onnx=args.onnx)
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: a usage error
         parser.error(" ".join(str(err).split()))
     except export_lib.ExportError as err:
@@ -82,4 +90,16 @@ def export_main(argv=None):
         print(f"  skipped {file_name}: {reason}")
     for file_name, reason in sorted(tflite.get("out_of_tolerance", {}).items()):
         print(f"  WARNING {file_name} is outside its parity bound: {reason} (kept; flagged in the manifest)")
+    if manifest.get("onnx"):
+        _print_onnx(manifest["onnx"])
     return 0
+
+
+def _print_onnx(onnx):
+    for file_name, entry in sorted(onnx["files"].items()):
+        diffs = ", ".join(f"{k} {d['max_diff']:.2g}" for k, d in sorted(entry["parity"].items()))
+        print(f"  onnx/{file_name:30s} {entry['bytes'] / 1024:8.1f} KiB  max_diff vs SavedModel: {diffs}")
+    for file_name, reason in sorted(onnx["skipped"].items()):
+        print(f"  skipped onnx/{file_name}: {reason}")
+    for file_name, reason in sorted(onnx["out_of_tolerance"].items()):
+        print(f"  WARNING onnx/{file_name} is outside its parity bound: {reason} (kept; flagged in the manifest)")

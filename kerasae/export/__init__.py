@@ -1,4 +1,4 @@
-"""Export kerasae models for use without kerasae: TF Serving SavedModels and TFLite files.
+"""Export kerasae models for use without kerasae: TF Serving SavedModels, TFLite files and (extra) ONNX files.
 
     exported/<name>/<version>/          a SavedModel (TF Serving reads integer version dirs as they are)
         saved_model.pb, variables/, fingerprint.pb
@@ -9,6 +9,8 @@
     exported/<name>/tflite/             the TFLite files of the latest export, one per signature and variant
         <signature>.<variant>.tflite    variants: fp32, fp16, dynamic, int8
         manifest.json                   the same manifest, so the folder can ship to a device on its own
+    exported/<name>/onnx/               with onnx=True (pip install "kerasae[onnx]"): <signature>.onnx, tf2onnx from
+        <signature>.onnx, manifest.json the SavedModel, checked in onnxruntime; the same manifest
 
 Every signature takes and returns float32 tensors under fixed key names, batch dimension
 None, images NHWC in [0, 1] (see `expected_signatures` and exported/README.md):
@@ -33,6 +35,7 @@ The modules, lowest first (each imports only those before it):
     saved_model   the signature contract, the endpoints, writing and reading back a SavedModel
     tflite        converting a signature to TFLite, op checks, LiteRT, int8 calibration data
     parity        tolerances; TFLite vs SavedModel and SavedModel vs Keras model measurements
+    onnx          the onnx/ folder: tf2onnx conversion, onnxruntime checks (imports the extra lazily)
     manifest      manifest.json, hashes, existing versions, verify
     keras_model   the Keras model behind an export: model.keras or rebuilt from the SavedModel, verified
     variants      the tflite/ folder: every signature x variant converted and checked
@@ -51,6 +54,7 @@ from kerasae.export.tflite import (convert_tflite, load_interpreter, non_builtin
                                    run_tflite, tflite_op_codes)
 from kerasae.export.parity import (BROKEN_FP32, KERAS_TOLERANCE, NUM_PARITY_IMAGES, PARITY_TOLERANCES, check_parity,
                                    parity_failures)
+from kerasae.export.onnx import ONNX_TOLERANCE, convert_onnx, run_onnx
 from kerasae.export.manifest import FORMAT, KERAS_MODEL, MANIFEST, existing_versions, verify
 from kerasae.export.keras_model import load_keras_model, model_record, rebuild_keras_model
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
@@ -60,11 +64,12 @@ from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signa
 
 __all__ = [
     "BROKEN_FP32", "FORMAT", "KERAS_MODEL", "KERAS_TOLERANCE", "MANIFEST", "NUM_FP16_CALIBRATION_IMAGES",
-    "NUM_PARITY_IMAGES", "NUM_REPRESENTATIVE_IMAGES", "PARITY_TOLERANCES", "SIGNATURES", "VARIANTS",
+    "NUM_PARITY_IMAGES", "NUM_REPRESENTATIVE_IMAGES", "ONNX_TOLERANCE", "PARITY_TOLERANCES", "SIGNATURES", "VARIANTS",
     "ExportError", "ParityWarning", "VerificationError",
-    "check_name", "check_parity", "check_tflite_signatures", "check_variants", "convert_tflite",
+    "check_name", "check_parity", "check_tflite_signatures", "check_variants", "convert_onnx", "convert_tflite",
     "existing_versions", "expected_signatures", "export_model", "export_run", "keras_outputs", "load_images_npz",
     "load_interpreter", "load_keras_model", "model_record", "non_builtin_ops", "parity_failures",
     "rebuild_keras_model", "representative_inputs",
-    "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify", "write_saved_model",
+    "run_onnx", "run_tflite", "saved_model_signatures", "score_definition", "tflite_op_codes", "verify",
+    "write_saved_model",
 ]

@@ -3,9 +3,10 @@
 Everything is built in a temporary directory next to the target (same file system): the
 SavedModel, the Keras model in it, the TFLite files and the manifest. Each part is checked
 (the signature contract, SavedModel vs Keras parity, the reloaded Keras model vs the SavedModel,
-TFLite builtins and parity) before `_commit` renames the version directory, then the tflite
-folder, into place, undoing its renames if one fails: a reader never sees half a version, and
-a failed export (disk full included, see `_write_fault`) leaves earlier versions as they were.
+TFLite builtins and parity; ONNX files, when asked for, in onnxruntime) before `_commit` renames
+the version directory, then the tflite and onnx folders, into place, undoing its renames if one
+fails: a reader never sees half a version, and a failed export (disk full included, see
+`_write_fault`) leaves earlier versions as they were.
 """
 
 import datetime
@@ -23,6 +24,7 @@ import tensorflow as tf
 from kerasae.export.errors import ExportError
 from kerasae.export.keras_model import rebuild_keras_model, write_keras_model
 from kerasae.export.manifest import KERAS_MODEL, existing_versions, write_manifest
+from kerasae.export.onnx import _write_onnx, require_onnx
 from kerasae.export.parity import NUM_PARITY_IMAGES, _keras_parity, keras_parity_problems
 from kerasae.export.saved_model import (_contract_problems, _spec, expected_signatures, num_classes,
                                         saved_model_signatures, score_definition, write_saved_model)
@@ -34,8 +36,8 @@ from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signa
 
 def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
                  parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
-                 tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True):
-    """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
+                 tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True, onnx=False):
+    """Export `model` to <export_dir>/<name>/<version>/ (SavedModel), <export_dir>/<name>/tflite/ (and onnx/).
 
     `load_keras_model(version_dir)` gives the Keras model back, verified and checked at export to
     reproduce the SavedModel: from assets.extra/model.keras (uncompiled), or with keras_model=False
@@ -45,21 +47,25 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         version: integer version; None takes the next after the existing ones (1 for the first).
         tflite: the variants to convert every signature to (a subset of VARIANTS, or a
             comma-separated string); () for the SavedModel alone.
-        tflite_signatures: the signatures converted to TFLite (default all; the zoo ships decode only).
+        tflite_signatures: the signatures converted to TFLite (default all; the zoo ships decode only), and
+            to ONNX with `onnx`.
+        onnx: also write <name>/onnx/<signature>.onnx (tf2onnx), each checked in onnxruntime against the
+            SavedModel on parity_data; needs the extra (`pip install "kerasae[onnx]"`, else ImportError).
         representative_data: float32 images [N, H, W, C] to calibrate int8 on (drawn from the
             training data); required when "int8" is asked for.
         fp16_data: training images the fp16 weights are rounded on (kerasae.fp16.plan; at
             least NUM_FP16_CALIBRATION_IMAGES for GPTQ on MNIST-sized inputs); default
             representative_data; neither: nearest rounding, float32 biases. A conditional
             model's calibration labels cycle through its classes (as int8's).
-        parity_data: images the TFLite files are compared with the SavedModel on (default: the
+        parity_data: images the TFLite and ONNX files are compared with the SavedModel on (default: the
             first NUM_PARITY_IMAGES of representative_data, else seeded uniform noise).
         metrics, preset, source: recorded in the manifest.
         keras_model: write assets.extra/model.keras (True), or let `load_keras_model` rebuild the
             model from the manifest and the SavedModel's variables (False: half the bytes; the zoo).
         overwrite: replace an existing version; without it an existing version raises FileExistsError.
         strict_parity: fail (rather than keep, flag and warn about) TFLite files outside
-            PARITY_TOLERANCES; a broken fp32 conversion (BROKEN_FP32, NaN) always fails.
+            PARITY_TOLERANCES and ONNX files outside ONNX_TOLERANCE; a broken fp32 or ONNX conversion
+            (BROKEN_FP32, NaN) always fails.
 
     Returns the Path of the version directory. Everything is built in a temporary directory
     next to the target and renamed into place once it is complete and checked; on any error
@@ -68,6 +74,10 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     name = check_name(name)
     variants = check_variants(tflite)
     tflite_signatures = check_tflite_signatures(tflite_signatures)
+    if not isinstance(onnx, bool):
+        raise TypeError(f"onnx must be True or False, got {onnx!r}")
+    if onnx:
+        require_onnx()
     if not getattr(model, "built", False) or model.family not in registry.FAMILIES:
         raise ValueError(f"export_model needs a built kerasae model, got {type(model).__name__}")
     shape = tuple(model.image_shape)
@@ -110,13 +120,18 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
         raise ValueError(f"export_dir: cannot write to {root} ({err.strerror or err})") from err
     try:
         saved_dir, tflite_dir = tmp / "saved_model", (tmp / "tflite" if variants else None)
+        onnx_dir = tmp / "onnx" if onnx else None
         model_record = {"class": type(model).__name__, "registered_name": keras.saving.get_registered_name(
             type(model)), "family": model.family, "config": model.get_config()}
         manifest = _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representative_data,
                           parity_data, fp16_data, strict_parity, fp16_dir=tmp / "fp16_source",
                           keras_file=bool(keras_model), model_record=model_record)
-        if tflite_dir is not None:
-            manifest["tflite"]["parity_data"] = f"{len(parity_data)} images ({parity_source})"
+        if onnx_dir is not None:  # (an export without ONNX files has no "onnx" part, as before the extra)
+            manifest["onnx"] = _write_onnx(saved_dir, onnx_dir, parity_data, strict_parity, tflite_signatures,
+                                           classes=num_classes(model))
+        for part in ("tflite", "onnx"):
+            if manifest.get(part) is not None:
+                manifest[part]["parity_data"] = f"{len(parity_data)} images ({parity_source})"
         write_manifest({
             **manifest, "export_id": uuid.uuid4().hex, "name": name, "version": int(version),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -129,18 +144,18 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
                                          "bad_label": "NaN outputs for that example"}}
                               if num_classes(model) else {})},
             "latent_dim": model.latent_dim, "score": score_definition(model),
-        }, saved_dir, tflite_dir)
+        }, saved_dir, tflite_dir, onnx_dir)
 
         if target.exists() and not overwrite:  # another export took this version meanwhile
             raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
-        _commit(tmp, saved_dir, target, tflite_dir, root / "tflite")
+        _commit(tmp, saved_dir, target, [(tflite_dir, root / "tflite"), (onnx_dir, root / "onnx")])
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_if_empty(created)
         cause = _write_fault(err)
         if cause:
             raise ExportError(f"{target}: writing the export failed: {cause}; nothing was committed, earlier "
-                              f"versions and {root / 'tflite'} are unchanged") from err
+                              f"versions, {root / 'tflite'} and {root / 'onnx'} are unchanged") from err
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -186,10 +201,11 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
                             "savedmodel_vs_reloaded_max_diff": reloaded_parity}}
 
 
-def _commit(tmp, saved_dir, target, tflite_dir, tflite_target):
+def _commit(tmp, saved_dir, target, folders):
     """Rename the finished export into place: the version directory first (one rename: readers see all
-    of it or nothing), then the tflite folder. Replaced directories go to `tmp` (deleted afterwards);
-    if any rename fails, the ones done are undone, so the old state stays whole."""
+    of it or nothing), then the tflite and onnx folders ([(built folder or None, target)]). Replaced
+    directories go to `tmp` (deleted afterwards); if any rename fails, the ones done are undone, so
+    the old state stays whole."""
     done = []
 
     def move(src, dst):
@@ -200,10 +216,11 @@ def _commit(tmp, saved_dir, target, tflite_dir, tflite_target):
         if target.exists():
             move(target, tmp / "replaced-version")
         move(saved_dir, target)
-        if tflite_dir is not None:
-            if tflite_target.exists():
-                move(tflite_target, tmp / "replaced-tflite")
-            move(tflite_dir, tflite_target)
+        for built, folder in folders:
+            if built is not None:
+                if folder.exists():
+                    move(folder, tmp / f"replaced-{folder.name}")
+                move(built, folder)
     except BaseException:
         for src, dst in reversed(done):
             os.rename(dst, src)

@@ -1,10 +1,11 @@
 """The manifest of an export and `verify`, which checks an export against it.
 
-Every version directory holds assets.extra/manifest.json (its tflite/ folder a copy): what was
+Every version directory holds assets.extra/manifest.json (its tflite/ and onnx/ folders a copy): what was
 exported, from what, and the sha256 and size of every file, including the Keras model at
 assets.extra/model.keras. It is written last, so a version with a manifest is complete.
 `verify` recomputes the hashes, flags missing and unlisted files and, when deep, loads what was
-exported (SavedModel, TFLite files in LiteRT, the Keras model in safe mode).
+exported (SavedModel, TFLite files in LiteRT, ONNX files in onnxruntime where the extra is installed,
+the Keras model in safe mode).
 """
 
 import json
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from kerasae.export.errors import VerificationError
 from kerasae.export.saved_model import _contract_problems, saved_model_signatures
+from kerasae.export.onnx import missing_modules, onnx_session
 from kerasae.export.tflite import load_interpreter
 from kerasae.files import ModelFileError, json_text, load_keras_model, sha256_file
 
@@ -40,17 +42,20 @@ def existing_versions(root):
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def write_manifest(manifest, saved_dir, tflite_dir=None):
-    """Add the format and every file's sha256 to `manifest`, write it into saved_dir (and tflite_dir); returns it.
+def write_manifest(manifest, saved_dir, tflite_dir=None, onnx_dir=None):
+    """Add the format and every file's sha256 to `manifest`, write it into saved_dir (and tflite_dir, onnx_dir);
+    returns it.
 
     The version directory's copy goes last: a version with a manifest is complete.
     """
     manifest = {**manifest, "format": FORMAT,
                 "files": {"saved_model": _hash_tree(saved_dir),
-                          "tflite": _hash_tree(tflite_dir) if tflite_dir is not None else {}}}
+                          "tflite": _hash_tree(tflite_dir) if tflite_dir is not None else {},
+                          **({"onnx": _hash_tree(onnx_dir)} if onnx_dir is not None else {})}}
     text = json_text(manifest)
-    if tflite_dir is not None:
-        (tflite_dir / MANIFEST).write_text(text)
+    for folder in (tflite_dir, onnx_dir):
+        if folder is not None:
+            (folder / MANIFEST).write_text(text)
     (saved_dir / "assets.extra").mkdir(exist_ok=True)
     (saved_dir / "assets.extra" / MANIFEST).write_text(text)
     return manifest
@@ -59,10 +64,11 @@ def write_manifest(manifest, saved_dir, tflite_dir=None):
 def verify(path, deep=True, strict=False):
     """Check an export against its manifest; returns a list of problems ([] when all is well).
 
-    `path` is exported/<name> (every version and the tflite folder), a version directory, or
-    a tflite folder. Recomputes the sha256 of every file listed, flags missing and unlisted
+    `path` is exported/<name> (every version and the tflite and onnx folders), a version directory,
+    or a tflite or onnx folder. Recomputes the sha256 of every file listed, flags missing and unlisted
     files, and with `deep` also loads the SavedModel (its signatures must match the manifest),
-    every .tflite file in LiteRT (builtin ops only) and the Keras model (in safe mode).
+    every .tflite file in LiteRT (builtin ops only), every .onnx file in onnxruntime (where the
+    extra is installed) and the Keras model (in safe mode).
     `strict` raises VerificationError instead of returning problems.
     """
     path = Path(path)
@@ -70,18 +76,21 @@ def verify(path, deep=True, strict=False):
     if (path / "saved_model.pb").is_file():
         problems += _verify_version(path, deep)
         manifest = _read_manifest(path / "assets.extra" / MANIFEST, [])
-        tflite_manifest = _read_manifest(path.parent / "tflite" / MANIFEST, [])
-        if manifest and tflite_manifest and tflite_manifest.get("export_id") == manifest.get("export_id"):
-            problems += _verify_tflite(path.parent / "tflite", deep)  # the tflite folder came from this export
-    elif (path / MANIFEST).is_file() and path.name == "tflite":
-        problems += _verify_tflite(path, deep)
-    elif path.is_dir() and (existing_versions(path) or (path / "tflite").is_dir()):
+        for kind in _FOLDERS:
+            folder_manifest = _read_manifest(path.parent / kind / MANIFEST, [])
+            if manifest and folder_manifest and folder_manifest.get("export_id") == manifest.get("export_id"):
+                problems += _verify_folder(path.parent / kind, kind, deep)  # the folder came from this export
+    elif (path / MANIFEST).is_file() and path.name in _FOLDERS:
+        problems += _verify_folder(path, path.name, deep)
+    elif path.is_dir() and (existing_versions(path) or any((path / kind).is_dir() for kind in _FOLDERS)):
         for v in existing_versions(path):
             problems += _verify_version(path / str(v), deep)
-        if (path / "tflite").is_dir():
-            problems += _verify_tflite(path / "tflite", deep)
+        for kind in _FOLDERS:
+            if (path / kind).is_dir():
+                problems += _verify_folder(path / kind, kind, deep)
     else:
-        problems.append(f"{path}: not a kerasae export (no version directories, saved_model.pb or tflite/{MANIFEST})")
+        problems.append(f"{path}: not a kerasae export (no version directories, saved_model.pb, tflite/{MANIFEST} "
+                        f"or onnx/{MANIFEST})")
     if strict and problems:
         raise VerificationError("\n".join(problems))
     return problems
@@ -134,16 +143,33 @@ def _verify_version(version_dir, deep):
     return problems
 
 
-def _verify_tflite(tflite_dir, deep):
+def _load_tflite(path):
+    load_interpreter(path.read_bytes(), delegates=False)
+
+
+def _load_onnx(path):
+    if not missing_modules():  # without the extra, the hashes alone are checked
+        onnx_session(path)
+
+
+#: The folders beside the version directories, by name (their key in the manifest's files): (how a file is
+#: loaded, in what runtime).
+_FOLDERS = {"tflite": (_load_tflite, "LiteRT"), "onnx": (_load_onnx, "onnxruntime")}
+
+
+def _verify_folder(folder, kind, deep):
+    """Check a tflite/ or onnx/ folder against its manifest; with `deep`, load every file in its runtime."""
     problems = []
-    manifest = _read_manifest(tflite_dir / MANIFEST, problems)
+    manifest = _read_manifest(folder / MANIFEST, problems)
     if manifest is None:
         return problems
-    _check_files(tflite_dir, manifest["files"]["tflite"], {MANIFEST}, problems)
+    listed = manifest["files"].get(kind, {})
+    _check_files(folder, listed, {MANIFEST}, problems)
+    load, runtime = _FOLDERS[kind]
     if deep and not problems:
-        for rel in manifest["files"]["tflite"]:
+        for rel in listed:
             try:
-                load_interpreter((tflite_dir / rel).read_bytes(), delegates=False)
+                load(folder / rel)
             except Exception as err:  # noqa: BLE001
-                problems.append(f"{tflite_dir / rel}: does not load in LiteRT ({err})")
+                problems.append(f"{folder / rel}: does not load in {runtime} ({' '.join(str(err).split())})")
     return problems

@@ -65,10 +65,11 @@ def keras_parity_problems(keras_parity, what):
             for sig, outputs in keras_parity.items() for key, diff in outputs.items() if not diff <= KERAS_TOLERANCE]
 
 
-def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=None):
+def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=None, run=run_tflite):
     """Run each TFLite file in LiteRT and compare it with the SavedModel on `images`.
 
-    `tflite_files` are paths named <signature>.<variant>.tflite. decode is fed the SavedModel's
+    `tflite_files` are paths named <signature>.<variant>.tflite (or <signature>.onnx, with `run` =
+    `run(path, signature, **inputs)` -> {output key: array} running them elsewhere). decode is fed the SavedModel's
     codes of the images; sample's draws differ from any other run's, so its x_mean is compared
     with the SavedModel's decode of the z it returned. A conditional model's (`classes`) inputs
     come with labels cycling through its classes. Returns {file name: {output key:
@@ -84,7 +85,7 @@ def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=
     for path in map(Path, tflite_files):
         signature = path.name.split(".")[0]
         feed = feeds.get(signature, {"x": images, **label})
-        got = run_tflite(path, signature, **feed)
+        got = run(path, signature, **feed)
         if signature == "sample":
             if len(got["z"]) != num_samples:
                 raise ExportError(f"{path.name}: asked for {num_samples} samples, got z of shape {got['z'].shape}")
@@ -101,7 +102,7 @@ def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=
 
 def _diffs(got, want):
     if got.shape != want.shape:
-        raise ExportError(f"TFLite output shape {got.shape} != SavedModel's {want.shape}")
+        raise ExportError(f"exported file's output shape {got.shape} != SavedModel's {want.shape}")
     if got.size == 0:
         return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "max_diff": 0.0}
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))  # NaN where either is NaN: fails any bound

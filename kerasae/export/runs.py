@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasae.export.core import export_model
+from kerasae.export.onnx import require_onnx
 from kerasae.export.parity import NUM_PARITY_IMAGES
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
 from kerasae import files
@@ -35,7 +36,8 @@ def load_images_npz(path):
 
 def export_run(run_dir_or_model_path, name, export_dir="exported", version=None, tflite=VARIANTS,
                representative_data=None, overwrite=False, num_representative=NUM_REPRESENTATIVE_IMAGES,
-               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES, source=None, keras_model=True):
+               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES, source=None, keras_model=True,
+               onnx=False):
     """Export a training run directory (model.keras, config.json, metrics.json) or a bare .keras file.
 
     int8 calibrates on the first `num_representative` training images of the run's dataset
@@ -46,7 +48,8 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     as `export_run(result.run_dir, name)`. `metrics` replaces the run's metrics.json in the
     manifest (which describes model.keras, so it is only used for model.keras); the zoo passes
     what reproduce measured on best.keras. `source` is what the manifest names as the model's
-    origin (default: the given path). `keras_model`: see `export_model`. Returns the version directory.
+    origin (default: the given path). `keras_model`, `onnx` (ONNX files beside the TFLite ones, compared
+    on the same test images): see `export_model`. Returns the version directory.
     """
     from kerasae import data as data_lib
 
@@ -69,10 +72,13 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     train_cfg = config.get("train") or {}
 
     variants = check_variants(tflite)
+    if onnx is True:
+        require_onnx()  # before loading the model and the data
+    compared = bool(variants) or onnx is True  # files to compare with the SavedModel on the run's test images
     if isinstance(representative_data, (str, Path)):
         representative_data = load_images_npz(representative_data)
     data = None
-    if variants and train_cfg.get("dataset"):
+    if compared and train_cfg.get("dataset"):
         image_size, color_mode = reopen_options(config)  # as training opened it (the conversion init_from implied)
         data = data_lib.load_dataset(train_cfg["dataset"], data_dir=train_cfg.get("data_dir"),
                                      image_size=image_size, color_mode=color_mode,
@@ -81,7 +87,7 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
                                      max_test_samples=NUM_PARITY_IMAGES)
         if tuple(data.image_shape) != shape:
             raise ValueError(f"the run's dataset has images {data.image_shape}, the model takes {shape}")
-    elif variants and shape == (28, 28, 1):
+    elif compared and shape == (28, 28, 1):
         data = data_lib.load_mnist()
     parity_data = fp16_data = None
     if data is not None:
@@ -101,4 +107,4 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
                         representative_data=representative_data, parity_data=parity_data, metrics=metrics,
                         preset=config.get("preset"), overwrite=overwrite, source=source or path,
                         strict_parity=strict_parity, tflite_signatures=tflite_signatures, fp16_data=fp16_data,
-                        keras_model=keras_model)
+                        keras_model=keras_model, onnx=onnx)
