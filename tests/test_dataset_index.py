@@ -66,6 +66,13 @@ def kept(data):
     return sorted(str(p) for s in (data.train, data.test) for p in s.paths)
 
 
+def entries(root):
+    """{file name relative to root: [size, mtime_ns, height, width, channels]} of the folder's index."""
+    header, arrays = index.load(root, "images")
+    assert header is not None
+    return dict(zip(arrays["names"].tolist(), arrays["values"].tolist()))
+
+
 def one_line(err):
     message = str(err.value)
     assert "\n" not in message, message
@@ -88,8 +95,9 @@ def test_the_first_open_writes_the_index_and_later_opens_decode_nothing(tmp_path
     # the index keeps the files' own shapes, so other options reuse it: only the last RGB file is 12x10 and 3-channel
     gray = open_dataset(f"images:{root}", mode="stream", image_size=(5, 4), color_mode="grayscale")
     assert decoded == [] and gray.image_shape == (5, 4, 1)
-    entries, _ = index.load(root, "images")
-    assert entries["b/rgb.png"][2:] == [10, 12, 3] and entries["a/00.png"][2:] == [8, 8, 1]
+    found = entries(root)
+    assert found["b/rgb.png"][2:] == [10, 12, 3] and found["a/00.png"][2:] == [8, 8, 1]
+    assert found["a/00.png"][:2] == [os.stat(paths[0]).st_size, os.stat(paths[0]).st_mtime_ns]
 
 
 def test_changed_added_and_removed_files_are_rescanned_or_dropped(tmp_path, decoded):
@@ -113,8 +121,8 @@ def test_changed_added_and_removed_files_are_rescanned_or_dropped(tmp_path, deco
     assert decoded == []  # the broken file is known to be broken: not decoded again
     assert data.skipped == (broken,) and broken in lines[0]
     assert kept(data) == sorted(set(paths) - {broken, paths[5]} | {new})
-    assert set(index.load(root, "images")[0]) == {os.path.relpath(p, root) for p in paths if p != paths[5]} | {
-        "a/new.png"}
+    assert set(entries(root)) == {os.path.relpath(p, root) for p in paths if p != paths[5]} | {"a/new.png"}
+    assert entries(root)[os.path.relpath(broken, root)][2:] == [-1, -1, -1]
 
 
 def test_files_written_within_the_racy_window_are_decoded_again(tmp_path, decoded):
@@ -129,50 +137,66 @@ def test_files_written_within_the_racy_window_are_decoded_again(tmp_path, decode
     assert len(paths) == 6
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "list", "foreign_root", "old_format", "bad_entries"])
+def rewrite_index(path, header=None, **arrays):
+    """The index at `path` with some header fields or arrays replaced."""
+    with np.load(path) as archive:
+        old = {name: archive[name] for name in archive.files}
+    old["header"] = np.array(json.dumps({**json.loads(str(old["header"][()])), **(header or {})}))
+    with open(path, "wb") as f:
+        np.savez(f, **{**old, **arrays})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "json", "foreign_root", "old_format", "old_decoder",
+                                    "float_values", "bad_shapes", "short_values", "no_names"])
 def test_a_corrupt_or_foreign_index_is_ignored_and_rewritten(tmp_path, decoded, damage):
     root = tmp_path / "data"
     paths = folder(root, 8)
     open_dataset(f"images:{root}", mode="stream")
     path = root / index.INDEX_NAME
-    text = path.read_text()
-    good = json.loads(text)
+    raw = path.read_bytes()
+    with np.load(path) as archive:
+        values = archive["values"]
     if damage == "garbage":
-        path.write_bytes(b"\x00\xffnot json")
+        path.write_bytes(b"\x00\xffnot an index")
     elif damage == "truncated":
-        path.write_text(text[:len(text) // 2])
-    elif damage == "list":
-        path.write_text("[1, 2, 3]")
+        path.write_bytes(raw[:len(raw) // 2])
+    elif damage == "json":  # an index of another kind of file
+        path.write_text(json.dumps({"format": index.FORMAT, "entries": {}}))
+    elif damage == "foreign_root":  # another folder's index, whose stats happen to match
+        rewrite_index(path, {"root": str(tmp_path / "elsewhere")})
+    elif damage == "old_format":
+        rewrite_index(path, {"format": "kerasae-index/0"})
+    elif damage == "old_decoder":
+        rewrite_index(path, {"decoder": "tf.io.decode_image (tensorflow 1.0)"})
+    elif damage == "float_values":
+        rewrite_index(path, values=values.astype(np.float64))
+    elif damage == "bad_shapes":  # true stats, impossible shapes
+        rewrite_index(path, values=np.concatenate([values[:, :2], np.zeros_like(values[:, 2:])], axis=1))
+    elif damage == "short_values":
+        rewrite_index(path, values=values[:-1])
     else:
-        if damage == "foreign_root":  # another folder's index, whose stats happen to match
-            good["root"] = str(tmp_path / "elsewhere")
-        elif damage == "old_format":
-            good["format"] = "kerasae-index/0"
-        else:  # entries with the files' true stats but nonsense for their shapes, or no list at all
-            good["entries"] = {k: [*v[:2], "x", None, 1] if i % 2 else 7 for i, (k, v) in
-                               enumerate(good["entries"].items())}
-        path.write_text(json.dumps(good))
+        rewrite_index(path, names=np.arange(len(values)))
     decoded.clear()
     data = open_dataset(f"images:{root}", mode="stream")
     assert sorted(decoded) == sorted(paths)
     assert data.image_shape == (64, 64, 3)
-    assert len(index.load(root, "images")[0]) == len(paths)  # rewritten whole and valid
+    assert len(entries(root)) == len(paths)  # rewritten whole and valid
 
 
 def test_an_unwritable_data_folder_keeps_its_index_in_the_cache(tmp_path, decoded, cache, monkeypatch):
     root = tmp_path / "data"
     paths = folder(root, 8)
-    real = index.write_json
+    real = index.write_npz
 
-    def read_only(path, obj):  # root runs the tests, so chmod would not stop it: refuse as a read-only mount does
+    def read_only(path, **arrays):  # root runs the tests, so chmod would not stop it: refuse as a read-only mount does
         if Path(path).parent == root:
             raise PermissionError(13, "Permission denied")
-        return real(path, obj)
+        return real(path, **arrays)
 
-    monkeypatch.setattr(index, "write_json", read_only)
+    monkeypatch.setattr(index, "write_npz", read_only)
     open_dataset(f"images:{root}", mode="stream")
     assert not (root / index.INDEX_NAME).exists()
-    assert len(list(cache.glob("*.json"))) == 1
+    assert len(list(cache.glob("*.npz"))) == 1
     assert sorted(decoded) == sorted(paths)
     decoded.clear()
     open_dataset(f"images:{root}", mode="stream")

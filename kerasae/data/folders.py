@@ -92,9 +92,15 @@ def list_images(directory: Path, classes=None):
 
 
 def _image_files(directory: Path, recursive: bool):
-    if recursive:
-        found = [os.path.join(top, f) for top, dirs, files in os.walk(directory, followlinks=True)
-                 for f in files]
-    else:
-        found = [str(p) for p in directory.iterdir() if p.is_file()]
-    return sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS) and not Path(f).name.startswith("."))
+    # os.scandir, not pathlib or os.walk + join: this runs for every file of the folder on every open
+    found, folders = [], [str(directory)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():  # follows links, as os.walk(followlinks=True) did
+                    if recursive:
+                        folders.append(entry.path)
+                elif (entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
+                      and entry.is_file()):
+                    found.append(entry.path)
+    return sorted(found)

@@ -238,7 +238,7 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
     """(H, W, C) for a split's scanned `shapes`: as configured, else what every image has."""
     good = shapes[shapes[:, 0] >= 0]
     if image_size is None:
-        sizes = np.unique(good[:, :2], axis=0)
+        sizes = np.unique(good[:, :2], axis=0) if len(good) < 1000 else _unique_sizes(good)
         if len(sizes) == 1:
             image_size = tuple(int(s) for s in sizes[0])
         elif default_size is not None:
@@ -249,6 +249,12 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
     if color_mode is None:
         color_mode = "grayscale" if np.all(good[:, 2] <= 2) else "rgb"
     return (*image_size, 1 if color_mode == "grayscale" else 3)
+
+
+def _unique_sizes(shapes):
+    """np.unique(shapes[:, :2], axis=0), 1-D and so ~10x faster: a folder's scan has a row per file."""
+    keys = np.unique(shapes[:, 0] * (1 << 32) + shapes[:, 1])
+    return np.stack([keys >> 32, keys & ((1 << 32) - 1)], axis=1)
 
 
 def unreadable_error(culprit, bad, total, first, item, from_file) -> DataError:
