@@ -7,11 +7,12 @@ verified by stat), with `kerasae.data.open_dataset(..., mode="stream")`.
 
 Each folder holds N RGB PNGs of 64x64 (~8 KB, as in benchmarks/streaming.py and docs/data.md's scan figure) or 32x32
 pixels (~2.5 KB: decoding is cheaper, so the index saves less), seeded smooth colour fields in 10 class subfolders,
-generated once under --cache-dir and dated an hour back (an index trusts only files older than its racy window, as a dataset on
-disk is). For each size, in one process after a warm-up open of a small folder (TensorFlow's start-up and tracing
-are not the scan's): the index is deleted and the folder opened (the first open), then reopened --repeats times;
-then 1% of the files get a new mtime and the folder is reopened once (those files decoded again). The files are in
-the page cache throughout (they were just written or read), so the first open measures decoding, not the disk.
+generated once under --cache-dir and dated an hour back (an index trusts only files older than its racy window, as a
+dataset on disk is). For each size, in one process after a warm-up open of a small folder (TensorFlow's start-up and
+tracing are not the scan's): the index is deleted and the folder opened (the first open), then reopened --repeats
+times; then 1% of the files get a new mtime and the folder is reopened once (those files decoded again). The files
+are in the page cache throughout (they were just written or read), so the first open measures decoding, not the
+disk.
 Wall and CPU time (this process's, all threads) are both recorded: on a shared machine the CPU time is the steadier.
 Target: the median reopen of the largest folder of 64x64 images takes <= 5% of its first open's wall time.
 """
@@ -109,7 +110,8 @@ def measure(folder, repeats, side):
         os.utime(path, ns=(an_hour_ago, an_hour_ago))
     changed_s, _, _ = timed_open(folder)
     reopen, reopen_cpu = statistics.median(reopens), statistics.median(reopens_cpu)
-    common.log(f"{count} {side}x{side} images: first open {first_s:.2f} s, reopen {reopen:.3f} s, with 1% changed {changed_s:.2f} s")
+    common.log(f"{count} {side}x{side} images: first open {first_s:.2f} s, reopen {reopen:.3f} s, "
+               f"with 1% changed {changed_s:.2f} s")
     return {"images": count, "side": side, "first_open_s": round(first_s, 3), "reopen_s": common.summarize(reopens),
             "reopen_1_percent_changed_s": round(changed_s, 3), "changed_files": len(touched),
             "ratio_reopen_to_first": common.ratio(reopen, first_s),
@@ -137,8 +139,8 @@ def main(argv=None):
     out = common.write_result(args.out, result)
     lines = common.report_header(result, out)
     for run in runs:
-        lines.append(f"{run['images']:>7,} {run['side']}x{run['side']} images: first open {run['first_open_s']:.2f} s, reopen "
-                     f"{run['reopen_s']['median']:.3f} s (ratio {run['ratio_reopen_to_first']}; CPU time "
+        lines.append(f"{run['images']:>7,} {run['side']}x{run['side']} images: first open {run['first_open_s']:.2f} s, "
+                     f"reopen {run['reopen_s']['median']:.3f} s (ratio {run['ratio_reopen_to_first']}; CPU time "
                      f"{run['ratio_reopen_to_first_cpu']}), 1% changed "
                      f"{run['reopen_1_percent_changed_s']:.2f} s")
     lines.append(f"target: {result['target']}; met: {result['met']}")

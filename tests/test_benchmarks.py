@@ -389,6 +389,22 @@ def test_dataset_index_quick(tmp_path):
     assert (tmp_path / "folders" / "png32-500" / ".kerasae_index.npz").is_file()
 
 
+def test_data_docs_quote_the_dataset_index_benchmark():
+    """docs/data.md's dataset-index table and target sentence are what benchmarks/dataset_index.py wrote."""
+    result = json.loads((BENCH / "results" / "dataset_index.json").read_text())
+    assert not result["quick"] and result["met"]
+    text = " ".join((REPO / "docs" / "data.md").read_text().split())
+    for run in result["runs"]:
+        row = (f"| {run['images']:,} | {run['side']}x{run['side']} | {run['first_open_s']:.2f} s | "
+               f"{run['reopen_s']['median']:.3f} s | {run['ratio_reopen_to_first'] * 100:.1f}% | "
+               f"{run['ratio_reopen_to_first_cpu'] * 100:.1f}% | {run['reopen_1_percent_changed_s']:.2f} s |")
+        assert row in text, row
+    largest = [run for run in result["runs"] if run["side"] == 64][-1]
+    assert largest["images"] == 50_000
+    assert f"Reopening 50,000 64x64 PNGs takes {largest['ratio_reopen_to_first'] * 100:.1f}% of the first" in text
+    assert f"other processes using {result['machine_at_end']['other_processes_cores']:.1f} cores" in text
+
+
 def test_data_docs_quote_the_streaming_benchmark():
     """docs/data.md's memory table and speed figures are those benchmarks/streaming.py wrote on a quiet machine."""
     import re
