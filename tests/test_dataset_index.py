@@ -100,6 +100,13 @@ def test_the_first_open_writes_the_index_and_later_opens_decode_nothing(tmp_path
     assert found["a/00.png"][:2] == [os.stat(paths[0]).st_size, os.stat(paths[0]).st_mtime_ns]
 
 
+def test_a_folder_of_one_non_square_size_keeps_it(tmp_path):
+    for i in range(6):
+        image(tmp_path / f"{i}.png", 40 * i, size=(12, 10))  # PIL: 12 wide, 10 high
+    assert open_dataset(f"images:{tmp_path}", mode="stream").image_shape == (10, 12, 1)
+    assert open_dataset(f"images:{tmp_path}", mode="stream").image_shape == (10, 12, 1)  # from the index
+
+
 def test_changed_added_and_removed_files_are_rescanned_or_dropped(tmp_path, decoded):
     root = tmp_path / "data"
     paths = folder(root)

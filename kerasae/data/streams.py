@@ -191,23 +191,21 @@ def first_unreadable(data: StreamedData) -> str | None:
     its index are decoded first; everything is decoded only when none of them is the culprit."""
     from kerasae.data import index  # index imports this module
 
-    for quick in (True, False):
-        for name, split in (("train", data.train), ("test", data.test)):
-            from_file = split.paths is not None
-            if quick and not (from_file and data.source.startswith("images:")):
-                continue
-            chosen = np.asarray(index.changed_files(data.source[len("images:"):], split.paths) if quick
-                                else np.arange(split.count), np.int64)
-            if not len(chosen):
-                continue
-            if from_file:
-                labels = np.full(len(chosen), -1, np.int64)
-                encoded = tf.data.Dataset.from_tensor_slices((split.paths[chosen].astype(str), labels))
-            else:
-                encoded = split.encoded()
-            bad = np.flatnonzero(scan(encoded, from_file, len(chosen))[:, 0] < 0)
-            if len(bad):
-                return str(split.paths[chosen[bad[0]]]) if from_file else f"{name} record {int(bad[0])}"
+    splits = (("train", data.train), ("test", data.test))
+    if data.source.startswith("images:"):
+        for _, split in splits:
+            chosen = index.changed_files(data.source[len("images:"):], split.paths)
+            if len(chosen):
+                paths = split.paths[chosen].astype(str)
+                encoded = tf.data.Dataset.from_tensor_slices((paths, np.full(len(paths), -1, np.int64)))
+                bad = np.flatnonzero(scan(encoded, True, len(paths))[:, 0] < 0)
+                if len(bad):
+                    return paths[bad[0]]
+    for name, split in splits:
+        from_file = split.paths is not None
+        bad = np.flatnonzero(scan(split.encoded(), from_file, split.count)[:, 0] < 0)
+        if len(bad):
+            return str(split.paths[bad[0]]) if from_file else f"{name} record {int(bad[0])}"
     return None
 
 
@@ -238,7 +236,7 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
     """(H, W, C) for a split's scanned `shapes`: as configured, else what every image has."""
     good = shapes[shapes[:, 0] >= 0]
     if image_size is None:
-        sizes = np.unique(good[:, :2], axis=0) if len(good) < 1000 else _unique_sizes(good)
+        sizes = _unique_sizes(good)
         if len(sizes) == 1:
             image_size = tuple(int(s) for s in sizes[0])
         elif default_size is not None:
@@ -252,7 +250,7 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
 
 
 def _unique_sizes(shapes):
-    """np.unique(shapes[:, :2], axis=0), 1-D and so ~10x faster: a folder's scan has a row per file."""
+    """np.unique(shapes[:, :2], axis=0), done in 1-D, which is ~10x faster: a folder's scan has a row per file."""
     keys = np.unique(shapes[:, 0] * (1 << 32) + shapes[:, 1])
     return np.stack([keys >> 32, keys & ((1 << 32) - 1)], axis=1)
 
