@@ -112,10 +112,10 @@ def measure(folder, repeats, side):
     reopen, reopen_cpu = statistics.median(reopens), statistics.median(reopens_cpu)
     common.log(f"{count} {side}x{side} images: first open {first_s:.2f} s, reopen {reopen:.3f} s, "
                f"with 1% changed {changed_s:.2f} s")
-    return {"images": count, "side": side, "first_open_s": round(first_s, 3), "reopen_s": common.summarize(reopens),
+    return {"images": count, "side": side, "first_open_s": round(first_s, 4), "reopen_s": common.summarize(reopens),
             "reopen_1_percent_changed_s": round(changed_s, 3), "changed_files": len(touched),
             "ratio_reopen_to_first": common.ratio(reopen, first_s),
-            "first_open_cpu_s": round(first_cpu_s, 3), "reopen_cpu_s": common.summarize(reopens_cpu),
+            "first_open_cpu_s": round(first_cpu_s, 4), "reopen_cpu_s": common.summarize(reopens_cpu),
             "ratio_reopen_to_first_cpu": common.ratio(reopen_cpu, first_cpu_s)}
 
 

@@ -245,6 +245,16 @@ def test_tfrecord_shards_are_counted_and_scanned_once(tmp_path, decoded, monkeyp
     assert len(decoded) == 11 and [Path(p).name for p in counted] == ["b.tfrecord"]
 
 
+def test_a_record_broken_mid_run_is_found_by_decoding_only_changed_shards(tmp_path, decoded):
+    write_shard(tmp_path / "a.tfrecord", range(10))
+    write_shard(tmp_path / "b.tfrecord", range(10, 20))
+    data = tfrecord.open_tfrecord(str(tmp_path))
+    write_shard(tmp_path / "b.tfrecord", range(10, 20), bad=(6,))  # the same count, one record broken
+    decoded.clear()
+    assert streams.first_unreadable(data) == "b.tfrecord record 6"
+    assert len(decoded) == 10  # b's records only
+
+
 def test_an_image_broken_mid_run_is_found_by_decoding_only_changed_files(tmp_path, decoded):
     root = tmp_path / "data"
     folder(root, 30)

@@ -178,6 +178,20 @@ def shard_entries(files, scan_shard, log=print) -> list[dict]:
     return out
 
 
+def changed_shards(files) -> tuple[list[int], list[str]]:
+    """(indices of `files` whose stat no longer matches the index or that it does not list, names it lists that
+    are gone): the only shards that can have broken since the index was written."""
+    root = Path(os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]))
+    header, _ = load(root, "tfrecord")
+    old = header.get("shards") if header else None
+    if not isinstance(old, dict):
+        return [], []  # no index (e.g. converted shards): nothing is known to have changed
+    names = _relative([os.path.abspath(f) for f in files], root)
+    changed = [i for i, (name, stat) in enumerate(zip(names, _stats(files).tolist()))
+               if not (_valid_shard(old.get(name)) and old[name]["stat"] == stat)]
+    return changed, sorted(set(old) - set(names))
+
+
 def _ints(value, n):
     return isinstance(value, list) and len(value) == n and all(type(v) is int for v in value)
 

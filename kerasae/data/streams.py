@@ -187,11 +187,17 @@ def scan(encoded: tf.data.Dataset, from_file: bool, count: int):
 
 def first_unreadable(data: StreamedData) -> str | None:
     """The first file (or "split record i") of `data` that does not decode now, if any: for naming an
-    image that broke after the scan that opened the dataset. For a folder, the files whose stat differs from
-    its index are decoded first; everything is decoded only when none of them is the culprit."""
+    image that broke after the scan that opened the dataset. The files (or TFRecord shards) whose stat differs
+    from the dataset index are decoded first; everything is decoded only when none of them is the culprit."""
     from kerasae.data import index  # index imports this module
 
     splits = (("train", data.train), ("test", data.test))
+    if data.source.startswith("tfrecord:"):
+        from kerasae.data import tfrecord  # tfrecord imports this module
+
+        culprit = tfrecord.first_changed_unreadable(data.source[len("tfrecord:"):])
+        if culprit:
+            return culprit
     if data.source.startswith("images:"):
         for _, split in splits:
             chosen = index.changed_files(data.source[len("images:"):], split.paths)

@@ -102,6 +102,26 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
                         skipped=tuple(dropped))
 
 
+def first_changed_unreadable(pattern) -> str | None:
+    """"SHARD record J" (or "SHARD (why)") of the first unreadable record among the shards changed since the
+    dataset index was written, if any: naming a record that broke mid-run without decoding every shard."""
+    try:
+        files = match_files(pattern)
+    except DataError:
+        return f"{pattern} (no shards match any more)"
+    changed, gone = index.changed_shards(files)
+    if gone:
+        return f"{gone[0]} (removed)"
+    for i in changed:
+        try:
+            bad = _scan_shard(files[i])["bad"]
+        except DataError as err:
+            return f"{Path(files[i]).name} ({err})"
+        if bad:
+            return f"{Path(files[i]).name} record {bad[0]}"
+    return None
+
+
 def _scan_shard(path) -> dict:
     """What the index keeps of one shard: its record count, feature keys, distinct image shapes and the positions
     of its records that do not decode."""
