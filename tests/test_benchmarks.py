@@ -99,6 +99,7 @@ def assert_trained(entry, reps):
     ("onnx_parity.py", ["--slices", "0"]),
     ("streaming.py", ["--sizes", "10000,x"]),
     ("streaming.py", ["--repeats", "0"]),
+    ("dataset_index.py", ["--sizes", "10,x"]),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)
@@ -369,6 +370,40 @@ def test_main_job_quick_records_what_the_run_measured(tmp_path):
     assert job["test"] == metrics["test"] and job["test_negative_elbo"] == -metrics["test"]["elbo"]
     assert job["epochs"] == 1 and job["wall_time_s"] > job["train_wall_time_s"] == metrics["wall_time_s"]
     assert result["quick"] and job["weights_sha256"] == metrics["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_dataset_index_quick(tmp_path):
+    """First open and reopens of two generated folders: every figure positive, 1% of the files changed."""
+    out = tmp_path / "index.json"
+    proc = run_benchmark("dataset_index.py", "--quick", "--out", out, "--cache-dir", tmp_path / "folders")
+    result = load_result(proc, out)
+    assert_header(result, "dataset_index")
+    assert result["cpu_flags"] and isinstance(result["met"], bool)
+    assert [(run["images"], run["side"]) for run in result["runs"]] == [(200, 32), (500, 32)]
+    for run in result["runs"]:
+        assert positive(run["first_open_s"]) and positive(run["reopen_1_percent_changed_s"])
+        assert_summary(run["reopen_s"], n=2)
+        assert_summary(run["reopen_cpu_s"], n=2)
+        assert run["changed_files"] == run["images"] // 100
+        assert run["ratio_reopen_to_first"] == pytest.approx(run["reopen_s"]["median"] / run["first_open_s"], rel=0.01)
+    assert (tmp_path / "folders" / "png32-500" / ".kerasae_index.npz").is_file()
+
+
+def test_data_docs_quote_the_dataset_index_benchmark():
+    """docs/data.md's dataset-index table and target sentence are what benchmarks/dataset_index.py wrote."""
+    result = json.loads((BENCH / "results" / "dataset_index.json").read_text())
+    assert not result["quick"] and result["met"]
+    text = " ".join((REPO / "docs" / "data.md").read_text().split())
+    for run in result["runs"]:
+        row = (f"| {run['images']:,} | {run['side']}x{run['side']} | {run['first_open_s']:.2f} s | "
+               f"{run['reopen_s']['median']:.3f} s | {run['ratio_reopen_to_first'] * 100:.1f}% | "
+               f"{run['ratio_reopen_to_first_cpu'] * 100:.1f}% | {run['reopen_1_percent_changed_s']:.2f} s |")
+        assert row in text, row
+    largest = [run for run in result["runs"] if run["side"] == 64][-1]
+    assert largest["images"] == 50_000
+    assert f"Reopening 50,000 64x64 PNGs takes {largest['ratio_reopen_to_first'] * 100:.1f}% of the first" in text
+    assert f"other processes using {result['machine_at_end']['other_processes_cores']:.1f} cores" in text
 
 
 def test_data_docs_quote_the_streaming_benchmark():

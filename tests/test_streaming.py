@@ -378,7 +378,9 @@ def test_tfrecord_unreadable_records_named_or_skipped(tmp_path):
     records = [example({"image": b"not an image" if i in bad else png_bytes(3 * i)}) for i in range(20)]
     write_records(tmp_path / "a.tfrecord", records[:10])
     write_records(tmp_path / "b.tfrecord", records[10:])
-    with pytest.raises(DataError, match="2 of 18 images cannot be read; first a.tfrecord record 3: Unknown image file format") as err:
+    # the count is over both splits (3 of the 20 records), not the training split's 2 of 18
+    with pytest.raises(DataError, match="3 of 20 images cannot be read; first a.tfrecord record 3: Unknown image "
+                       "file format") as err:
         tfrecord.open_tfrecord(str(tmp_path))
     one_line(err)
     lines = []

@@ -29,6 +29,7 @@ class ImageData:
     y_train: np.ndarray | None
     x_test: np.ndarray
     y_test: np.ndarray | None
+    skipped: tuple = ()  # files left out as unreadable when the images were decoded (skip_bad_images)
 
     streamed = False  # see kerasae.data.streams.StreamedData
 

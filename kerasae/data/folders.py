@@ -2,7 +2,8 @@
 
 DIR/train and DIR/test are the splits if both exist; otherwise a seeded 10% of the files is the
 test set. Class subfolders give labels (sorted names -> 0, 1, ...); a flat folder has none. Every
-file is decoded once up front, so a broken one is named before training, not mid-epoch.
+file is decoded once up front, so a broken one is named before training, not mid-epoch; the scan is kept
+in an index (kerasae.data.index), so later opens decode only new or changed files.
 """
 
 import os
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasae.data import index
 from kerasae.data.arrays import DataError
 from kerasae.data.idx import existing
-from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, scan
+from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, unreadable_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 DEFAULT_FOLDER_IMAGE_SIZE = (64, 64)  # for folders of mixed sizes without --image-size
@@ -44,25 +46,26 @@ def open_image_folder(directory, image_size=None, color_mode=None, skip_bad=Fals
         test_paths = test_paths[order]
         test_labels = None if test_labels is None else test_labels[order]
     has_labels = classes is not None
-    splits, dropped = [], []
-    shapes_all = []
-    for name, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):
-        split = Split((0, 0, 0), len(paths), paths=paths, labels=labels, has_labels=has_labels)
-        shapes = scan(split.encoded(), True, split.count)
-        split, gone = drop_unreadable(split, shapes, skip_bad, f"images:{root}")
-        splits.append(split)
-        dropped += gone
-        shapes_all.append(shapes[shapes[:, 0] >= 0])
+    culprit = f"images:{root}"
+    every = np.concatenate([train_paths, test_paths])
+    shapes = index.folder_shapes(root, every, log)  # decodes only what the index does not vouch for
+    bad = np.flatnonzero(shapes[:, 0] < 0)
+    if len(bad) and not skip_bad:
+        raise unreadable_error(culprit, len(bad), len(every), every[bad[0]], every[bad[0]], True)
+    dropped = tuple(str(every[i]) for i in bad)
     if dropped:
-        log(f"images:{root}: skipped {len(dropped)} unreadable image(s): {', '.join(dropped[:5])}"
+        log(f"{culprit}: skipped {len(dropped)} unreadable image(s): {', '.join(dropped[:5])}"
             + (" ..." if len(dropped) > 5 else ""))
+    n = len(train_paths)
+    splits = [drop_unreadable(Split((0, 0, 0), len(p), paths=p, labels=y, has_labels=has_labels),
+                              np.flatnonzero(rows[:, 0] < 0))
+              for p, y, rows in ((train_paths, train_labels, shapes[:n]), (test_paths, test_labels, shapes[n:]))]
     for split, name in zip(splits, ("train", "test")):
         if split.count == 0:
-            raise DataError(f"images:{root}: no readable images left in the {name} split")
-    shape = choose_shape(np.concatenate(shapes_all), image_size, color_mode, DEFAULT_FOLDER_IMAGE_SIZE,
-                         f"images:{root}")
+            raise DataError(f"{culprit}: no readable images left in the {name} split")
+    shape = choose_shape(shapes[shapes[:, 0] >= 0], image_size, color_mode, DEFAULT_FOLDER_IMAGE_SIZE, culprit)
     train, test = (Split(shape, s.count, paths=s.paths, labels=s.labels, has_labels=has_labels) for s in splits)
-    return StreamedData(root.name, train, test, source=f"images:{root}", class_names=classes,
+    return StreamedData(root.name, train, test, source=culprit, class_names=classes,
                         skipped=tuple(dropped))
 
 
@@ -94,9 +97,15 @@ def list_images(directory: Path, classes=None):
 
 
 def _image_files(directory: Path, recursive: bool):
-    if recursive:
-        found = [os.path.join(top, f) for top, dirs, files in os.walk(directory, followlinks=True)
-                 for f in files]
-    else:
-        found = [str(p) for p in directory.iterdir() if p.is_file()]
-    return sorted(f for f in found if f.lower().endswith(IMAGE_EXTENSIONS) and not Path(f).name.startswith("."))
+    # os.scandir, not pathlib or os.walk + join: this runs for every file of the folder on every open
+    found, folders = [], [str(directory)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():  # follows links, as os.walk(followlinks=True) did
+                    if recursive:
+                        folders.append(entry.path)
+                elif (entry.name.lower().endswith(IMAGE_EXTENSIONS) and not entry.name.startswith(".")
+                      and entry.is_file()):
+                    found.append(entry.path)
+    return sorted(found)

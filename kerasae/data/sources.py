@@ -46,6 +46,9 @@ def open_dataset(spec: str = "mnist", *, data_dir: str | None = None, image_size
             data = open_image_folder(arg, image_size, color_mode, skip_bad_images, log)
         elif kind == "tfrecord":
             data = open_tfrecord(arg, image_size, color_mode, skip_bad_images, log)
+        elif skip_bad_images:  # tfds records are read as tensorflow-datasets prepared them, never scanned
+            raise DataError(f"--skip-bad-images applies to images: and tfrecord: datasets (which kerasae scans), "
+                            f"not to tfds:{arg}; drop the flag")
         else:
             data = open_tfds(arg, data_dir, image_size, color_mode, log)
         # streams.IN_MEMORY_LIMIT_BYTES read now, not bound at import, so that setting it takes effect

@@ -169,7 +169,8 @@ class StreamedData:
         """Decode everything into an `ImageData` (same images, same order)."""
         x_train, y_train = self.train.to_arrays()
         x_test, y_test = self.test.to_arrays()
-        return ImageData(self.name, x_train, as_labels(y_train, "y_train"), x_test, as_labels(y_test, "y_test"))
+        return ImageData(self.name, x_train, as_labels(y_train, "y_train"), x_test, as_labels(y_test, "y_test"),
+                         skipped=self.skipped)
 
     def split_validation(self, size: int):
         """(train split, validation split, test split, test labels=None): validation is the last `size`
@@ -225,8 +226,27 @@ def scan(encoded: tf.data.Dataset, from_file: bool, count: int):
 
 def first_unreadable(data: StreamedData) -> str | None:
     """The first file (or "split record i") of `data` that does not decode now, if any: for naming an
-    image that broke after the scan that opened the dataset."""
-    for name, split in (("train", data.train), ("test", data.test)):
+    image that broke after the scan that opened the dataset. The files (or TFRecord shards) whose stat differs
+    from the dataset index are decoded first; everything is decoded only when none of them is the culprit."""
+    from kerasae.data import index  # index imports this module
+
+    splits = (("train", data.train), ("test", data.test))
+    if data.source.startswith("tfrecord:"):
+        from kerasae.data import tfrecord  # tfrecord imports this module
+
+        culprit = tfrecord.first_changed_unreadable(data.source[len("tfrecord:"):])
+        if culprit:
+            return culprit
+    if data.source.startswith("images:"):
+        for _, split in splits:
+            chosen = index.changed_files(data.source[len("images:"):], split.paths)
+            if len(chosen):
+                paths = split.paths[chosen].astype(str)
+                encoded = tf.data.Dataset.from_tensor_slices((paths, np.full(len(paths), -1, np.int64)))
+                bad = np.flatnonzero(scan(encoded, True, len(paths))[:, 0] < 0)
+                if len(bad):
+                    return paths[bad[0]]
+    for name, split in splits:
         from_file = split.paths is not None
         bad = np.flatnonzero(scan(split.encoded(), from_file, split.count)[:, 0] < 0)
         if len(bad):
@@ -261,7 +281,7 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
     """(H, W, C) for a split's scanned `shapes`: as configured, else what every image has."""
     good = shapes[shapes[:, 0] >= 0]
     if image_size is None:
-        sizes = np.unique(good[:, :2], axis=0)
+        sizes = _unique_sizes(good)
         if len(sizes) == 1:
             image_size = tuple(int(s) for s in sizes[0])
         elif default_size is not None:
@@ -274,31 +294,26 @@ def choose_shape(shapes, image_size, color_mode, default_size, culprit):
     return (*image_size, 1 if color_mode == "grayscale" else 3)
 
 
-def drop_unreadable(split: Split, shapes, skip_bad: bool, culprit: str, names=None):
-    """`split` without the items whose scan failed, or a DataError naming the first of them.
+def _unique_sizes(shapes):
+    """np.unique(shapes[:, :2], axis=0), done in 1-D, which is ~10x faster: a folder's scan has a row per file."""
+    keys = np.unique(shapes[:, 0] * (1 << 32) + shapes[:, 1])
+    return np.stack([keys >> 32, keys & ((1 << 32) - 1)], axis=1)
 
-    `names(i)` names item i for the message (default: its path). Returns (split, names of dropped items).
-    """
-    bad = np.flatnonzero(shapes[:, 0] < 0)
+
+def unreadable_error(culprit, bad, total, first, item, from_file) -> DataError:
+    """The error for `bad` unreadable images of `total` (every split), naming the `first` and why it fails."""
+    return DataError(f"{culprit}: {bad} of {total} images cannot be read; first {first}: "
+                     f"{why_unreadable(item, from_file)} (fix or remove it, or pass --skip-bad-images)")
+
+
+def drop_unreadable(split: Split, bad) -> Split:
+    """`split` without its items at indices `bad` (counted from split.start, for records with no skips yet)."""
     if not len(bad):
-        return split, ()
-    from_file = split.paths is not None
-    name_of = names or (lambda i: str(split.paths[i]))
-    dropped = tuple(name_of(i) for i in bad)
-    if not skip_bad:
-        first = bad[0]
-        item = split.paths[first] if from_file else _record_at(split, first)
-        raise DataError(f"{culprit}: {len(bad)} of {split.count} images cannot be read; first {dropped[0]}: "
-                        f"{why_unreadable(item, from_file)} (fix or remove it, or pass --skip-bad-images)")
+        return split
     keep = np.ones(split.count, bool)
     keep[bad] = False
-    if from_file:
+    if split.paths is not None:
         labels = None if split.labels is None else split.labels[keep]
-        return dataclasses.replace(split, count=int(keep.sum()), paths=split.paths[keep], labels=labels), dropped
-    positions = tuple(int(split.start + i) for i in bad)  # scanned from split.start with no skips yet
-    return dataclasses.replace(split, count=int(keep.sum()), skip=tuple(split.skip) + positions), dropped
-
-
-def _record_at(split, i):
-    one = dataclasses.replace(split, start=split.start + int(i), count=1, skip=())
-    return next(iter(one.encoded()))[0].numpy()
+        return dataclasses.replace(split, count=int(keep.sum()), paths=split.paths[keep], labels=labels)
+    positions = tuple(int(split.start + i) for i in bad)
+    return dataclasses.replace(split, count=int(keep.sum()), skip=tuple(split.skip) + positions)

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from kerasae.data import index
 from kerasae.data.arrays import DataError
-from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, scan
+from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, scan, unreadable_error
 
 METADATA = "kerasae_dataset.json"
 IMAGE_KEYS = ("image", "image/encoded")
@@ -31,13 +32,19 @@ TEST_FRACTION = 0.1
 
 def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log=print) -> StreamedData:
     files = match_files(pattern)
+    culprit = f"tfrecord:{pattern}"
     meta = _metadata(files)
-    keys = [_feature_keys(f) for f in files]
+    if meta:  # the converter decoded every image: counts and shape are known, nothing to scan
+        shards = [{"count": meta["files"][Path(f).name]["count"], "keys": list(_feature_keys(f)),
+                   "shapes": [list(meta["image_shape"])], "bad": []} for f in files]
+    else:  # counted and scanned once, then kept in the dataset index (kerasae.data.index)
+        shards = index.shard_entries(files, _scan_shard, log)
+    keys = [tuple(s["keys"]) for s in shards]
     if len(set(keys)) > 1:
-        raise DataError(f"tfrecord:{pattern}: shards use different feature keys: "
+        raise DataError(f"{culprit}: shards use different feature keys: "
                         + "; ".join(f"{Path(f).name}: {k}" for f, k in list(zip(files, keys))[:4]))
     image_key, label_key = keys[0]
-    counts = [meta["files"][Path(f).name]["count"] if meta else _count(f) for f in files]
+    counts = [s["count"] for s in shards]
     named = {s: [i for i, f in enumerate(files) if _SPLIT_TOKEN[s].search(Path(f).name)] for s in _SPLIT_TOKEN}
     parse = _parser(image_key, label_key)
     has_labels = label_key is not None
@@ -46,56 +53,84 @@ def open_tfrecord(pattern, image_size=None, color_mode=None, skip_bad=False, log
         """The chosen shards with their record counts: a split skips whole shards by them."""
         return {"shards": tuple((files[i], counts[i]) for i in chosen), "parse": parse}
 
-    def namer(chosen):
-        """Position in the concatenated `chosen` shards -> "SHARD record J" (J counts from 0 in that shard)."""
-        ends = np.cumsum([counts[i] for i in chosen])
-
-        def name(position):
-            k = int(np.searchsorted(ends, position, side="right"))
-            return f"{Path(files[chosen[k]]).name} record {position - (ends[k - 1] if k else 0)}"
-        return name
+    def bad_records(chosen):
+        """(shard, record in it) of the unreadable records of the `chosen` shards, in stream order."""
+        return [(i, b) for i in chosen for b in shards[i]["bad"]]
 
     if named["train"] and named["test"]:
-        train = Split((0, 0, 0), sum(counts[i] for i in named["train"]), **reader(named["train"]),
-                      has_labels=has_labels)
-        test = Split((0, 0, 0), sum(counts[i] for i in named["test"]), **reader(named["test"]),
-                     has_labels=has_labels)
-        names = {"train": namer(named["train"]), "test": namer(named["test"])}
+        chosen = {"train": named["train"], "test": named["test"]}
+        train, test = (Split((0, 0, 0), sum(counts[i] for i in chosen[s]), **reader(chosen[s]),
+                             has_labels=has_labels) for s in ("train", "test"))
     else:
         every = list(range(len(files)))
+        chosen = {"train": every, "test": every}
         total = sum(counts)
         if total < 2:
-            raise DataError(f"tfrecord:{pattern} holds {total} record(s); need at least 2 to split off a test set")
+            raise DataError(f"{culprit} holds {total} record(s); need at least 2 to split off a test set")
         n_test = max(1, int(total * TEST_FRACTION))
         whole = Split((0, 0, 0), total, **reader(every), has_labels=has_labels)
         train, test = whole.split_first(total - n_test)
-        names = dict.fromkeys(("train", "test"), namer(every))
-    culprit = f"tfrecord:{pattern}"
-    dropped = []
-    if meta:
-        shape = tuple(meta["image_shape"])
-        if image_size is not None or color_mode is not None:
-            shape = choose_shape(np.array([shape]), image_size, color_mode, None, culprit)
-    else:
-        scanned = []
-        for name, split in (("train", train), ("test", test)):
-            shapes = scan(split.encoded(), False, split.count)
-            split, gone = drop_unreadable(split, shapes, skip_bad, culprit,
-                                          names=lambda i, s=split, n=names[name]: n(s.start + int(i)))
-            dropped += gone
-            scanned.append(shapes[shapes[:, 0] >= 0])
-            train, test = (split, test) if name == "train" else (train, split)
-        if dropped:
-            log(f"{culprit}: skipped {len(dropped)} unreadable record(s): {', '.join(dropped[:5])}")
-        shape = choose_shape(np.concatenate(scanned), image_size, color_mode, None, culprit)
-    for split, name in ((train, "train"), (test, "test")):
+    used = sorted(set(chosen["train"]) | set(chosen["test"]))
+    bad = bad_records(used)
+    if bad and not skip_bad:
+        i, b = bad[0]
+        first = tf.data.TFRecordDataset(files[i]).skip(b).take(1).map(parse)
+        raise unreadable_error(culprit, len(bad), sum(counts[i] for i in used), f"{Path(files[i]).name} record {b}",
+                               next(iter(first))[0].numpy(), False)
+    dropped, splits = [], []
+    for name, split in (("train", train), ("test", test)):
+        starts = np.cumsum([0] + [counts[i] for i in chosen[name]])  # each shard's first position in the stream
+        positions = [int(starts[chosen[name].index(i)] + b) for i, b in bad_records(chosen[name])]
+        mine = [p - split.start for p in positions if split.start <= p < split.start + split.count]
+        splits.append(drop_unreadable(split, mine))
+        dropped += [f"{Path(files[i]).name} record {b}" for (i, b), p in zip(bad_records(chosen[name]), positions)
+                    if split.start <= p < split.start + split.count]
+    if dropped:
+        log(f"{culprit}: skipped {len(dropped)} unreadable record(s): {', '.join(dropped[:5])}")
+    for split, name in zip(splits, ("train", "test")):
         if split.count == 0:
             raise DataError(f"{culprit}: the {name} split has no readable records")
-    train, test = (dataclasses.replace(s, image_shape=shape) for s in (train, test))
+    shapes = np.array([s for i in used for s in shards[i]["shapes"]], np.int64).reshape(-1, 3)
+    if meta and image_size is None and color_mode is None:
+        shape = tuple(meta["image_shape"])
+    else:
+        shape = choose_shape(shapes, image_size, color_mode, None, culprit)
+    train, test = (dataclasses.replace(s, image_shape=shape) for s in splits)
     name = meta["name"] if meta else Path(files[0]).parent.name
     return StreamedData(name, train, test, source=culprit,
                         class_names=tuple(meta["class_names"]) if meta and meta.get("class_names") else None,
                         skipped=tuple(dropped))
+
+
+def first_changed_unreadable(pattern) -> str | None:
+    """"SHARD record J" (or "SHARD (why)") of the first unreadable record among the shards changed since the
+    dataset index was written, if any: naming a record that broke mid-run without decoding every shard."""
+    try:
+        files = match_files(pattern)
+    except DataError:
+        return f"{pattern} (no shards match any more)"
+    changed, gone = index.changed_shards(files)
+    if gone:
+        return f"{gone[0]} (removed)"
+    for i in changed:
+        try:
+            bad = _scan_shard(files[i])["bad"]
+        except DataError as err:
+            return f"{Path(files[i]).name} ({err})"
+        if bad:
+            return f"{Path(files[i]).name} record {bad[0]}"
+    return None
+
+
+def _scan_shard(path) -> dict:
+    """What the index keeps of one shard: its record count, feature keys, distinct image shapes and the positions
+    of its records that do not decode."""
+    keys = _feature_keys(path)
+    count = _count(path)
+    shapes = scan(tf.data.TFRecordDataset(path).map(_parser(*keys)), False, count)
+    good = shapes[shapes[:, 0] >= 0]
+    return {"count": count, "keys": list(keys), "shapes": np.unique(good, axis=0).tolist() if len(good) else [],
+            "bad": np.flatnonzero(shapes[:, 0] < 0).tolist()}
 
 
 def match_files(pattern) -> list[str]:
