@@ -4,6 +4,7 @@ The CLI parses its arguments with these before TensorFlow loads, so `--help` and
 argument answer at once; the modules that own each name import it from here.
 """
 
+import difflib
 import numbers
 import re
 
@@ -33,6 +34,12 @@ SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def did_you_mean(word, choices):
+    """"; did you mean 'x'?" for the closest of `choices` to a mistyped `word`, else "" (difflib's ratio >= 0.6)."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_positive_int(name, value):

@@ -21,6 +21,7 @@ import tensorflow as tf
 from kerasae import export as export_lib
 from kerasae.config import ZOO_PREFIX
 from kerasae.files import atomic_path
+from kerasae.options import did_you_mean
 
 #: zoo name -> (results file, where its metrics are, lower-is-better metric that decides an update)
 ZOO = {
@@ -97,7 +98,8 @@ def version_dir(name, zoo_dir=None, version=None):
     versions = export_lib.existing_versions(root) if root.is_dir() else []
     if not versions:
         names = available(zoo_dir)
-        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; available: {', '.join(names) or 'none'}. "
+        raise ValueError(f"no pretrained model {name!r}{did_you_mean(name, names)} in {zoo_dir}; available: "
+                         f"{', '.join(names) or 'none'}. "
                          "The zoo ships with kerasae (pip install .); point zoo_dir or $KERASAE_ZOO at another "
                          "zoo, or build one with `python scripts/reproduce.py --export-zoo`")
     if version is not None and version not in versions:

@@ -10,9 +10,9 @@ from kerasae import options
 from kerasae.cli.arguments import _positive_int, _variants
 
 
-def build_export_parser():
+def build_export_parser(prog="export.py"):
     p = argparse.ArgumentParser(
-        prog="export.py", description="Export a kerasae run (or .keras file) as a SavedModel plus TFLite files, "
+        prog=prog, description="Export a kerasae run (or .keras file) as a SavedModel plus TFLite files, "
         "or verify an export (--verify PATH).")
     p.add_argument("source", nargs="?", metavar="RUN_DIR_or_MODEL.keras", help="what to export")
     p.add_argument("--name", help="export name: files go to EXPORT_DIR/NAME/VERSION and EXPORT_DIR/NAME/tflite")
@@ -32,8 +32,8 @@ def build_export_parser():
     return p
 
 
-def export_main(argv=None):
-    parser = build_export_parser()
+def export_main(argv=None, prog="export.py"):
+    parser = build_export_parser(prog)
     args = parser.parse_args(argv)
     if args.verify:
         if args.source or args.name:
@@ -69,7 +69,7 @@ def export_main(argv=None):
     except (ValueError, FileExistsError, FileNotFoundError) as err:  # bad input: a usage error
         parser.error(" ".join(str(err).split()))
     except export_lib.ExportError as err:
-        print(f"export.py: export failed: {err}", file=sys.stderr)
+        print(f"{parser.prog}: export failed: {err}", file=sys.stderr)
         return 1
     manifest = json.loads((version_dir / "assets.extra" / export_lib.MANIFEST).read_text())
     print(f"SavedModel: {version_dir}  (signatures: {', '.join(manifest['signatures'])})")
@@ -83,3 +83,9 @@ def export_main(argv=None):
     for file_name, reason in sorted(tflite.get("out_of_tolerance", {}).items()):
         print(f"  WARNING {file_name} is outside its parity bound: {reason} (kept; flagged in the manifest)")
     return 0
+
+
+if __name__ == "__main__":  # python -m kerasae.cli.export: the same as `kerasae export`
+    from kerasae.cli.main import run_module
+
+    run_module(export_main, "python -m kerasae.cli.export")

@@ -16,8 +16,8 @@ _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood
                 "fixed_scale": ("fixed_scale", _VAES)}
 
 
-def build_train_parser():
-    p = argparse.ArgumentParser(prog="train.py", description="Train a kerasae autoencoder with model.fit.")
+def build_train_parser(prog="train.py"):
+    p = argparse.ArgumentParser(prog=prog, description="Train a kerasae autoencoder with model.fit.")
     p.add_argument("--arch", choices=sorted(registry.DEFAULT_PRESETS),
                    help="model family; picks its default preset (%s)" %
                    ", ".join(f"{k}: {v}" for k, v in registry.DEFAULT_PRESETS.items()))
@@ -94,7 +94,7 @@ def config_from_args(parser, args):
     """Turn parsed flags into a TrainConfig; inconsistent flags are usage errors."""
     preset = args.preset or registry.DEFAULT_PRESETS[args.arch or "vae"]
     if preset not in registry.PRESETS:
-        parser.error(f"unknown preset {preset!r}; valid presets: {', '.join(registry.PRESETS)}")
+        parser.error(registry.unknown_preset_message(preset))
     family = registry.get_preset(preset).family
     if args.arch and args.preset and family != args.arch:
         parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
@@ -145,8 +145,8 @@ def print_presets():
         print(f"{name:18s} {preset.family:4s} {preset.description}")
 
 
-def train_main(argv=None):
-    parser = build_train_parser()
+def train_main(argv=None, prog="train.py"):
+    parser = build_train_parser(prog)
     args = parser.parse_args(argv)
     if args.list_presets:
         print_presets()
@@ -169,7 +169,7 @@ def train_main(argv=None):
     try:
         result = train_lib.fit(config, *prepared)
     except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
-        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
     test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
@@ -179,3 +179,9 @@ def train_main(argv=None):
         version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
         print(f"exported: {version_dir}")
     return 0
+
+
+if __name__ == "__main__":  # python -m kerasae.cli.train: the same as `kerasae train`
+    from kerasae.cli.main import run_module
+
+    run_module(train_main, "python -m kerasae.cli.train")
