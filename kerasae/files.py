@@ -1,6 +1,7 @@
 """Small file helpers shared by training and export: atomic JSON, hashes, library versions, safe loading."""
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasae import registry
+from kerasae import options, registry
 
 
 def _default(value):
@@ -78,6 +79,51 @@ def library_versions():
         except PackageNotFoundError:
             versions[key] = None
     return versions
+
+
+# ---- where exports may go -----------------------------------------------------------------------
+
+_ZOO_WRITES = contextvars.ContextVar("kerasae_zoo_writes", default=False)
+
+
+@contextlib.contextmanager
+def zoo_writes():
+    """Within this block exports may go into the zoo's folder: for the zoo's own command only
+    (`zoo.export_zoo`, `zoo.reexport`, `kerasae reproduce --export-zoo`)."""
+    token = _ZOO_WRITES.set(True)
+    try:
+        yield
+    finally:
+        _ZOO_WRITES.reset(token)
+
+
+def protected_dirs():
+    """{folder: what it is} that user exports must stay out of: anything shipped as part of the package."""
+    package = Path(__file__).resolve().parent
+    protected = {package: "the installed kerasae package", package / "pretrained": "the pretrained zoo"}
+    if (package.parent / "pyproject.toml").is_file():  # a checkout: exported/ is the zoo's source (kerasae.pretrained)
+        protected[package.parent / "exported"] = "the pretrained zoo's source (shipped as kerasae.pretrained)"
+    if os.environ.get("KERASAE_ZOO"):
+        protected[Path(os.environ["KERASAE_ZOO"]).resolve()] = "the pretrained zoo ($KERASAE_ZOO)"
+    return protected
+
+
+def check_export_dir(export_dir):
+    """`export_dir` as a Path; a ValueError when it lies in the zoo's folder or the installed package.
+
+    A user's exports written there would become zoo entries and ship in the next wheel (or be lost on the next
+    install); only the zoo's own command writes there (`zoo_writes`).
+    """
+    path = Path(export_dir)
+    if _ZOO_WRITES.get():
+        return path
+    resolved = path.resolve()
+    for folder, what in sorted(protected_dirs().items(), key=lambda item: -len(str(item[0]))):
+        if resolved == folder or folder in resolved.parents:
+            raise ValueError(f"export_dir: {export_dir} is inside {what} ({folder}); export somewhere of your own "
+                             f"(default: ./{options.DEFAULT_EXPORT_DIR}). Only `kerasae reproduce --export-zoo` "
+                             "writes the zoo")
+    return path
 
 
 class ModelFileError(ValueError):

@@ -10,6 +10,7 @@ any directory after `pip install .`.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import tensorflow as tf
 
 from kerasae import export as export_lib
 from kerasae.config import ZOO_PREFIX
+from kerasae import files
 from kerasae.files import atomic_path
 from kerasae.options import did_you_mean
 
@@ -162,6 +164,17 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
+def _zoo_command(function):
+    """The zoo's own commands write into the zoo's folder, which `export_model` refuses to anyone else."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with files.zoo_writes():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_zoo_command
 def reexport(zoo_dir="exported"):
     """Re-export, as its next version, each zoo entry that `export_zoo` would not store as it is (one that holds
     assets.extra/model.keras, a second copy of its weights): from its own verified Keras model, metrics kept.
@@ -200,6 +213,7 @@ def _current_metric(root, metric):
     return None if manifest is None else ((manifest.get("metrics") or {}).get("test") or {}).get(metric)
 
 
+@_zoo_command
 def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False):
     """Export every ZOO entry whose deciding metric beats the one already in zoo_dir (or all, with force).
 

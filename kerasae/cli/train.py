@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from kerasae import options, registry
+from kerasae import files, options, registry
 from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int
 from kerasae.config import TrainConfig
 
@@ -86,7 +86,8 @@ def build_train_parser(prog="train.py"):
                    help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
     g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
-    g.add_argument("--export-dir", default="exported", help="where --export writes (default: exported)")
+    g.add_argument("--export-dir", default=options.DEFAULT_EXPORT_DIR,
+                   help="where --export writes (default: ./%(default)s)")
     return p
 
 
@@ -157,6 +158,10 @@ def train_main(argv=None, prog="train.py"):
             options.check_name(args.export)
         except ValueError as err:
             parser.error(f"--export: {err}")
+        try:  # refused now, not after training
+            files.check_export_dir(args.export_dir)
+        except ValueError as err:
+            parser.error(f"--export-dir: {err}")
     from kerasae import distribute
     from kerasae import export as export_lib
     from kerasae import training as train_lib
@@ -176,8 +181,11 @@ def train_main(argv=None, prog="train.py"):
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
     if args.export is not None and distribute.is_chief(prepared.strategy):
+        from kerasae.cli.export import print_export
+
         version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
         print(f"exported: {version_dir}")
+        print_export(version_dir)
     return 0
 
 

@@ -29,10 +29,11 @@ from kerasae.export.saved_model import (_contract_problems, _spec, expected_sign
 from kerasae.export.variants import _fp16_source, _write_tflite
 from kerasae import files, registry
 from kerasae.files import library_versions
-from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signatures, check_variants
+from kerasae.options import (DEFAULT_EXPORT_DIR, SIGNATURES, VARIANTS, check_name, check_tflite_signatures,
+                             check_variants)
 
 
-def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
+def export_model(model, export_dir=DEFAULT_EXPORT_DIR, name=None, version=None, tflite=VARIANTS, representative_data=None,
                  parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
                  tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
@@ -89,7 +90,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
                                 or version < 1):
         raise ValueError(f"version must be a positive integer, got {version!r}")
-    export_root = Path(export_dir)
+    export_root = files.check_export_dir(export_dir)  # never the zoo's folder or the installed package
     root = export_root / name
     created = [p for p in (export_root, root) if not p.exists()]
     try:
