@@ -4,7 +4,7 @@
     model = kerasae.build("vae-mlp")            # any name from kerasae.list_presets()
     result = kerasae.train(preset="vae-mlp", epochs=5, out="runs/vae")
     vae = kerasae.load_pretrained("vae-mlp")    # the pretrained zoo, sha256-verified
-    model = kerasae.load_model("runs/vae/model.keras")
+    model = kerasae.load_model("runs/vae")      # a run's model.keras (or any .keras file kerasae wrote)
 
 The names below load on first use (PEP 562), so `import kerasae` and the command-line
 tools' `--help` do not wait for TensorFlow. Using any model name registers kerasae's

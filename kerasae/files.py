@@ -146,8 +146,24 @@ def write_checksum(path, new_file):
     write_json(checksum_path(path), {"sha256": sha256_file(new_file), "previous": previous})
 
 
+def run_model_path(run_dir):
+    """RUN_DIR/model.keras, the model a finished run ends with; a ModelFileError saying what the run holds if absent."""
+    run_dir = Path(run_dir)
+    model = run_dir / "model.keras"
+    if model.is_file():
+        return model
+    best = run_dir / "best.keras"
+    if best.is_file():
+        state = (f"best.keras is there (the best epoch so far by validation loss): load {best} to use it, or rerun "
+                 "the training command to finish the run")
+    else:
+        state = "nor best.keras: not a kerasae run directory, or one whose first epoch did not finish"
+    raise ModelFileError(f"no model.keras in {run_dir} (the run has not finished?); {state}")
+
+
 def load_keras_model(path):
-    """Load a kerasae `.keras` file the one way kerasae does: integrity-checked and in Keras safe mode.
+    """Load a kerasae `.keras` file (or a run directory's model.keras) the one way kerasae does: integrity-checked
+    and in Keras safe mode.
 
     A file kerasae wrote has a sha256 record beside it (`checksum_path`), checked first; then
     every member of the zip archive is read and its CRC-32 checked (a truncated or
@@ -163,6 +179,8 @@ def load_keras_model(path):
     kerasae.register_classes()  # the classes the file names
 
     path = Path(path)
+    if path.is_dir():  # a run directory: its final model
+        path = run_model_path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     record = checksum_path(path)

@@ -88,6 +88,9 @@ def build_train_parser(prog="train.py"):
     g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
     g.add_argument("--export-dir", default=options.DEFAULT_EXPORT_DIR,
                    help="where --export writes (default: ./%(default)s)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into an --out that holds a run (default: a finished run of the same "
+                        "command is reported, not retrained; an interrupted one resumes)")
     return p
 
 
@@ -153,6 +156,7 @@ def train_main(argv=None, prog="train.py"):
         print_presets()
         return 0
     config = config_from_args(parser, args)
+    config.overwrite = args.overwrite
     if args.export is not None:
         try:
             options.check_name(args.export)
@@ -163,10 +167,17 @@ def train_main(argv=None, prog="train.py"):
         except ValueError as err:
             parser.error(f"--export-dir: {err}")
     from kerasae import distribute
-    from kerasae import export as export_lib
     from kerasae import training as train_lib
     from kerasae.data import DataError
+    from kerasae.training.run_dir import finished_run
 
+    done = None if config.overwrite else finished_run(config)
+    if done is not None:  # the same command again: say so instead of training again
+        print(f"{config.out} already holds this finished run ({done.get('epochs')} epochs; test: "
+              f"{_test_metrics(done)}); --overwrite trains it again")
+        if args.export is not None and config.strategy != "multiworker":  # (one writer: the chief of a new run)
+            _export(args, config.out)
+        return 0
     try:
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
@@ -176,17 +187,26 @@ def train_main(argv=None, prog="train.py"):
     except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
-    test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
-    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
+    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: "
+          f"{_test_metrics(result.metrics)}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
     if args.export is not None and distribute.is_chief(prepared.strategy):
-        from kerasae.cli.export import print_export
-
-        version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
-        print(f"exported: {version_dir}")
-        print_export(version_dir)
+        _export(args, result.run_dir)
     return 0
+
+
+def _test_metrics(metrics):
+    return ", ".join(f"{k} {v:.4g}" for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)))
+
+
+def _export(args, run_dir):
+    from kerasae import export as export_lib
+    from kerasae.cli.export import print_export
+
+    version_dir = export_lib.export_run(run_dir, args.export, export_dir=args.export_dir)
+    print(f"exported: {version_dir}")
+    print_export(version_dir)
 
 
 if __name__ == "__main__":  # python -m kerasae.cli.train: the same as `kerasae train`
