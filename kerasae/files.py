@@ -120,7 +120,7 @@ def check_export_dir(export_dir):
     resolved = path.resolve()
     for folder, what in sorted(protected_dirs().items(), key=lambda item: -len(str(item[0]))):
         if resolved == folder or folder in resolved.parents:
-            raise ValueError(f"export_dir: {export_dir} is inside {what} ({folder}); export somewhere of your own "
+            raise ValueError(f"export_dir: {export_dir} is inside {folder}, {what}; export somewhere of your own "
                              f"(default: ./{options.DEFAULT_EXPORT_DIR}). Only `kerasae reproduce --export-zoo` "
                              "writes the zoo")
     return path

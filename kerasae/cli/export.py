@@ -60,7 +60,7 @@ def export_main(argv=None, prog="export.py"):
         try:
             files.check_export_dir(args.export_dir)
         except ValueError as err:
-            parser.error(f"--export-dir: {err}")
+            parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
     from kerasae import export as export_lib
 
     if args.verify:

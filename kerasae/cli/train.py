@@ -165,7 +165,7 @@ def train_main(argv=None, prog="train.py"):
         try:  # refused now, not after training
             files.check_export_dir(args.export_dir)
         except ValueError as err:
-            parser.error(f"--export-dir: {err}")
+            parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
     from kerasae import distribute
     from kerasae import training as train_lib
     from kerasae.data import DataError
