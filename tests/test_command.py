@@ -293,3 +293,34 @@ def test_load_model_takes_a_run_directory(run, tmp_path):
         kerasae.load_model(half)
     with pytest.raises(ModelFileError, match=r"nor best.keras"):
         kerasae.load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_has_the_kerasae_command(tmp_path):
+    """`pip install` of a copy of the project (setuptools writes build/ into the source): its console script runs
+    the dispatcher from another directory, with the installed package, and writes nothing into it."""
+    import shutil
+
+    source, target, elsewhere = tmp_path / "source", tmp_path / "site", tmp_path / "elsewhere"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "kerasae", "exported"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, source / name)
+    elsewhere.mkdir()
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-compile", "--target", str(target), str(source)], capture_output=True, text=True,
+                         timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    before = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
+    env = dict(os.environ, PYTHONPATH=str(target))
+    command = [str(target / "bin" / "kerasae")]
+    version = subprocess.run([*command, "--version"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"kerasae {kerasae.__version__}", version.stderr
+    bad = subprocess.run([*command, "train", "--epochs", "0"], cwd=elsewhere, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("kerasae train: error: ")
+    where = subprocess.run([sys.executable, "-c", "import kerasae.cli.main as m; print(m.__file__)"], cwd=elsewhere,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert where.stdout.strip().startswith(str(target)), where.stderr
+    assert {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()} == before
+    assert (target / "kerasae" / "pretrained" / "vae-mlp").is_dir()  # the zoo ships with it
