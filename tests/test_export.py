@@ -751,8 +751,8 @@ def test_readme_consumer_examples_run_without_kerasae(exports, tmp_path):
               if "import kerasae" not in b]  # the zoo example needs kerasae: test_evaluate runs it
     assert len(blocks) >= 2 and any("tf.saved_model.load" in b for b in blocks) and any("ai_edge_litert" in b
                                                                                          for b in blocks)
-    (tmp_path / "exported").mkdir()
-    shutil.copytree(exports["vae-bernoulli"].version_dir.parent, tmp_path / "exported" / "vae")
+    (tmp_path / "exports").mkdir()
+    shutil.copytree(exports["vae-bernoulli"].version_dir.parent, tmp_path / "exports" / "vae")
     script = NO_KERASAE + "\n".join(blocks) + "\nprint('examples OK')\n"
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
