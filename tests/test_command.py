@@ -204,7 +204,7 @@ def test_evaluate_prints_a_table_and_json_on_request(run, capsys):
     vae = saved["vae"]
     assert len(table.splitlines()) < 20 and not re.search(r"\[\s*-?\d", table)  # no per-dimension arrays
     assert f"{vae['nll']:.2f} ± {vae['nll_stderr']:.2f}  nats per image" in table
-    assert "negative ELBO" in table and f"{-vae['elbo']:.2f}" in table
+    assert re.search(rf"\n  negative ELBO +{-vae['elbo']:.2f}  nats per image\n", table), table
     assert f"{vae['active_units']}  of {len(vae['activity_per_dim'])}" in table
     assert cli.evaluate_main([str(run), "--k", "4", "--no-progress", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
