@@ -147,8 +147,8 @@ def test_a_refused_export_dir_is_a_usage_error_before_training(capsys, tmp_path)
     with pytest.raises(SystemExit) as exc:
         cli.train_main(["--export", "mine", "--export-dir", str(REPO / "exported"), "--out", str(tmp_path / "r")])
     assert exc.value.code == 2 and not (tmp_path / "r").exists()
-    assert f"train.py: error: --export-dir: {REPO / 'exported'} is inside {REPO / 'exported'}, the pretrained zoo's source" in \
-        capsys.readouterr().err
+    zoo = REPO / "exported"
+    assert f"train.py: error: --export-dir: {zoo} is inside {zoo}, the pretrained zoo's source" in capsys.readouterr().err
 
 
 # ---- a tiny run: export, evaluate, rerun, load ----------------------------------------------------------

@@ -33,9 +33,9 @@ from kerasae.options import (DEFAULT_EXPORT_DIR, SIGNATURES, VARIANTS, check_nam
                              check_variants)
 
 
-def export_model(model, export_dir=DEFAULT_EXPORT_DIR, name=None, version=None, tflite=VARIANTS, representative_data=None,
-                 parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
-                 tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True):
+def export_model(model, export_dir=DEFAULT_EXPORT_DIR, name=None, version=None, tflite=VARIANTS,
+                 representative_data=None, parity_data=None, metrics=None, preset=None, overwrite=False, source=None,
+                 strict_parity=False, tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel) and <export_dir>/<name>/tflite/.
 
     `load_keras_model(version_dir)` gives the Keras model back, verified and checked at export to
@@ -62,8 +62,9 @@ def export_model(model, export_dir=DEFAULT_EXPORT_DIR, name=None, version=None, 
         strict_parity: fail (rather than keep, flag and warn about) TFLite files outside
             PARITY_TOLERANCES; a broken fp32 conversion (BROKEN_FP32, NaN) always fails.
 
-    Returns the Path of the version directory. Everything is built in a temporary directory
-    next to the target and renamed into place once it is complete and checked; on any error
+    `export_dir` (default ./exports) may not lie in the zoo's folder or the installed package (a ValueError;
+    `kerasae.files.check_export_dir`). Returns the Path of the version directory. Everything is built in a
+    temporary directory next to the target and renamed into place once it is complete and checked; on any error
     nothing is left behind.
     """
     name = check_name(name)
