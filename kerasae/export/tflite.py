@@ -152,8 +152,9 @@ def load_interpreter(model_bytes, delegates=True):
     litert = _litert()
     kwargs = {} if delegates else {
         "experimental_op_resolver_type": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = litert.Interpreter(model_content=bytes(model_bytes), **kwargs)
-    interpreter.allocate_tensors()
+    with quiet_fd2():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" (replayed if this fails)
+        interpreter = litert.Interpreter(model_content=bytes(model_bytes), **kwargs)
+        interpreter.allocate_tensors()
     if not delegates:
         runtime = sorted({op["op_name"] for op in interpreter._get_ops_details()
                           if op["op_name"].startswith("Flex") or op["op_name"] in ("CUSTOM", "UNKNOWN")})
