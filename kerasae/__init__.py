@@ -5,7 +5,7 @@
     result = kerasae.train(preset="vae-mlp", epochs=5, out="runs/vae")
     vae = kerasae.from_preset("iwae_mlp_50d_mnist")  # a pretrained model (sha256-verified), trainable
     served = kerasae.load_pretrained("iwae_mlp_50d_mnist")  # its SavedModel, same methods
-    model = kerasae.load_model("runs/vae/model.keras")
+    model = kerasae.load_model("runs/vae")      # a run's model.keras (or any .keras file kerasae wrote)
 
 The names below load on first use (PEP 562), so `import kerasae` and the command-line
 tools' `--help` do not wait for TensorFlow. Using any model name registers kerasae's

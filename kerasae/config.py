@@ -13,7 +13,7 @@ from kerasae.options import DATA_MODES, LR_SCHEDULES, STRATEGIES, check_choice, 
 #: `init_from` names a pretrained zoo model with this prefix ("zoo:iwae_mlp_50d_mnist"), else a .keras file.
 ZOO_PREFIX = "zoo:"
 #: Fields that may change between reruns into the same --out (data_mode: the same images either way).
-_IGNORED_FOR_COMPAT = ("verbose", "data_mode")
+_IGNORED_FOR_COMPAT = ("verbose", "data_mode", "overwrite")
 
 
 @dataclasses.dataclass
@@ -49,6 +49,7 @@ class TrainConfig:
     mixed_precision: bool = False
     deterministic: bool = False  # TF op determinism: bit-identical reruns (slower on GPU)
     verbose: str | int = "auto"
+    overwrite: bool = False  # train from scratch into an `out` that holds a run (finished, interrupted or other)
 
     def __post_init__(self):
         if self.out is None:
@@ -74,6 +75,8 @@ class TrainConfig:
         for name in ("max_train_samples", "max_test_samples", "cpu_replicas"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        if not isinstance(self.overwrite, bool):
+            raise ValueError(f"overwrite must be True or False, got {self.overwrite!r}")
         if self.jit_compile not in (None, True, False):
             raise ValueError(f"jit_compile must be True, False or None (auto), got {self.jit_compile!r}")
         if self.validation_size is not None and (isinstance(self.validation_size, bool) or self.validation_size < 0):

@@ -1,6 +1,7 @@
 """Small file helpers shared by training and export: atomic JSON, hashes, library versions, safe loading."""
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasae import registry
+from kerasae import options, registry
 
 
 def _default(value):
@@ -80,6 +81,51 @@ def library_versions():
     return versions
 
 
+# ---- where exports may go -----------------------------------------------------------------------
+
+_ZOO_WRITES = contextvars.ContextVar("kerasae_zoo_writes", default=False)
+
+
+@contextlib.contextmanager
+def zoo_writes():
+    """Within this block exports may go into the zoo's folder: for the zoo's own command only
+    (`zoo.export_zoo`, `zoo.reexport`, `kerasae reproduce --export-zoo`)."""
+    token = _ZOO_WRITES.set(True)
+    try:
+        yield
+    finally:
+        _ZOO_WRITES.reset(token)
+
+
+def protected_dirs():
+    """{folder: what it is} that user exports must stay out of: anything shipped as part of the package."""
+    package = Path(__file__).resolve().parent
+    protected = {package: "the installed kerasae package", package / "pretrained": "the pretrained zoo"}
+    if (package.parent / "pyproject.toml").is_file():  # a checkout: exported/ is the zoo's source (kerasae.pretrained)
+        protected[package.parent / "exported"] = "the pretrained zoo's source (shipped as kerasae.pretrained)"
+    if os.environ.get("KERASAE_ZOO"):
+        protected[Path(os.environ["KERASAE_ZOO"]).resolve()] = "the pretrained zoo ($KERASAE_ZOO)"
+    return protected
+
+
+def check_export_dir(export_dir):
+    """`export_dir` as a Path; a ValueError when it lies in the zoo's folder or the installed package.
+
+    A user's exports written there would become zoo entries and ship in the next wheel (or be lost on the next
+    install); only the zoo's own command writes there (`zoo_writes`).
+    """
+    path = Path(export_dir)
+    if _ZOO_WRITES.get():
+        return path
+    resolved = path.resolve()
+    for folder, what in sorted(protected_dirs().items(), key=lambda item: -len(str(item[0]))):
+        if resolved == folder or folder in resolved.parents:
+            raise ValueError(f"export_dir: {export_dir} is inside {folder}, {what}; export somewhere of your own "
+                             f"(default: ./{options.DEFAULT_EXPORT_DIR}). Only `kerasae reproduce --export-zoo` "
+                             "writes the zoo")
+    return path
+
+
 class ModelFileError(ValueError):
     """A .keras file that is missing, truncated, corrupted, unsafe or not a kerasae model; nothing was loaded."""
 
@@ -100,8 +146,24 @@ def write_checksum(path, new_file):
     write_json(checksum_path(path), {"sha256": sha256_file(new_file), "previous": previous})
 
 
+def run_model_path(run_dir):
+    """RUN_DIR/model.keras, the model a finished run ends with; a ModelFileError saying what the run holds if absent."""
+    run_dir = Path(run_dir)
+    model = run_dir / "model.keras"
+    if model.is_file():
+        return model
+    best = run_dir / "best.keras"
+    if best.is_file():
+        state = (f"best.keras is there (the best epoch so far by validation loss): load {best} to use it, or rerun "
+                 "the training command to finish the run")
+    else:
+        state = "nor best.keras: not a kerasae run directory, or one whose first epoch did not finish"
+    raise ModelFileError(f"no model.keras in {run_dir} (the run has not finished?); {state}")
+
+
 def load_keras_model(path):
-    """Load a kerasae `.keras` file the one way kerasae does: integrity-checked and in Keras safe mode.
+    """Load a kerasae `.keras` file (or a run directory's model.keras) the one way kerasae does: integrity-checked
+    and in Keras safe mode.
 
     A file kerasae wrote has a sha256 record beside it (`checksum_path`), checked first; then
     every member of the zip archive is read and its CRC-32 checked (a truncated or
@@ -117,6 +179,8 @@ def load_keras_model(path):
     kerasae.register_classes()  # the classes the file names
 
     path = Path(path)
+    if path.is_dir():  # a run directory: its final model
+        path = run_model_path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     record = checksum_path(path)

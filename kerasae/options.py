@@ -4,6 +4,7 @@ The CLI parses its arguments with these before TensorFlow loads, so `--help` and
 argument answer at once; the modules that own each name import it from here.
 """
 
+import difflib
 import numbers
 import re
 
@@ -31,8 +32,23 @@ DATA_MODES = ("auto", "memory", "stream")  # in memory or read while training; s
 SIGNATURES = ("reconstruct", "encode", "decode", "sample", "score")
 #: TFLite variants an export can write.
 VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+#: What `kerasae export` and `export_run` convert unless asked for more (`--tflite all`, `--tflite-signatures all`):
+#: encode and decode, the halves the other signatures compose (reconstruct is decode(encode(x)), sample decodes
+#: N(0, I) draws), as fp32 (the reference, within 1e-5 of the SavedModel) and int8 (a quarter of the bytes, for
+#: integer-only accelerators). Every signature stays in the SavedModel. 4 files instead of 19.
+DEFAULT_VARIANTS = ("fp32", "int8")
+DEFAULT_TFLITE_SIGNATURES = ("encode", "decode")
+#: Where exports go unless told otherwise: a folder of the user's, relative to the working directory (never the
+#: zoo's folder or the installed package, see `kerasae.files.check_export_dir`).
+DEFAULT_EXPORT_DIR = "exports"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def did_you_mean(word, choices):
+    """"; did you mean 'x'?" for the closest of `choices` to a mistyped `word`, else "" (difflib's ratio >= 0.6)."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_positive_int(name, value):
@@ -75,8 +91,13 @@ def _name_list(names):
     return tuple(dict.fromkeys(n.strip() for n in names or () if n.strip()))
 
 
+def _is_all(names):
+    return isinstance(names, str) and names.strip().lower() == "all"
+
+
 def check_tflite_signatures(signatures):
-    signatures = _name_list(signatures)
+    """A subset of SIGNATURES ("a,b", a list, or "all")."""
+    signatures = SIGNATURES if _is_all(signatures) else _name_list(signatures)
     unknown = [s for s in signatures if s not in SIGNATURES]
     if unknown or not signatures:
         raise ValueError(f"tflite_signatures must name one or more of {', '.join(SIGNATURES)}, got "
@@ -85,7 +106,8 @@ def check_tflite_signatures(signatures):
 
 
 def check_variants(tflite):
-    variants = _name_list(tflite)
+    """A subset of VARIANTS ("a,b", a list, or "all"); () for none."""
+    variants = VARIANTS if _is_all(tflite) else _name_list(tflite)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown TFLite variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")

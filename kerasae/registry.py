@@ -60,8 +60,16 @@ def list_presets(family=None):
 
 def get_preset(name):
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        raise ValueError(unknown_preset_message(name))
     return PRESETS[name]
+
+
+def unknown_preset_message(name):
+    """"unknown preset 'x'; did you mean 'y'?" and where the full list is (not all of its names)."""
+    from kerasae.options import did_you_mean
+
+    return (f"unknown preset {name!r}{did_you_mean(name, PRESETS)} ({len(PRESETS)} presets: `kerasae train "
+            "--list-presets` or kerasae.list_presets())")
 
 
 def valid_keywords(cls):

@@ -10,7 +10,7 @@ any directory after `pip install .`.
 """
 
 import dataclasses
-import difflib
+import functools
 import json
 import os
 import shutil
@@ -22,8 +22,9 @@ import tensorflow as tf
 
 from kerasae import export as export_lib
 from kerasae.config import ZOO_PREFIX
+from kerasae import files
 from kerasae.files import atomic_path, json_text, write_json
-from kerasae.options import check_positive_int
+from kerasae.options import check_positive_int, did_you_mean
 
 class ZooEntry(NamedTuple):
     """Where a zoo model comes from: reproduce's results file and run, the lower-is-better metric that decides
@@ -49,8 +50,8 @@ ZOO = {
                                    "a one-layer MLP VAE 784-512-512-512-50: 250 epochs on the ELBO with a KL "
                                    "warm-up, then 100 on the IWAE bound (k=5)"),
     "hvae_vamp_mlp_mnist": ZooEntry("nll_hvae.json", None, "nll", "hvae-mlp-vamp",
-                                    "a two-layer hierarchical MLP VAE with a VampPrior: 1,500 epochs on the ELBO with a "
-                                    "KL warm-up, then 300 on the IWAE bound (k=5); the best likelihood"),
+                                    "a two-layer hierarchical MLP VAE with a VampPrior: 1,500 epochs on the ELBO "
+                                    "with a KL warm-up, then 300 on the IWAE bound (k=5); the best likelihood"),
     "vae_resnet_32d_mnist": ZooEntry("nll_resnet.json", None, "nll", "vae-resnet-28",
                                      "a residual convolutional VAE with a 32-D latent (3.5x fewer weights than "
                                      "the MLP VAEs)"),
@@ -149,14 +150,14 @@ def version_dir(name, zoo_dir=None, version=None):
     versions = export_lib.existing_versions(root) if root.is_dir() else []
     if not versions:
         names = available(zoo_dir)
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = ""
         from kerasae import registry
 
         if name in registry.PRESETS:
-            hint += (f"({name!r} is a preset: kerasae.build({name!r}) makes an untrained model; `kerasae zoo` lists "
-                     "what each pretrained model is) ")
-        raise ValueError(f"no pretrained model {name!r} in {zoo_dir}; {hint}available: {', '.join(names) or 'none'}. "
+            hint = (f" ({name!r} is a preset: kerasae.build({name!r}) makes an untrained model; `kerasae zoo` lists "
+                    "what each pretrained model is)")
+        raise ValueError(f"no pretrained model {name!r}{did_you_mean(name, names)}{hint} in {zoo_dir}; available: "
+                         f"{', '.join(names) or 'none'}. "
                          "The zoo ships with kerasae (pip install .); point zoo_dir or $KERASAE_ZOO at another "
                          "zoo, or build one with `python scripts/reproduce.py --export-zoo`")
     if version is not None and version not in versions:
@@ -227,6 +228,17 @@ def zoo_metrics(name, results_dir):
     return run["run_dir"], metrics, test[metric]
 
 
+def _zoo_command(function):
+    """The zoo's own commands write into the zoo's folder, which `export_model` refuses to anyone else."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with files.zoo_writes():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_zoo_command
 def reexport(zoo_dir="exported"):
     """Re-export, as its next version, each zoo entry that `export_zoo` would not store as it is (one that holds
     assets.extra/model.keras, a second copy of its weights): from its own verified Keras model, metrics kept.
@@ -267,6 +279,7 @@ def _current_metric(root, metric):
     return None if manifest is None else ((manifest.get("metrics") or {}).get("test") or {}).get(metric)
 
 
+@_zoo_command
 def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False):
     """Export every ZOO entry whose deciding metric beats the one already in zoo_dir (or all, with force).
 
@@ -321,7 +334,8 @@ def model_card(name, version_dir):
     card = {"summary": entry.summary, "class": type(model).__name__, "preset": entry.preset,
             "changes_from_preset": {k: v for k, v in config.items()
                                     if k not in ("name", "trainable", "dtype", "seed") and preset.get(k) != v},
-            "parameters": int(model.count_params()), "dataset": ZOO_DATASET,
+            "parameters": int(model.count_params()), "data": "MNIST" + (", binarized" if binary else ""),
+            "dataset": ZOO_DATASET,
             "pixels": (f"binarized: a fresh Bernoulli draw per training batch; the test images binarized once "
                        f"(seed {seed})" if binary else "grey levels in [0, 1]"),
             "objective": _objective(model),

@@ -54,7 +54,7 @@ def _usage_error(argv, capsys):
 
 @pytest.mark.parametrize("argv,message", [
     (["--arch", "gan"], "argument --arch: invalid choice: 'gan'"),
-    (["--preset", "vae-huge"], "unknown preset 'vae-huge'; valid presets: ae-mlp-seed"),
+    (["--preset", "vae-mpl"], "unknown preset 'vae-mpl'; did you mean 'vae-mlp'? ("),
     (["--arch", "vae", "--preset", "ae-shallow"], "--preset ae-shallow is a ae model, not --arch vae"),
     (["--epochs", "-1"], "argument --epochs: must be an integer >= 1"),
     (["--batch-size", "zero"], "argument --batch-size: must be an integer >= 1"),

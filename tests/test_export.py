@@ -697,7 +697,7 @@ def test_export_run_of_a_bare_keras_file(tmp_path):
                                     tflite=("fp32", "int8"), representative_data=tmp_path / "rep.npz")
     manifest = json.loads((version_dir / "assets.extra" / "manifest.json").read_text())
     assert manifest["preset"] is None and manifest["metrics"] is None and manifest["model"]["class"] == "Autoencoder"
-    assert "reconstruct.int8.tflite" in manifest["tflite"]["files"]
+    assert "encode.int8.tflite" in manifest["tflite"]["files"]  # export_run's default signatures: encode, decode
 
 
 @pytest.mark.slow
@@ -706,17 +706,17 @@ def test_cli_exports_a_training_run(tmp_path):
                   out=str(tmp_path / "runs" / "ae"), verbose=0)
     proc = run_script("export.py", "runs/ae", "--name", "ae", "--tflite", "fp32,int8", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "exported/ae/1" in proc.stdout and "reconstruct.int8.tflite" in proc.stdout
-    manifest = json.loads((tmp_path / "exported/ae/1/assets.extra/manifest.json").read_text())
+    assert "exports/ae/1" in proc.stdout and "encode.int8.tflite" in proc.stdout
+    manifest = json.loads((tmp_path / "exports/ae/1/assets.extra/manifest.json").read_text())
     assert manifest["preset"] == "ae-shallow" and manifest["metrics"]["test"]["loss"] > 0
     assert manifest["tflite"]["parity_data"].startswith("256 images")
-    assert cli.export_main(["--verify", str(tmp_path / "exported" / "ae")]) == 0
+    assert cli.export_main(["--verify", str(tmp_path / "exports" / "ae")]) == 0
     again = run_script("export.py", "runs/ae", "--name", "ae", "--version", "1", "--tflite", "none", cwd=tmp_path)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     assert again.stderr.strip().splitlines()[-1].startswith("export.py: error: ")
     assert cli.export_main([str(tmp_path / "runs/ae"), "--name", "ae", "--tflite", "none", "--no-keras-model",
-                            "--export-dir", str(tmp_path / "exported")]) == 0  # the weights stored once
-    full, lean = tmp_path / "exported/ae/1", tmp_path / "exported/ae/2"
+                            "--export-dir", str(tmp_path / "exports")]) == 0  # the weights stored once
+    full, lean = tmp_path / "exports/ae/1", tmp_path / "exports/ae/2"
     assert (full / KERAS_FILE).is_file() and not (lean / KERAS_FILE).exists() and export.verify(lean) == []
     for got, want in zip(export.load_keras_model(lean).weights, export.load_keras_model(full).weights, strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.path)
@@ -752,8 +752,8 @@ def test_readme_consumer_examples_run_without_kerasae(exports, tmp_path):
               and "import onnxruntime" not in b]  # the onnx extra's: test_onnx runs it
     assert len(blocks) >= 2 and any("tf.saved_model.load" in b for b in blocks) and any("ai_edge_litert" in b
                                                                                          for b in blocks)
-    (tmp_path / "exported").mkdir()
-    shutil.copytree(exports["vae-bernoulli"].version_dir.parent, tmp_path / "exported" / "vae")
+    (tmp_path / "exports").mkdir()
+    shutil.copytree(exports["vae-bernoulli"].version_dir.parent, tmp_path / "exports" / "vae")
     script = NO_KERASAE + "\n".join(blocks) + "\nprint('examples OK')\n"
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))

@@ -393,7 +393,7 @@ def test_evaluate_and_export_report_a_corrupt_keras_file_with_exit_2(bad_run, tm
         err = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and err[-1].startswith(f"{prog}: error: {best}: "), err
         assert "truncated or corrupted" in err[-1] and "Traceback" not in "\n".join(err)
-    assert not (tmp_path / "exported").exists()
+    assert not (tmp_path / "exports").exists()  # the default export folder
 
 
 def test_init_from_a_corrupt_keras_file_exits_2(bad_run, tmp_path, capsys):

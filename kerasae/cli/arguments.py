@@ -78,3 +78,10 @@ def _variants(text):
         return options.check_variants(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _signatures(text):
+    try:
+        return options.check_tflite_signatures(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace("tflite_signatures ", "")) from None

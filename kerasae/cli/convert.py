@@ -8,9 +8,9 @@ from kerasae import options
 from kerasae.cli.arguments import _image_size, _positive_int
 
 
-def build_convert_parser():
+def build_convert_parser(prog="convert.py"):
     p = argparse.ArgumentParser(
-        prog="convert.py", description="Convert a dataset (any --dataset spec) into TFRecord shards that "
+        prog=prog, description="Convert a dataset (any --dataset spec) into TFRecord shards that "
         "train.py streams with --dataset tfrecord:OUT_DIR. Image files keep their encoding; arrays become PNG.")
     p.add_argument("dataset", help="mnist, tfds:NAME, idx:DIR, images:DIR, tfrecord:DIR|GLOB or npz:FILE")
     p.add_argument("out_dir", help="new directory for the shards and kerasae_dataset.json")
@@ -24,8 +24,8 @@ def build_convert_parser():
     return p
 
 
-def convert_main(argv=None):
-    parser = build_convert_parser()
+def convert_main(argv=None, prog="convert.py"):
+    parser = build_convert_parser(prog)
     args = parser.parse_args(argv)
     if Path(args.out_dir).exists() and (not Path(args.out_dir).is_dir() or any(Path(args.out_dir).iterdir())):
         parser.error(f"out_dir {args.out_dir} already exists and is not an empty directory")
@@ -39,10 +39,16 @@ def convert_main(argv=None):
     except ValueError as err:  # DataError included: bad spec or images
         parser.error(" ".join(str(err).split()))
     except OSError as err:
-        print(f"convert.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     return 0
 
 
 def _streamable(spec):
     return spec.partition(":")[0] in ("images", "tfrecord", "tfds")
+
+
+if __name__ == "__main__":  # python -m kerasae.cli.convert: the same as `kerasae convert`
+    from kerasae.cli.main import run_module
+
+    run_module(convert_main, "python -m kerasae.cli.convert")

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from kerasae import options, registry
+from kerasae import files, options, registry
 from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int
 from kerasae.config import TrainConfig
 
@@ -19,8 +19,8 @@ _MODEL_FLAGS = {"latent_dim": ("latent_dim", ("ae", "dae", *_VAES)), "likelihood
 _TRAINING_FLAGS = ("k", "beta", "kl_warmup_steps", "noise")
 
 
-def build_train_parser():
-    p = argparse.ArgumentParser(prog="train.py", description="Train a kerasae autoencoder with model.fit.")
+def build_train_parser(prog="train.py"):
+    p = argparse.ArgumentParser(prog=prog, description="Train a kerasae autoencoder with model.fit.")
     p.add_argument("--arch", choices=sorted(registry.DEFAULT_PRESETS),
                    help="model family; picks its default preset (%s)" %
                    ", ".join(f"{k}: {v}" for k, v in registry.DEFAULT_PRESETS.items()))
@@ -95,7 +95,11 @@ def build_train_parser():
                    help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
     g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
-    g.add_argument("--export-dir", default="exported", help="where --export writes (default: exported)")
+    g.add_argument("--export-dir", default=options.DEFAULT_EXPORT_DIR,
+                   help="where --export writes (default: ./%(default)s)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into an --out that holds a run (default: a finished run of the same "
+                        "command is reported, not retrained; an interrupted one resumes)")
     return p
 
 
@@ -103,7 +107,7 @@ def config_from_args(parser, args):
     """Turn parsed flags into a TrainConfig; inconsistent flags are usage errors."""
     preset = args.preset or registry.DEFAULT_PRESETS[args.arch or "vae"]
     if preset not in registry.PRESETS:
-        parser.error(f"unknown preset {preset!r}; valid presets: {', '.join(registry.PRESETS)}")
+        parser.error(registry.unknown_preset_message(preset))
     family = registry.get_preset(preset).family
     if args.arch and args.preset and family != args.arch:
         parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
@@ -171,23 +175,35 @@ def print_presets():
         print(f"{name:18s} {preset.family:4s} {preset.description}")
 
 
-def train_main(argv=None):
-    parser = build_train_parser()
+def train_main(argv=None, prog="train.py"):
+    parser = build_train_parser(prog)
     args = parser.parse_args(argv)
     if args.list_presets:
         print_presets()
         return 0
     config = config_from_args(parser, args)
+    config.overwrite = args.overwrite
     if args.export is not None:
         try:
             options.check_name(args.export)
         except ValueError as err:
             parser.error(f"--export: {err}")
+        try:  # refused now, not after training
+            files.check_export_dir(args.export_dir)
+        except ValueError as err:
+            parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
     from kerasae import distribute
-    from kerasae import export as export_lib
     from kerasae import training as train_lib
     from kerasae.data import DataError
+    from kerasae.training.run_dir import finished_run
 
+    done = None if config.overwrite else finished_run(config)
+    if done is not None:  # the same command again: say so instead of training again
+        print(f"{config.out} already holds this finished run ({done.get('epochs')} epochs; test: "
+              f"{_test_metrics(done)}); --overwrite trains it again")
+        if args.export is not None and config.strategy != "multiworker":  # (one writer: the chief of a new run)
+            _export(args, config.out)
+        return 0
     try:
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
@@ -195,13 +211,31 @@ def train_main(argv=None):
     try:
         result = train_lib.fit(config, *prepared)
     except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
-        print(f"train.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
-    test = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics["test"].items())
-    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: {test}")
+    print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: "
+          f"{_test_metrics(result.metrics)}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
     if args.export is not None and distribute.is_chief(prepared.strategy):
-        version_dir = export_lib.export_run(result.run_dir, args.export, export_dir=args.export_dir)
-        print(f"exported: {version_dir}")
+        _export(args, result.run_dir)
     return 0
+
+
+def _test_metrics(metrics):
+    return ", ".join(f"{k} {v:.4g}" for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)))
+
+
+def _export(args, run_dir):
+    from kerasae import export as export_lib
+    from kerasae.cli.export import print_export
+
+    version_dir = export_lib.export_run(run_dir, args.export, export_dir=args.export_dir)
+    print(f"exported: {version_dir}")
+    print_export(version_dir)
+
+
+if __name__ == "__main__":  # python -m kerasae.cli.train: the same as `kerasae train`
+    from kerasae.cli.main import run_module
+
+    run_module(train_main, "python -m kerasae.cli.train")

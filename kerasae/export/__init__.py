@@ -1,12 +1,12 @@
 """Export kerasae models for use without kerasae: TF Serving SavedModels, TFLite files and (extra) ONNX files.
 
-    exported/<name>/<version>/          a SavedModel (TF Serving reads integer version dirs as they are)
+    exports/<name>/<version>/           a SavedModel (TF Serving reads integer version dirs as they are)
         saved_model.pb, variables/, fingerprint.pb
         assets.extra/manifest.json      what was exported, from what, and the sha256 of every file
         assets.extra/model.keras        the kerasae Keras model (config + weights) to fine-tune: load_keras_model
                                         (not in exports made with keras_model=False: the model is rebuilt
                                         from the manifest's config and the SavedModel's variables)
-    exported/<name>/tflite/             the TFLite files of the latest export, one per signature and variant
+    exports/<name>/tflite/              the TFLite files of the latest export, one per signature and variant
         <signature>.<variant>.tflite    variants: fp32, fp16, dynamic, int8
         manifest.json                   the same manifest, so the folder can ship to a device on its own
     exported/<name>/onnx/               with onnx=True (pip install "kerasae[onnx]"): <signature>.onnx, tf2onnx from

@@ -31,12 +31,13 @@ from kerasae.export.saved_model import (_contract_problems, _spec, expected_sign
 from kerasae.export.variants import _fp16_source, _write_tflite
 from kerasae import files, registry
 from kerasae.files import library_versions
-from kerasae.options import SIGNATURES, VARIANTS, check_name, check_tflite_signatures, check_variants
+from kerasae.options import (DEFAULT_EXPORT_DIR, SIGNATURES, VARIANTS, check_name, check_tflite_signatures,
+                             check_variants)
 
 
-def export_model(model, export_dir="exported", name=None, version=None, tflite=VARIANTS, representative_data=None,
-                 parity_data=None, metrics=None, preset=None, overwrite=False, source=None, strict_parity=False,
-                 tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True, onnx=False):
+def export_model(model, export_dir=DEFAULT_EXPORT_DIR, name=None, version=None, tflite=VARIANTS,
+                 representative_data=None, parity_data=None, metrics=None, preset=None, overwrite=False, source=None,
+                 strict_parity=False, tflite_signatures=SIGNATURES, fp16_data=None, keras_model=True, onnx=False):
     """Export `model` to <export_dir>/<name>/<version>/ (SavedModel), <export_dir>/<name>/tflite/ (and onnx/).
 
     `load_keras_model(version_dir)` gives the Keras model back, verified and checked at export to
@@ -67,8 +68,9 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
             PARITY_TOLERANCES and ONNX files outside ONNX_TOLERANCE; a broken fp32 or ONNX conversion
             (BROKEN_FP32, NaN) always fails.
 
-    Returns the Path of the version directory. Everything is built in a temporary directory
-    next to the target and renamed into place once it is complete and checked; on any error
+    `export_dir` (default ./exports) may not lie in the zoo's folder or the installed package (a ValueError;
+    `kerasae.files.check_export_dir`). Returns the Path of the version directory. Everything is built in a
+    temporary directory next to the target and renamed into place once it is complete and checked; on any error
     nothing is left behind.
     """
     name = check_name(name)
@@ -99,7 +101,7 @@ def export_model(model, export_dir="exported", name=None, version=None, tflite=V
     if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
                                 or version < 1):
         raise ValueError(f"version must be a positive integer, got {version!r}")
-    export_root = Path(export_dir)
+    export_root = files.check_export_dir(export_dir)  # never the zoo's folder or the installed package
     root = export_root / name
     created = [p for p in (export_root, root) if not p.exists()]
     try:

@@ -16,7 +16,7 @@ from kerasae.export.parity import NUM_PARITY_IMAGES
 from kerasae.export.variants import NUM_FP16_CALIBRATION_IMAGES
 from kerasae import files
 from kerasae.config import reopen_options
-from kerasae.options import SIGNATURES, VARIANTS, check_variants
+from kerasae.options import DEFAULT_EXPORT_DIR, DEFAULT_TFLITE_SIGNATURES, DEFAULT_VARIANTS, check_variants
 
 #: Training images an int8 file is calibrated on (export_run's default).
 NUM_REPRESENTATIVE_IMAGES = 500
@@ -34,10 +34,10 @@ def load_images_npz(path):
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
 
 
-def export_run(run_dir_or_model_path, name, export_dir="exported", version=None, tflite=VARIANTS,
+def export_run(run_dir_or_model_path, name, export_dir=DEFAULT_EXPORT_DIR, version=None, tflite=DEFAULT_VARIANTS,
                representative_data=None, overwrite=False, num_representative=NUM_REPRESENTATIVE_IMAGES,
-               strict_parity=False, metrics=None, tflite_signatures=SIGNATURES, source=None, keras_model=True,
-               onnx=False):
+               strict_parity=False, metrics=None, tflite_signatures=DEFAULT_TFLITE_SIGNATURES, source=None,
+               keras_model=True, onnx=False):
     """Export a training run directory (model.keras, config.json, metrics.json) or a bare .keras file.
 
     int8 calibrates on the first `num_representative` training images of the run's dataset
@@ -49,7 +49,8 @@ def export_run(run_dir_or_model_path, name, export_dir="exported", version=None,
     manifest (which describes model.keras, so it is only used for model.keras); the zoo passes
     what reproduce measured on best.keras. `source` is what the manifest names as the model's
     origin (default: the given path). `keras_model`, `onnx` (ONNX files beside the TFLite ones, compared
-    on the same test images): see `export_model`. Returns the version directory.
+    on the same test images): see `export_model`. The TFLite files default to encode and decode as fp32 and int8
+    (`tflite="all"`, `tflite_signatures="all"` for every one). Returns the version directory.
     """
     from kerasae import data as data_lib
 

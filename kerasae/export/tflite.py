@@ -6,6 +6,10 @@ are calibrated on `representative_inputs` and must compute in integers throughou
 (`_int8_float_ops`); their input/output quantization is read back for the manifest.
 """
 
+import contextlib
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -61,6 +65,30 @@ def representative_inputs(loaded, signature, images, seed=0, classes=None):
     return list(_batches(images, "x", labels))
 
 
+@contextlib.contextmanager
+def quiet_fd2():
+    """Hold back what C++ code writes to file descriptor 2 in this block (the TFLite converter's MLIR and absl
+    logging, which TF_CPP_MIN_LOG_LEVEL does not reach); replay it to stderr if the block raises, so a failed
+    conversion still shows its diagnostics."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if failed:
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            sys.stderr.flush()
+        capture.close()
+
+
 def convert_tflite(saved_model_dir, signature, variant, representative=None):
     """Convert one signature of a SavedModel to TFLite bytes, builtin ops only.
 
@@ -86,7 +114,7 @@ def convert_tflite(saved_model_dir, signature, variant, representative=None):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     elif variant != "fp32":
         raise ValueError(f"unknown TFLite variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    with warnings.catch_warnings():  # int8 calibration runs the deprecated tf.lite.Interpreter internally
+    with warnings.catch_warnings(), quiet_fd2():  # int8 calibration runs the deprecated tf.lite.Interpreter
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
         return converter.convert()
 
@@ -124,8 +152,9 @@ def load_interpreter(model_bytes, delegates=True):
     litert = _litert()
     kwargs = {} if delegates else {
         "experimental_op_resolver_type": litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    interpreter = litert.Interpreter(model_content=bytes(model_bytes), **kwargs)
-    interpreter.allocate_tensors()
+    with quiet_fd2():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" (replayed if this fails)
+        interpreter = litert.Interpreter(model_content=bytes(model_bytes), **kwargs)
+        interpreter.allocate_tensors()
     if not delegates:
         runtime = sorted({op["op_name"] for op in interpreter._get_ops_details()
                           if op["op_name"].startswith("Flex") or op["op_name"] in ("CUSTOM", "UNKNOWN")})

@@ -37,35 +37,72 @@ def check_free_space(directory, needed):
 
 
 def prepare_run_dir(config):
-    """Create the run directory, refusing one that holds a run with a different config."""
+    """Create the run directory, refusing one that holds a run with a different config.
+
+    With config.overwrite a run already there is renamed aside (atomically) and deleted only once the new
+    directory is in place and writable; if that fails, the old run is put back.
+    """
     run_dir = check_run_dir(config)
+    aside = None
+    if getattr(config, "overwrite", False) and (run_dir / "config.json").is_file():
+        aside = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        try:
+            os.rename(run_dir, aside)
+        except OSError as err:
+            raise ValueError(f"out: cannot replace the run in {str(run_dir)!r} ({err.strerror})") from err
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
+        if aside is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            os.rename(aside, run_dir)
         raise ValueError(f"out: cannot write to run directory {str(run_dir)!r} ({err.strerror})") from err
+    if aside is not None:
+        shutil.rmtree(aside)
     return run_dir
+
+
+def _differing_fields(config, config_path):
+    wanted = {k: v for k, v in json.loads(json_text(config.to_json())).items()
+              if k not in _IGNORED_FOR_COMPAT}
+    try:
+        previous = json.loads(config_path.read_text()).get("train", {})
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"out: {config_path} is not a kerasae run config; use another --out") from err
+    return sorted(k for k in set(wanted) | set(previous)
+                  if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k))
 
 
 def check_run_dir(config):
-    """config.out as a Path; a ValueError if it holds a run with a different config. Creates nothing."""
+    """config.out as a Path; a ValueError if it holds a run with a different config (unless config.overwrite).
+    Creates nothing."""
     run_dir = Path(config.out)
-    wanted = {k: v for k, v in json.loads(json_text(config.to_json())).items()
-              if k not in _IGNORED_FOR_COMPAT}
     config_path = run_dir / "config.json"
-    if config_path.exists():
-        try:
-            previous = json.loads(config_path.read_text()).get("train", {})
-        except (json.JSONDecodeError, AttributeError) as err:
-            raise ValueError(f"out: {config_path} is not a kerasae run config; use another --out") from err
-        differing = sorted(k for k in set(wanted) | set(previous)
-                           if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k))
+    if config_path.exists() and not getattr(config, "overwrite", False):
+        differing = _differing_fields(config, config_path)
         if differing:
             raise ValueError(f"out: {str(run_dir)!r} holds a run with a different config (differs in: "
-                             f"{', '.join(differing)}); choose another --out or delete that directory")
+                             f"{', '.join(differing)}); choose another --out, or --overwrite (overwrite=True) to "
+                             "replace it")
     return run_dir
+
+
+def finished_run(config):
+    """The metrics.json of a finished run of exactly this config in config.out, else None (no run, another
+    config, or an interrupted run, which resumes)."""
+    run_dir = Path(config.out)
+    if not ((run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()
+            and (run_dir / "config.json").is_file()) or (run_dir / "backup").exists():
+        return None
+    try:
+        if _differing_fields(config, run_dir / "config.json"):
+            return None
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (ValueError, OSError):
+        return None
 
 
 def backup_epoch(backup_dir):

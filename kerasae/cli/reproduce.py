@@ -1,42 +1,10 @@
-"""`scripts/evaluate.py` and `scripts/reproduce.py`: evaluate a run; train, evaluate and publish the claims."""
+"""`kerasae reproduce` (`scripts/reproduce.py`): train, evaluate and publish the claims."""
 
 import argparse
 import importlib.util
-import json
 from pathlib import Path
 
 from kerasae.cli.arguments import _choices, _positive_int
-from kerasae.files import ModelFileError
-
-
-def build_evaluate_parser():
-    p = argparse.ArgumentParser(prog="evaluate.py", description="Evaluate a training run on its test split "
-                                "(VAE, CVAE: ELBO, NLL by the IWAE bound, active units, KL; AE/DAE: MSE, "
-                                "cross-entropy, PSNR, PCA at the same code size, denoising; VQ-VAE: reconstruction, "
-                                "bytes per image, codes used). Writes RUN_DIR/evaluation.json.")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--k", type=_positive_int, default=5000, help="importance samples for the NLL (default: 5000)")
-    p.add_argument("--max-test-samples", type=_positive_int, help="evaluate the first N test images only")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def evaluate_main(argv=None):
-    parser = build_evaluate_parser()
-    args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.json").is_file() or not any((run_dir / f).is_file() for f in ("best.keras",
-                                                                                            "model.keras")):
-        parser.error(f"RUN_DIR: {args.run_dir} is not a finished kerasae run (needs config.json and a .keras model)")
-    from kerasae import evaluate as eval_lib
-
-    try:
-        result = eval_lib.evaluate_run(run_dir, k=args.k, max_test_samples=args.max_test_samples,
-                                       progress=not args.no_progress)
-    except (ModelFileError, ValueError) as err:  # a bad .keras file (say which, no traceback), an unsupported model
-        parser.error(" ".join(str(err).split()))
-    print(json.dumps(result, indent=1, default=str))
-    return 0
 
 
 #: `kerasae.reproduce.STAGES`, named here so that parsing imports no TensorFlow (a test keeps the two equal).
@@ -45,8 +13,8 @@ REPRODUCE_STAGES = ("seed", "nll", "fashion", "photos", "photos-64", "resnet-nll
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-def build_reproduce_parser():
-    p = argparse.ArgumentParser(prog="reproduce.py", description="Train, evaluate and write kerasae's published "
+def build_reproduce_parser(prog="reproduce.py"):
+    p = argparse.ArgumentParser(prog=prog, description="Train, evaluate and write kerasae's published "
                                 "results (benchmarks/results/*.json) and figures (docs/figures/). Finished runs are "
                                 "reused; interrupted ones resume: rerun the same command.")
     p.add_argument("--stages", default=",".join(REPRODUCE_STAGES), type=_choices(REPRODUCE_STAGES),
@@ -67,8 +35,8 @@ def build_reproduce_parser():
     return p
 
 
-def reproduce_main(argv=None):
-    parser = build_reproduce_parser()
+def reproduce_main(argv=None, prog="reproduce.py"):
+    parser = build_reproduce_parser(prog)
     args = parser.parse_args(argv)
     from kerasae import reproduce
 
@@ -99,3 +67,9 @@ def reproduce_main(argv=None):
         for name, path in zoo.export_zoo(results_dir, zoo_dir).items():
             print(f"zoo: {name} -> {path}")
     return 0
+
+
+if __name__ == "__main__":  # python -m kerasae.cli.reproduce: the same as `kerasae reproduce`
+    from kerasae.cli.main import run_module
+
+    run_module(reproduce_main, "python -m kerasae.cli.reproduce")
