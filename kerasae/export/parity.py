@@ -25,7 +25,7 @@ NUM_PARITY_IMAGES = 256
 #: magnitude beyond (logits, codes, scores in nats), because float32 summation order alone moves
 #: a 500-nat score by ~1e-4. fp16 is bounded on the images in [0, 1]; its other diffs are recorded.
 #: A VQ-VAE's reconstruct quantizes to the nearest code, so a rounding error can flip a code and move a patch of
-#: the image by a discrete jump (0.02 seen on an AVX-512/AMX CPU, 1e-4 on AVX2): its image bounds apply where the
+#: the image by a discrete jump (0.02 seen for fp16 on a Xeon with AMX): its image bounds apply where the
 #: file's codes (those of the same variant's encode file) agree with the SavedModel's ("..._where_codes_agree"),
 #: and the share of agreeing codes is recorded beside them ("agreement").
 PARITY_TOLERANCES = {
