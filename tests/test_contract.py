@@ -168,13 +168,37 @@ def _xla_cases():
     return cases + [pytest.param("vae-resnet-28", marks=pytest.mark.slow)]
 
 
+def _nudge_weights(model, seed):
+    """Multiply every float weight by 1 +- 2^-23 (one float32 rounding step, random signs): what a different
+    summation order does to a value, once."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([w * (1 + rng.choice([-1.0, 1.0], size=w.shape) * 2.0**-23).astype(w.dtype)
+                       if np.issubdtype(w.dtype, np.floating) else w for w in model.get_weights()])
+
+
+#: How far XLA's losses may be from TF's, in units of the spread that rounding alone causes (a `_nudge_weights` run),
+#: and a floor below which they agree whatever that spread. Measured on an AMD EPYC (AVX2), relative differences
+#: of the 9 steps' losses: vae-resnet-28, XLA 1.7e-3, nudged runs 6.1e-4 and 1.3e-3 (training amplifies rounding
+#: through the normalized stack; a Xeon with AMX, which sums in other orders, gave XLA 1.4e-3); the other presets,
+#: XLA <= 2.7e-6 (iwae-mlp) while a nudge moves their losses by <= 1.5e-6, often not at all (their loss is a float32
+#: mean, XLA fuses its reductions in another order; nothing amplifies it in 9 steps).
+XLA_SPREADS = 5.0
+XLA_FLOOR = 2e-5
+
+
 @pytest.mark.parametrize("name", _xla_cases())
 def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monkeypatch):
     """kerasae's XLA loop over a call's steps (the default for models whose `auto_xla` is true; any
     `xla_loop_safe` model with jit_compile=True) takes the same steps as Keras' own train function: same
     batches, same noise keys, losses equal up to rounding. A model that is not loop-safe gets Keras' per-step
     XLA from jit_compile=True instead, which must train the same too. (With TF's own random ops the noise
-    itself differs: XLA's stateless Philox stream is not TF's.)"""
+    itself differs: XLA's stateless Philox stream is not TF's.)
+
+    "Up to rounding" is measured, not assumed: training amplifies a rounding difference from step to step (a
+    deep normalized stack from 1e-6 at the first step to ~1e-3 after 9), by a factor that depends on the model
+    and the CPU. So where XLA's losses are beyond XLA_FLOOR, TF's run is repeated with its initial weights nudged
+    by one rounding step, and XLA's must be within XLA_SPREADS times the difference that caused; a different
+    batch, noise key or step count moves them by far more."""
     from kerasae.data import make_dataset
     from kerasae.models import base
     from kerasae.training import TrainConfig, train_function_kind, xla_execution_train_function
@@ -186,10 +210,12 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
     loop_safe = probe.xla_loop_safe
     chosen = train_function_kind(TrainConfig(jit_compile=True), probe, False, whole_executions=True)
     assert chosen == ("xla-execution" if loop_safe else "keras")
-    losses = {}
-    for xla in (False, True):
+
+    def train(xla=False, nudged=False):
         keras.utils.set_random_seed(0)
         model = kerasae.build(name)
+        if nudged:
+            _nudge_weights(model, seed=1)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=3,  # one call per epoch
                       jit_compile=xla and not loop_safe)
         if xla and loop_safe:
@@ -199,7 +225,17 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
                             steps_per_epoch=3, verbose=0,
                             shuffle=False)  # fit's default True: Keras warns it ignores it for a tf.data dataset
         assert int(model.optimizer.iterations.numpy()) == 9
-        losses[xla] = history.history["loss"]
-    assert np.isfinite(losses[True]).all()
-    # A deep normalized stack amplifies XLA's other summation order: ~1e-4 apart after 9 steps, from 1e-6 at the first.
-    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-3 if probe.arch == "resnet" else 1e-4)
+        return np.asarray(history.history["loss"], np.float64)
+
+    tf_losses = train()
+
+    def relative(losses):
+        return np.abs(losses - tf_losses) / np.abs(tf_losses)
+
+    xla_losses = train(xla=True)
+    assert np.isfinite(xla_losses).all()
+    if relative(xla_losses).max() <= XLA_FLOOR:
+        return
+    spread = relative(train(nudged=True)).max()  # only where it can matter: the floor holds for most presets
+    assert spread < 0.01, f"rounding alone moves {name}'s loss by {spread:.2g}: the comparison says nothing"
+    assert relative(xla_losses).max() <= XLA_SPREADS * spread, (relative(xla_losses), spread)
