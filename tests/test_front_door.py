@@ -173,7 +173,8 @@ def test_every_zoo_card_says_what_the_model_is(name):
     ignore = ("name", "seed", "dtype", "trainable")
     assert json.loads(json.dumps({k: v for k, v in rebuilt.items() if k not in ignore})) == {
         k: v for k, v in config.items() if k not in ignore}
-    assert card["class"] == entry.manifest["model"]["class"] and card["parameters"] == entry.keras_model().count_params()
+    assert card["class"] == entry.manifest["model"]["class"]
+    assert card["parameters"] == entry.keras_model().count_params()
     test = entry.metrics["test"]
     if "nll" in test:
         assert card["headline"]["value"] == round(test["nll"], 2) and f"k={test['k']}" in card["headline"]["how"]
@@ -268,9 +269,41 @@ def test_readme_quotes_the_main_job_as_measured():
     assert job["command"] == ["python", "scripts/train.py", "--arch", "vae"] and not result["quick"]
     assert not result["machine_at_start"]["busy"] and not result["machine_at_end"]["busy"]
     text = " ".join((REPO / "README.md").read_text().split())
-    quoted = re.search(r"the whole command takes (\d+) s \((\d+) s of it training (\d+) epochs\) and reaches a "
-                       r"test negative ELBO of ([\d.]+) nats \(reconstruction ([\d.]+), KL ([\d.]+)\)", text)
+    quoted = re.search(r"the main job \(the whole command\) takes (\d+) s \((\d+) s of it training (\d+) epochs\) "
+                       r"and reaches a test negative ELBO of ([\d.]+) nats \(reconstruction ([\d.]+), KL ([\d.]+)\)",
+                       text)
     assert quoted, "README no longer quotes the main job"
     assert [float(v) for v in quoted.groups()] == [
         round(job["wall_time_s"]), round(job["train_wall_time_s"]), job["epochs"], round(-job["test"]["elbo"], 2),
         round(job["test"]["reconstruction_loss"], 2), round(job["test"]["kl"], 2)]
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_as_written(tmp_path):
+    """README's quickstart, block by block in a fresh directory with a folder of RGB PNGs of another size: the
+    Python blocks as written (the last in a process where kerasae cannot be imported, with the first block's x),
+    the commands through `python -m kerasae` (what the installed `kerasae` runs)."""
+    from PIL import Image
+
+    section = (REPO / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(python)?\n(.*?)```", section, flags=re.S)
+    assert [lang for lang, _ in blocks] == ["python", "", "python"], "the quickstart's shape changed"
+    (first, commands, served) = (code for _, code in blocks)
+    rng = np.random.default_rng(0)
+    (tmp_path / "my_images").mkdir()
+    for i in range(40):
+        Image.fromarray((rng.random((36, 44, 3)) * 255).astype(np.uint8)).save(tmp_path / "my_images" / f"{i}.png")
+
+    def run(args, code=None):
+        proc = subprocess.run(args, cwd=tmp_path, input=code, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-3000:])
+        return proc
+
+    run([sys.executable, "-"], first + "\nimport numpy as np\nnp.save('x.npy', np.asarray(x))\n"
+        "assert tuple(x_hat.shape) == tuple(digits.shape) == (8, 28, 28, 1)\n")
+    for line in commands.strip().splitlines():
+        command = line.split("#", 1)[0].split()
+        assert command[0] == "kerasae"
+        run([sys.executable, "-m", "kerasae", *command[1:]])
+    run([sys.executable, "-"], "import sys\nsys.modules['kerasae'] = None\nimport numpy as np\nx = np.load('x.npy')\n"
+        + served + "\nassert tuple(x_hat.shape) == (8, 28, 28, 1), x_hat.shape\n")

@@ -328,8 +328,8 @@ def test_hierarchical_vae_kl_matches_published(entries, binarized_test, seed_cla
     KL(q(z1|x, z2) || p(z1|z2)) at z2 = q's mean (the definition evaluate publishes). q's parameters come from the
     shipped `encode` signature; p(z1|z2) and the pseudo-inputs' posteriors, which no signature returns, from the
     rebuilt Keras model's layers (their maths is not kerasae.losses). Measured: 2e-8 relative apart."""
-    published = published_vae("hvae-mlp-vamp", seed_claims)
-    entry = entries["hvae-mlp-vamp"]
+    published = published_vae("hvae_vamp_mlp_mnist", seed_claims)
+    entry = entries["hvae_vamp_mlp_mnist"]
     model = entry.keras_model()
     mean = signature(entry, "encode", "z_mean")(binarized_test)
     log_var = signature(entry, "encode", "z_log_var")(binarized_test)
