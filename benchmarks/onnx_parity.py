@@ -1,7 +1,7 @@
 """ONNX files of the pretrained zoo: tf2onnx conversion time and onnxruntime parity with the SavedModel.
 
-    python benchmarks/onnx_parity.py                      # the zoo's vae-mlp and vae-resnet-28
-    python benchmarks/onnx_parity.py vae-mlp hvae-mlp-vamp --slices 4
+    python benchmarks/onnx_parity.py                      # the zoo's iwae_mlp_50d_mnist and vae_resnet_32d_mnist
+    python benchmarks/onnx_parity.py iwae_mlp_50d_mnist hvae_vamp_mlp_mnist --slices 4
 
 Converts every signature of each zoo entry's SavedModel as export does (`kerasae.export.convert_onnx`),
 then compares each file in onnxruntime with the SavedModel (`check_parity`, max_diff as in the manifest)
@@ -49,7 +49,7 @@ def measure(entry, slices, export_lib, data_lib, zoo):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("entries", nargs="*", default=["vae-mlp", "vae-resnet-28"], help="zoo entry names")
+    parser.add_argument("entries", nargs="*", default=["iwae_mlp_50d_mnist", "vae_resnet_32d_mnist"], help="zoo entry names")
     parser.add_argument("--slices", type=_common.positive_int, default=4,
                         help="disjoint sets of 256 test images to measure parity on (default: 4)")
     args = _common.parse_args(parser, argv, lambda a: {}, "onnx_parity.json")

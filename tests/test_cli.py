@@ -259,6 +259,7 @@ def test_deterministic_runs_give_identical_weights(tmp_path):
     assert digests[0] == digests[1]
     other = run_script("train.py", "--preset", "dae-mlp", "--deterministic", "--seed", "8", *TINY, "--epochs", "2",
                        "--out", tmp_path / "c", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["weights_sha256"] != digests[0]
 
 

@@ -21,6 +21,8 @@ from kerasae.config import TrainConfig
 from kerasae.data import DataError, Split, StreamLabels, make_dataset, open_dataset
 from kerasae.training.core import prepare
 
+from test_streaming import example  # a serialized tf.train.Example
+
 
 def save_png(path, value, size=8):
     path = Path(path)
@@ -36,15 +38,6 @@ def class_folder(root, classes, per_class, split_dirs=("train", "test")):
             for i in range(n):
                 save_png(root / split / f"c{c:02d}" / f"{i}.png", 10 * c + i)
     return root
-
-
-def example(features):
-    def feature(v):
-        if isinstance(v, bytes):
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
-    return tf.train.Example(features=tf.train.Features(
-        feature={k: feature(v) for k, v in features.items()})).SerializeToString()
 
 
 def png_bytes(value):

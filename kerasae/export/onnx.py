@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasae.export.errors import ExportError, ParityWarning
-from kerasae.export.parity import BROKEN_FP32, check_parity
+from kerasae.export.parity import BROKEN_FP32, check_parity, settle_parity
 from kerasae.options import SIGNATURES
 
 #: The ONNX operator set the files are written for (onnxruntime >= 1.14 runs it).
@@ -218,14 +217,7 @@ def _write_onnx(saved_model_dir, out_dir, parity_data, strict_parity, signatures
             failures[file_name] = misses
             if strict_parity or not all(d["max_diff"] <= BROKEN_FP32 for d in outputs.values()):
                 fatal[file_name] = misses
-    if fatal:
-        raise ExportError("ONNX parity check failed: " + "; ".join(f"{f}: {', '.join(m)}" for f, m in fatal.items()))
-    for file_name, messages in failures.items():
-        warnings.warn(f"onnx/{file_name} is outside its parity bound ({', '.join(messages)}); kept and flagged in "
-                      "the manifest (onnx.out_of_tolerance)", ParityWarning, stacklevel=3)
-    for file_name, entry in files.items():
-        entry["parity"] = parity[file_name]
-        entry["within_tolerance"] = file_name not in failures
+    settle_parity("ONNX", "onnx", files, parity, failures, fatal)
     return {"files": files, "skipped": skipped, "signatures": list(signatures), "opset": OPSET,
             "converter": converter_versions(), "runtime": "onnxruntime, CPUExecutionProvider",
             "out_of_tolerance": {f: ", ".join(m) for f, m in failures.items()},

@@ -6,13 +6,14 @@ against the Keras model's own methods (the model exported, or the model.keras re
 the export). Both report max_diff, which `_diffs` defines.
 """
 
+import warnings
 from pathlib import Path
 
 from kerasae import _backend  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
-from kerasae.export.errors import ExportError
+from kerasae.export.errors import ExportError, ParityWarning
 from kerasae.export.saved_model import _codes, example_labels, keras_outputs, num_classes
 from kerasae.export.tflite import run_tflite
 from kerasae.options import SIGNATURES
@@ -148,3 +149,18 @@ def parity_failures(parity):
             if (keys is None or key in keys) and not diffs[bounded] <= bound:
                 failures.setdefault(file_name, []).append(f"{key} {bounded} {diffs[bounded]:.3g} > {bound:g}")
     return failures
+
+
+def settle_parity(kind, folder, files, parity, failures, fatal):
+    """The end of a parity check: raise ExportError for the `fatal` files; warn about the other `failures` (kept,
+    flagged in the manifest's `folder`.out_of_tolerance); record each file's parity and whether it is within bound.
+
+    `kind` names the files in messages ("TFLite", "ONNX"); `folder` is their folder in an export."""
+    if fatal:
+        raise ExportError(f"{kind} parity check failed: " + "; ".join(f"{f}: {', '.join(m)}" for f, m in fatal.items()))
+    for file_name, messages in failures.items():
+        warnings.warn(f"{folder}/{file_name} is outside its parity bound ({', '.join(messages)}); kept and flagged "
+                      f"in the manifest ({folder}.out_of_tolerance)", ParityWarning, stacklevel=4)
+    for file_name, entry in files.items():
+        entry["parity"] = parity[file_name]
+        entry["within_tolerance"] = file_name not in failures

@@ -7,14 +7,13 @@ PARITY_TOLERANCES bound is kept and flagged (ParityWarning) unless parity is str
 fp32 conversion (BROKEN_FP32) always fails the export.
 """
 
-import warnings
 
 from kerasae import _backend  # noqa: F401
 import tensorflow as tf
 
 from kerasae import fp16 as fp16_lib
-from kerasae.export.errors import ExportError, ParityWarning
-from kerasae.export.parity import BROKEN_FP32, PARITY_TOLERANCES, check_parity, parity_failures
+from kerasae.export.errors import ExportError
+from kerasae.export.parity import BROKEN_FP32, PARITY_TOLERANCES, check_parity, parity_failures, settle_parity
 from kerasae.export.saved_model import example_labels, write_saved_model
 from kerasae.export.tflite import (_int8_float_ops, _int8_quantization, _io_details, convert_tflite,
                                    load_interpreter, representative_inputs, tflite_op_codes)
@@ -99,14 +98,8 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
     for file_name, outputs in parity.items():
         if files[file_name]["variant"] == "fp32" and not all(d["max_diff"] <= BROKEN_FP32 for d in outputs.values()):
             fatal[file_name] = [f"broken conversion: {k} max_diff {d['max_diff']:.3g}" for k, d in outputs.items()]
-    if fatal:
-        raise ExportError("TFLite parity check failed: " + "; ".join(f"{f}: {', '.join(m)}" for f, m in fatal.items()))
-    for file_name, messages in failures.items():
-        warnings.warn(f"{file_name} is outside its parity bound ({', '.join(messages)}); kept and flagged in the "
-                      "manifest (tflite.out_of_tolerance)", ParityWarning, stacklevel=3)
+    settle_parity("TFLite", "tflite", files, parity, failures, fatal)
     for file_name, entry in files.items():
-        entry["parity"] = parity[file_name]
-        entry["within_tolerance"] = file_name not in failures
         fp32 = files.get(f"{entry['signature']}.fp32.tflite")
         if fp32:
             entry["size_vs_fp32"] = round(entry["bytes"] / fp32["bytes"], 4)
