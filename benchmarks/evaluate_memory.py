@@ -136,7 +136,8 @@ def main(argv=None):
         train_run(folders[args.sizes[0]], work / "trained")
         for n in args.sizes:
             run = run_for(work / "trained", folders[n], work / f"streamed-{n}")
-            command = [sys.executable, "scripts/evaluate.py", str(run), "--k", str(args.k), "--no-progress"]
+            command = [sys.executable, "scripts/evaluate.py", str(run), "--k", str(args.k), "--no-progress",
+                       "--json"]
             common.log(f"evaluate, streamed: {n} test images")
             rss, seconds, out = measure(command)
             row = {"test_images": n, "streamed": {"peak_rss_bytes": rss, "wall_s": round(seconds, 1),

@@ -193,8 +193,11 @@ def test_bad_family_config(preset, kwargs, match):
 
 
 def test_registry_errors_list_the_valid_choices():
-    with pytest.raises(ValueError, match="unknown preset 'vae-huge'.*vae-mlp"):
+    with pytest.raises(ValueError, match=r"unknown preset 'vae-huge' \(\d+ presets: `kerasae train --list-presets` "
+                                         r"or kerasae.list_presets\(\)\)"):
         kerasae.build("vae-huge")
+    with pytest.raises(ValueError, match="unknown preset 'vae-mpl'; did you mean 'vae-mlp'"):
+        kerasae.build("vae-mpl")
     with pytest.raises(ValueError, match="unknown keyword.*laten_dim.*valid:.*latent_dim"):
         kerasae.build("vae-mlp", laten_dim=3)
     with pytest.raises(ValueError, match="noise_type"):  # DAE keywords are not VAE keywords

@@ -209,7 +209,9 @@ def test_bad_codes_and_config_are_clear_errors():
     codes = tf.constant([[0, 1, 2, 3], [0, 9, 2, 3], [-2, 1, 2, 3]], tf.int32)
     traced = tf.function(lambda c: model.decode(c))(codes).numpy()
     assert np.all(np.isfinite(traced[0])) and np.all(np.isnan(traced[1])) and np.all(np.isnan(traced[2]))
-    np.testing.assert_array_equal(traced[0], model.decode(codes[:1]).numpy()[0])
+    # A batch of 3 and a batch of 1 may take other matmul kernels: equal to float32 rounding (measured 2.3e-7
+    # relative on an AMD EPYC), not bit for bit.
+    np.testing.assert_allclose(traced[0], model.decode(codes[:1]).numpy()[0], rtol=1e-5, atol=1e-6)
     for kwargs, match in (({"num_codes": 4, "arch": "conv", "filters": (8,)}, "num_codes is for arch='mlp'"),
                           ({"latent_dim": 7}, "latent_dim is the code length \\(L = 4"),
                           ({"arch": "conv", "filters": (8,), "num_codes": None}, "hidden_units are for arch='mlp'"),
