@@ -100,7 +100,7 @@ def test_a_codec_trains_with_fit_and_saves(cls, tmp_path):
     model.build((None, None, None, 3))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     before = float(tf.reduce_mean(model.compute_terms(x)["loss"]))
-    model.fit(x, epochs=15, batch_size=4, verbose=0)
+    model.fit(x, epochs=8, batch_size=4, verbose=0)
     after = float(tf.reduce_mean(model.compute_terms(x)["loss"]))
     assert after < 0.7 * before, (before, after)
     path = tmp_path / "codec.keras"
