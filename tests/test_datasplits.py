@@ -21,7 +21,7 @@ from kerasae.config import TrainConfig
 from kerasae.data import DataError, Split, StreamLabels, make_dataset, open_dataset
 from kerasae.training.core import prepare
 
-from test_streaming import example  # a serialized tf.train.Example
+from test_streaming import example, write_records  # a serialized tf.train.Example; shards of them
 
 
 def save_png(path, value, size=8):
@@ -42,14 +42,6 @@ def class_folder(root, classes, per_class, split_dirs=("train", "test")):
 
 def png_bytes(value):
     return tf.io.encode_png(np.full((8, 8, 1), value, np.uint8)).numpy()
-
-
-def write_records(path, records):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for r in records:
-            writer.write(r)
-    return path
 
 
 # ---- 1. labels ------------------------------------------------------------------------------------------------
