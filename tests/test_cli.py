@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+import kerasae
 import kerasae.data
 from kerasae import cli
 
@@ -25,6 +26,7 @@ def test_train_script_writes_a_loadable_run(arch, model_class, tmp_path):
                  "figures/reconstructions.png", "figures/samples.png"):
         assert (run / name).is_file(), name
     assert "run directory:" in proc.stdout
+    kerasae.register_classes()  # what README says plain Keras needs when kerasae was imported before keras
     model = keras.saving.load_model(run / "model.keras")
     assert type(model).__name__ == model_class
     assert json.loads((run / "config.json").read_text())["preset"] == cli.registry.DEFAULT_PRESETS[arch]
@@ -242,6 +244,7 @@ def test_kill_9_mid_training_then_rerun_resumes(tmp_path, source):
     assert epochs == [0, 1, 2, 3]  # every epoch once: none lost, none repeated
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["resumed_from_epoch"] == killed_at
+    kerasae.register_classes()
     model = keras.saving.load_model(out / "model.keras")
     assert int(model.optimizer.iterations.numpy()) == 4 * steps
     assert metrics["streamed"] == (source == "streamed")
