@@ -344,12 +344,14 @@ def model_card(name, version_dir):
 
 
 def _objective(model):
-    if hasattr(model, "num_importance_samples"):  # the VAEs
-        k = model.num_importance_samples
-        return {"loss": f"negative IWAE bound, k={k}" if k > 1 else "negative ELBO", "k": k, "beta": model.beta,
-                "kl_warmup_steps": model.kl_warmup_steps, "likelihood": model.likelihood,
-                "prior": model.prior_type}
-    objective = {"loss": f"{model.reconstruction_loss} reconstruction loss"}
+    """The run record's objective (`training.recipe.objective`, as config.json holds it), with its one-line
+    description and what it leaves out: a VAE's prior, a DAE's corruption."""
+    from kerasae.training import recipe
+
+    record = recipe.objective(model)
+    objective = {**record, "loss": recipe.describe_objective(record).removeprefix("objective: ")}
+    if "bound" in record:
+        objective["prior"] = model.prior_type
     if getattr(model, "noise_type", None):
         objective["noise"] = f"{model.noise_type} {model.noise_level:g} on the inputs"
     return objective
