@@ -55,6 +55,7 @@ def register_classes():
     """Register kerasae's Keras classes (models, and the optimizer compiled .keras files name) with Keras."""
     importlib.import_module("kerasae.models")
     importlib.import_module("kerasae.optimizers")
+    importlib.import_module("kerasae.codec.models")
 
 
 if "keras" in sys.modules:  # Keras is loaded already, so registering costs nothing

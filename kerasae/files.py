@@ -209,6 +209,6 @@ def load_keras_model(path):
             raise ModelFileError(f"{path}: refused to load unsafe content (kerasae loads .keras files with "
                                  f"safe_mode=True): {cause[:300]}") from err
         raise ModelFileError(f"{path}: cannot load the model ({type(err).__name__}: {cause[:300]})") from err
-    if getattr(model, "family", None) not in registry.FAMILIES:
+    if getattr(model, "family", None) not in (*registry.FAMILIES, "codec"):  # codec: kerasae.codec's models
         raise ModelFileError(f"{path}: not a kerasae model (it holds a {type(model).__name__})")
     return model

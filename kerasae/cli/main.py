@@ -20,6 +20,8 @@ COMMANDS = {
     "convert": "convert a dataset into TFRecord shards that train streams",
     "reproduce": "train, evaluate and write the published results and figures",
     "zoo": "list the pretrained models (zoo), or show one (zoo show NAME)",
+    "compress": "compress an image with a learned codec into a file (--quality 1 fewest bytes)",
+    "decompress": "decompress a codec file back into an image",
 }
 
 

@@ -43,6 +43,7 @@ class ImageCodec(keras.Model):
         seed: seed of the training noise (None picks one).
     """
 
+    family = "codec"
     metric_names = ("loss", "bpp", "mse", "psnr")
     #: y is H/16 x W/16: images must be a multiple of this (`kerasae.codec` pads and crops).
     stride = 16
@@ -71,6 +72,8 @@ class ImageCodec(keras.Model):
         self._trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
 
     def build(self, input_shape):
+        if self.built:  # built in __init__ already: every weight exists from the start
+            return
         self.analysis.build((None, None, None, self.channels))
         self.synthesis.build((None, None, None, self.latent_channels))
         self.build_priors()
@@ -143,6 +146,11 @@ class ImageCodec(keras.Model):
 class FactorizedPriorCodec(ImageCodec):
     """Balle et al. 2018's factorized-prior model: each latent channel coded under its own learned density."""
 
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, seed=None, **kwargs):
+        super().__init__(channels=channels, filters=filters, latent_channels=latent_channels, lmbda=lmbda, seed=seed,
+                         **kwargs)
+        self.build((None, None, None, self.channels))  # every weight exists from the start: fit, save, count
+
     def build_priors(self):
         self.prior = FactorizedDensity(name="prior")
         self.prior.build((None, None, None, self.latent_channels))
@@ -171,6 +179,7 @@ class ScaleHyperpriorCodec(ImageCodec):
         self.hyper_synthesis = keras.Sequential(
             [_conv(n, 5, 2, "hs_conv0", True, "relu"), _conv(n, 5, 2, "hs_conv1", True, "relu"),
              _conv(self.latent_channels, 3, 1, "hs_conv2", activation="relu")], name="hyper_synthesis")
+        self.build((None, None, None, self.channels))
 
     def build_priors(self):
         self.hyper_analysis.build((None, None, None, self.latent_channels))

@@ -1,0 +1,135 @@
+"""Rate-distortion of kerasae's learned codecs against JPEG, WebP, AVIF and PNG on held-out photographs.
+
+    python benchmarks/codec_rd.py                         # the zoo's ladder; benchmarks/results/codec_rd.json
+    python benchmarks/codec_rd.py --codecs runs/codec/hyperprior_q*/codec runs/codec/factorized_q*/codec
+    python benchmarks/codec_rd.py --quick                 # a smoke test of this script
+
+Photos: `kerasae.codec.photos`' test split (whole photographs never cropped for training; each one's source and
+licence in the JSON). Every rate is the length of a real file, every distortion measured on what decoding that
+file gives (kerasae: `Coder.decompress` of `Coder.compress`'s bytes). Curves: per codec and quality, the mean bpp,
+PSNR (RGB) and MS-SSIM over the photos; BD-rates (PSNR) of each kerasae family against JPEG and WebP over the PSNR
+range both curves cover. Times: seconds per megapixel to encode and decode (medians over photos, this machine).
+Figures: docs/figures/codec_rd.png and docs/figures/codec_crops.png.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import _common
+
+
+def codec_points(coders, images, log):
+    import re
+
+    from kerasae.codec import evaluate
+
+    records = []
+    for folder, coder in coders:
+        family, quality = re.fullmatch(r"(\w+?)_q(\d+)", coder.name).groups()
+        for name, image in images.items():
+            row = evaluate.measure(image, coder.compress, coder.decompress)
+            records.append({"codec": f"kerasae-{family}", "quality": int(quality), "photo": name, **row})
+            log(f"{coder.name} {name}: {row['bpp']:.3f} bpp {row['psnr']:.2f} dB")
+    return records
+
+
+def baseline_points(images, names, log):
+    from kerasae.codec import evaluate
+
+    records = []
+    for codec in names:
+        qualities = (None,) if codec == "png" else evaluate.BASELINES[codec][1]
+        for quality in qualities:
+            for name, image in images.items():
+                row = evaluate.measure(image, lambda x: evaluate.pillow_file(x, codec, quality)[0],
+                                       lambda data: _pillow_decode(data, image.shape))
+                records.append({"codec": codec, "quality": quality or 0, "photo": name, **row})
+        log(f"{codec}: {len(qualities)} qualities x {len(images)} photos")
+    return records
+
+
+def _pillow_decode(data, shape):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB")).reshape(shape)
+
+
+def summarize(records):
+    import numpy as np
+
+    from kerasae.codec import evaluate
+
+    curves = {c: evaluate.mean_curve([r for r in records if r["codec"] == c])
+              for c in sorted({r["codec"] for r in records})}
+    bd = {}
+    for family in (c for c in curves if c.startswith("kerasae-") and len(curves[c]) >= 2):
+        points = [(p["bpp"], p["psnr"]) for p in curves[family]]
+        for anchor in ("jpeg", "webp", "avif"):
+            if anchor in curves:
+                try:
+                    bd[f"{family} vs {anchor}"] = evaluate.bd_rate([(p["bpp"], p["psnr"]) for p in curves[anchor]],
+                                                                   points)
+                except ValueError as err:
+                    bd[f"{family} vs {anchor}"] = str(err)
+    times = {}
+    for codec in curves:
+        rows = [r for r in records if r["codec"] == codec]
+        mpx = {r["photo"]: r["pixels"] / 1e6 for r in rows}
+        times[codec] = {k: float(np.median([r[k] / mpx[r["photo"]] for r in rows])) for k in ("encode_s", "decode_s")}
+    return curves, bd, times
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke test: two small crops, few qualities")
+    parser.add_argument("--codecs", nargs="*", type=Path, default=None,
+                        help="saved codec folders (default: the zoo's ladder)")
+    parser.add_argument("--baselines", default=None, help="comma-separated of jpeg,webp,avif,png (default: all)")
+    parser.add_argument("--figures", type=Path, default=None, help="folder of the figures (default: docs/figures; "
+                        "none with --quick)")
+    args = _common.parse_args(parser, argv, lambda a: {"baselines": "jpeg,webp,avif,png"}, "codec_rd.json")
+    _common.setup_imports()
+    from kerasae.codec import api, coder as coder_lib, photos
+
+    log = _common.log
+    chosen = photos.photos("test")
+    images = {p.name: photos.load(p) for p in chosen}
+    if args.quick:
+        images = {name: image[:192, :200] for name, image in list(images.items())[-2:]}
+    folders = args.codecs if args.codecs is not None else [api.load_coder(name) for name in api.ladder()]
+    coders = [(f, f if isinstance(f, coder_lib.Coder) else coder_lib.Coder.load(f)) for f in folders]
+    baselines = [b for b in args.baselines.split(",") if b]
+    if args.quick:
+        from kerasae.codec import evaluate
+
+        evaluate.BASELINES = {k: (v[0], v[1][::4], v[2]) for k, v in evaluate.BASELINES.items()}
+    records = baseline_points(images, baselines, log) + codec_points(coders, images, log)
+    for r in records:
+        r["pixels"] = int(images[r["photo"]].shape[0] * images[r["photo"]].shape[1])
+    curves, bd, times = summarize(records)
+    result = _common.header("codec_rd", args, args.quick)
+    result["photos"] = [{"name": p.name, "source": p.source, "licence": p.licence,
+                         "size": list(images[p.name].shape[:2])} for p in chosen if p.name in images]
+    result.update({"codecs": [c.name for _, c in coders], "curves": curves, "bd_rate_psnr_percent": bd,
+                   "seconds_per_megapixel": times, "records": records})
+    out = _common.write_result(args.out, result)
+    print("\n".join(_common.report_header(result, out)))
+    for key, value in bd.items():
+        print(f"BD-rate {key}: {value:+.1f}%" if isinstance(value, float) else f"BD-rate {key}: {value}")
+    if not args.quick or args.figures is not None:
+        from kerasae.codec import figures
+
+        folder = args.figures or _common.REPO / "docs" / "figures"
+        figures.rd_figure(curves, folder / "codec_rd.png")
+        if coders:
+            figures.crops_figure(images, coders, records, folder / "codec_crops.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""`compress(image) -> bytes` and `decompress(bytes) -> image`, with the pretrained quality ladder or your own codec.
+
+A codec is a `Coder` or the folder `Coder.save` wrote; without one, `compress` takes the ladder's entry for
+`quality` from the zoo and `decompress` the entry the file names.
+"""
+
+from pathlib import Path
+
+from kerasae.codec.coder import Coder
+
+#: Zoo entries of the pretrained ladder, quality 1 (fewest bytes) first.
+LADDER = tuple(f"codec_hyperprior_q{q}_photos" for q in range(1, 6))
+
+_LOADED = {}
+
+
+def ladder():
+    """The ladder's entries installed in the zoo (a folder each, with codec.json)."""
+    from kerasae import zoo
+
+    root = zoo.default_zoo_dir()
+    return [name for name in LADDER if (root / name / "codec.json").is_file()]
+
+
+def load_coder(model=None, quality=None):
+    """A `Coder`: `model` as it is (a Coder), from its saved folder (a path), or a zoo entry (a name); or else
+    the ladder's entry for `quality` (an int from 1)."""
+    if isinstance(model, Coder):
+        return model
+    if model is None:
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= len(LADDER):
+            raise ValueError(f"quality must be an integer from 1 (fewest bytes) to {len(LADDER)}, got {quality!r}")
+        model = LADDER[quality - 1]
+    if not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be a Coder, a saved codec's folder or a zoo name, got {type(model).__name__}")
+    path = Path(model)
+    if not (path / "codec.json").is_file():
+        from kerasae import zoo
+
+        entry = zoo.default_zoo_dir() / str(model)
+        if str(model) not in LADDER and not (entry / "codec.json").is_file():
+            raise ValueError(f"model {str(model)!r} is neither a saved codec's folder (with codec.json) nor a "
+                             f"codec in the zoo ({', '.join(ladder()) or 'none installed'})")
+        if not (entry / "codec.json").is_file():
+            raise ValueError(f"the pretrained codec {model} is not installed in {zoo.default_zoo_dir()}; "
+                             "pass model= (a codec saved with Coder.save)")
+        path = entry
+    key = str(path.resolve())
+    if key not in _LOADED:
+        _LOADED[key] = Coder.load(path)
+    return _LOADED[key]
+
+
+def compress(image, quality=3, model=None):
+    """The bytes of a file holding `image` (uint8 or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3])."""
+    return load_coder(model, None if model is not None else quality).compress(image)
+
+
+def decompress(data, model=None):
+    """The uint8 image [H, W, C] in a file's bytes, decoded by `model` or by the zoo entry the file names."""
+    from kerasae.codec import bitstream
+
+    if model is None:  # the zoo entry the file names: a name, never a path a file could point anywhere with
+        name = bitstream.read(data)[0].model_name
+        from kerasae import zoo
+
+        if not (zoo.default_zoo_dir() / name / "codec.json").is_file() or Path(name).name != name:
+            raise ValueError(f"the file was written by codec {name!r}, which is not in the zoo: pass model= "
+                             "(the folder that codec was saved to)")
+        model = zoo.default_zoo_dir() / name
+    return load_coder(model).decompress(data)

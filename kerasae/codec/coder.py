@@ -1,0 +1,262 @@
+"""Files from images and back: a trained codec model, its entropy tables and the file format together.
+
+`Coder(model)` compresses uint8 images of any size to bytes (`bitstream`), tile by tile, each tile padded with its
+edge pixels to the model's stride; `decompress` reads them back. The integers a decoder recovers are checked against
+a checksum the encoder wrote, so a decoder whose floating point disagrees with the encoder's (another CPU, another
+TensorFlow) says so instead of showing a wrong image.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from kerasae.codec import bitstream, decoder, entropy
+
+#: Default tile size in pixels: images up to 1024 x 1024 are one tile; larger ones are coded tile by tile, which
+#: bounds the memory the transforms use.
+TILE = 1024
+
+
+def compute_tables(model):
+    """The integer entropy tables of a built codec model, keyed "y" (latents) and, for a hyperprior, "z"."""
+    from kerasae.codec.models import ScaleHyperpriorCodec
+
+    if isinstance(model, ScaleHyperpriorCodec):
+        return {"z": entropy.factorized_tables(model.hyperprior, model.hyper_filters),
+                "y": entropy.gaussian_tables()}
+    return {"y": entropy.factorized_tables(model.prior, model.latent_channels)}
+
+
+def flatten_tables(tables):
+    return {f"{part}/{key}": value for part, arrays in tables.items() for key, value in arrays.items()}
+
+
+def model_version(model, tables):
+    """8 bytes identifying the model's weights, configuration and tables: files record it, decoders check it."""
+    digest = hashlib.sha256(type(model).__name__.encode())
+    config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    for key, value in sorted(flatten_tables(tables).items()):
+        digest.update(key.encode() + np.ascontiguousarray(value).tobytes())
+    return digest.digest()[:8]
+
+
+def float64_scales(model):
+    """h_s of a hyperprior in float64, as a tf.function of quantized hyper-latents [1, h, w, N] (float64).
+
+    The latents' table indices come from these scales in encoder and decoder alike, and a scale within rounding of
+    a table boundary would pick another table on a machine whose float32 convolutions sum in another order; in
+    float64 such disagreements are ~1e-9 times as likely. (The latents' checksum still catches one.)"""
+    import tensorflow as tf
+
+    steps = []
+    for layer in model.hyper_synthesis.layers:
+        config = layer.get_config()
+        if config["activation"] not in ("relu", "linear") or config["padding"] != "same":
+            raise ValueError(f"{layer.name}: float64 scales know 'same' convolutions with relu or no activation")
+        steps.append((type(layer).__name__, layer.kernel, layer.bias, int(config["strides"][0]), config["activation"]))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, model.hyper_filters], tf.float64)])
+    def scales(z_hat):
+        x = z_hat
+        for kind, kernel, bias, stride, activation in steps:  # the float32 weights, exactly, in float64
+            kernel = tf.cast(kernel, tf.float64)
+            if kind == "Conv2DTranspose":
+                shape = tf.shape(x)
+                out = tf.stack([shape[0], shape[1] * stride, shape[2] * stride, tf.shape(kernel)[2]])
+                x = tf.nn.conv2d_transpose(x, kernel, out, strides=stride, padding="SAME")
+            else:
+                x = tf.nn.conv2d(x, kernel, strides=stride, padding="SAME")
+            x = x + tf.cast(bias, tf.float64)
+            x = tf.nn.relu(x) if activation == "relu" else x
+        return x
+
+    return scales
+
+
+def as_image(image, name="image"):
+    """uint8 [H, W, C] (C 1 or 3) from an array or PIL image: uint8 as it is, floats in [0, 1] scaled by 255."""
+    array = np.asarray(image)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{name} must be an array of numbers (uint8, or floats in [0, 1]), got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3) or min(array.shape[:2]) < 1:
+        raise ValueError(f"{name} must be [height, width] or [height, width, 1 or 3] (grayscale or RGB, no alpha), "
+                         f"got shape {np.shape(image)}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+            raise ValueError(f"{name} as floats must be finite and in [0, 1]")
+        return np.round(array * 255.0).astype(np.uint8)
+    if array.min() < 0 or array.max() > 255:
+        raise ValueError(f"{name} as integers must be in [0, 255]")
+    return array.astype(np.uint8)
+
+
+class Coder:
+    """Compresses and decompresses images with one trained codec model.
+
+    Args:
+        model: a built `FactorizedPriorCodec` or `ScaleHyperpriorCodec`.
+        name: the name files record (a zoo entry's name, so a decoder can find the model); default `model.name`.
+        tables: the model's entropy tables (as `compute_tables` gives, or loaded with the model); computed if None.
+        tile: tile size in pixels, a multiple of the model's stride.
+    """
+
+    def __init__(self, model, name=None, tables=None, tile=TILE):
+        import tensorflow as tf
+
+        from kerasae.codec.models import ImageCodec, ScaleHyperpriorCodec
+
+        if not isinstance(model, ImageCodec):
+            raise TypeError(f"model must be a kerasae.codec model, got {type(model).__name__}")
+        if not model.built:
+            model.build((None, None, None, model.channels))
+        self.model, self.name = model, str(name or model.name)
+        if not isinstance(tile, int) or tile < model.stride or tile % model.stride or tile > 65535:
+            raise ValueError(f"tile must be a multiple of the model's stride {model.stride} below 65536, got {tile!r}")
+        self.tile = tile
+        self.tables = tables if tables is not None else compute_tables(model)
+        self.version = model_version(model, self.tables)
+        self.hyperprior = isinstance(model, ScaleHyperpriorCodec)
+        c, m = model.channels, model.latent_channels
+        self.spec = decoder.Spec(self.name, self.version, tile, model.stride, m,
+                                 model.hyper_filters if self.hyperprior else 0)
+
+        def function(layer, channels):
+            spec = tf.TensorSpec([1, None, None, channels], tf.float32)
+            return tf.function(lambda x: layer(x, training=False), input_signature=[spec])
+
+        self._analysis = function(model.analysis, c)
+        self._synthesis = function(model.synthesis, m)
+        if self.hyperprior:
+            self._hyper_analysis = function(lambda y, training: model.hyper_analysis(tf.abs(y), training=training), m)
+            self._scales = float64_scales(model)
+
+    # ---- one tile ----------------------------------------------------------------------------------------------
+
+    def _pad(self, pixels):
+        """uint8 [h, w, C] -> float32 [1, H, W, model channels], edge-padded to the stride."""
+        s = self.model.stride
+        h, w = pixels.shape[:2]
+        padded = np.pad(pixels, [(0, -h % s), (0, -w % s), (0, 0)], mode="edge")
+        if padded.shape[-1] != self.model.channels:
+            padded = np.repeat(padded, self.model.channels, axis=-1)  # grayscale through an RGB model
+        return padded[None].astype(np.float32) / 255.0
+
+    @staticmethod
+    def _integers(tensor, what):
+        values = tensor.numpy()
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"the model's {what} are not finite: it cannot code this image")
+        return np.round(values).astype(np.int64)  # the same rounding as tf.round: half to even
+
+    def _quantize_tile(self, pixels):
+        """(z_hat or None, y_hat, y's table index) of one tile."""
+        y = self._analysis(self._pad(pixels))
+        y_hat = self._integers(y, "latents")
+        if not self.hyperprior:
+            return None, y_hat, decoder.channel_index(y_hat.shape)
+        z_hat = self._integers(self._hyper_analysis(y), "hyper-latents")
+        return z_hat, y_hat, decoder.scale_index(self._scales_numpy, z_hat, self.tables)
+
+    def _scales_numpy(self, z_hat):
+        return self._scales(z_hat).numpy()
+
+    def _synthesis_numpy(self, y_hat):
+        return self._synthesis(y_hat).numpy()
+
+    def _encode_tile(self, pixels):
+        z_hat, y_hat, index = self._quantize_tile(pixels)
+        streams = entropy.encode(y_hat, index, self.tables["y"])
+        if z_hat is None:
+            return bitstream.Tile(decoder.latent_checksum((y_hat,)), streams)
+        z_streams = entropy.encode(z_hat, decoder.channel_index(z_hat.shape), self.tables["z"])
+        return bitstream.Tile(decoder.latent_checksum((z_hat, y_hat)), (*z_streams, *streams))
+
+    # ---- whole images ------------------------------------------------------------------------------------------
+
+    def _check_channels(self, channels):
+        if channels == 3 and self.model.channels == 1:
+            raise ValueError(f"this codec ({self.name}) codes grayscale images; got an RGB image")
+
+    def compress(self, image):
+        """The bytes of a file holding `image` (uint8, or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3])."""
+        pixels = as_image(image)
+        height, width, channels = pixels.shape
+        self._check_channels(channels)
+        tiles = [self._encode_tile(pixels[r:r + h, c:c + w])
+                 for r, c, h, w in decoder.tile_grid(height, width, self.tile)]
+        header = bitstream.Header(self.name, self.version, height, width, channels, self.tile, self.model.stride)
+        return bitstream.write(header, tiles)
+
+    def reconstruct(self, image):
+        """The image `decompress(compress(image))` gives, computed by the encoder without coding."""
+        pixels = as_image(image)
+        height, width, channels = pixels.shape
+        self._check_channels(channels)
+        out = np.empty_like(pixels)
+        for r, c, h, w in decoder.tile_grid(height, width, self.tile):
+            y_hat = self._quantize_tile(pixels[r:r + h, c:c + w])[1]
+            out[r:r + h, c:c + w] = decoder.to_pixels(self._synthesis_numpy(y_hat.astype(np.float32)), h, w,
+                                                      channels)
+        return out
+
+    def decompress(self, data):
+        """The uint8 image [H, W, C] a file's bytes hold."""
+        return decoder.decompress(data, self.spec, self.tables, self._synthesis_numpy, self._scales_numpy)
+
+    def information_bits(self, image):
+        """-log2 of the tables' probabilities of the image's integers: what the streams come within bytes of."""
+        pixels = as_image(image)
+        bits = 0.0
+        for r, c, h, w in decoder.tile_grid(*pixels.shape[:2], self.tile):
+            z_hat, y_hat, index = self._quantize_tile(pixels[r:r + h, c:c + w])
+            bits += entropy.information_bits(y_hat, index, self.tables["y"])
+            if z_hat is not None:
+                bits += entropy.information_bits(z_hat, decoder.channel_index(z_hat.shape), self.tables["z"])
+        return bits
+
+    # ---- saving ------------------------------------------------------------------------------------------------
+
+    def save(self, path):
+        """A new folder with the model (`model.keras`), its tables (`tables.npz`) and `codec.json` (name,
+        version), written beside it first and renamed into place, so a failure leaves nothing half-written."""
+        import shutil
+
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path} exists: a codec is saved to a new folder")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.mkdir(parents=True)
+            self.model.save(tmp / "model.keras")
+            np.savez_compressed(tmp / "tables.npz", **flatten_tables(self.tables))
+            info = {"name": self.name, "version": self.version.hex(), "tile": self.tile,
+                    "class": type(self.model).__name__}
+            (tmp / "codec.json").write_text(json.dumps(info, indent=2) + "\n")
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path):
+        """The Coder `save` wrote, with the saved tables (never recomputed: they define the files' integers)."""
+        from kerasae.files import load_keras_model
+
+        path = Path(path)
+        if not (path / "codec.json").is_file():
+            raise ValueError(f"{path} is not a saved codec (no codec.json)")
+        info = json.loads((path / "codec.json").read_text())
+        model = load_keras_model(path / "model.keras")
+        tables = decoder.read_tables(path / "tables.npz")
+        coder = cls(model, name=info["name"], tables=tables, tile=int(info["tile"]))
+        if coder.version.hex() != info["version"]:
+            raise ValueError(f"{path}: the model and tables are version {coder.version.hex()}, codec.json says "
+                             f"{info['version']} (the folder was changed after it was saved)")
+        return coder

@@ -1,0 +1,123 @@
+"""The photographs the codec ladder is trained and evaluated on, all available offline, split by photograph.
+
+Sources (each photo's `source` and `licence` say the same):
+- Debian's `plasma-workspace-wallpapers` (KDE, LGPLv3 per each wallpaper's metadata.json): the wallpapers that are
+  photographs, 2560 x 1600 (`apt-get install plasma-workspace-wallpapers`);
+- scikit-image's `skimage.data` colour photographs (public domain or CC0, per skimage.data's docstrings);
+- scikit-learn's sample images `china.jpg` and `flower.jpg` (CC BY 2.0, per sklearn/datasets/images/README.txt).
+
+Whole photographs are held out for evaluation (`split="test"`): none of their pixels is seen in training.
+"""
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+WALLPAPERS = Path("/usr/share/wallpapers")
+
+
+class Photo(NamedTuple):
+    name: str
+    source: str
+    licence: str
+    split: str  # "train" or "test"
+
+
+def _wallpaper(name, author, split):
+    return Photo(f"wallpaper:{name}", f"plasma-workspace-wallpapers {name} by {author}", "LGPLv3", split)
+
+
+PHOTOS = (
+    _wallpaper("BytheWater", "Maciej Wiklo", "train"),
+    _wallpaper("ColdRipple", "Risto Saukonpää", "train"),
+    _wallpaper("ColorfulCups", "Dmitri Popov", "train"),
+    _wallpaper("DarkestHour", "Risto Saukonpää", "train"),
+    _wallpaper("FallenLeaf", "Martin Klapetek", "train"),
+    _wallpaper("Grey", "Sigi Sagi", "train"),
+    _wallpaper("OneStandsOut", "Risto Saukonpää", "train"),
+    _wallpaper("Path", "Risto Saukonpää", "train"),
+    _wallpaper("summer_1am", "Risto Saukonpää", "train"),
+    Photo("skimage:motorcycle_left", "skimage.data.stereo_motorcycle (Middlebury 2014 stereo benchmark)",
+          "free for research use, per the Middlebury benchmark", "train"),
+    Photo("skimage:hubble_deep_field", "skimage.data.hubble_deep_field (NASA)", "public domain", "train"),
+    _wallpaper("EveningGlow", "Ian Hex", "test"),
+    Photo("skimage:astronaut", "skimage.data.astronaut (NASA, Eileen Collins)", "public domain", "test"),
+    Photo("skimage:chelsea", "skimage.data.chelsea (Stefan van der Walt)", "CC0", "test"),
+    Photo("skimage:coffee", "skimage.data.coffee (Rachel Michetti)", "CC0", "test"),
+    Photo("skimage:rocket", "skimage.data.rocket (SpaceX, DSCOVR launch)", "public domain", "test"),
+    Photo("sklearn:china", "sklearn.datasets.load_sample_image('china.jpg') (danielbuechele, Flickr)",
+          "CC BY 2.0", "test"),
+    Photo("sklearn:flower", "sklearn.datasets.load_sample_image('flower.jpg') (vultilion, Flickr)", "CC BY 2.0",
+          "test"),
+)
+
+
+def photos(split):
+    """The `Photo`s of a split ("train" or "test")."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return [p for p in PHOTOS if p.split == split]
+
+
+def load(photo):
+    """uint8 [H, W, 3] pixels of a `Photo` (or its name)."""
+    name = photo.name if isinstance(photo, Photo) else str(photo)
+    kind, _, key = name.partition(":")
+    if kind == "wallpaper":
+        from PIL import Image
+
+        folder = WALLPAPERS / key / "contents" / "images"
+        files = sorted(folder.glob("*.*")) if folder.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"{folder} holds no image: install Debian's plasma-workspace-wallpapers")
+        sizes = [Image.open(f).size for f in files]
+        with Image.open(files[int(np.argmax([w * h for w, h in sizes]))]) as image:
+            return np.asarray(image.convert("RGB"))
+    if kind == "skimage":
+        try:
+            import skimage.data
+        except ImportError as err:
+            raise ImportError("the skimage photographs need scikit-image (pip install scikit-image)") from err
+        if key == "motorcycle_left":
+            return skimage.data.stereo_motorcycle()[0]
+        return getattr(skimage.data, key)()
+    if kind == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{key}.jpg")
+    raise ValueError(f"unknown photo {name!r}: expected one of {[p.name for p in PHOTOS]}")
+
+
+def random_crops(images, size, count, rng, min_scale=0.5):
+    """`count` float32 crops [count, size, size, 3] in [0, 1]: each from a random photo, at a random scale in
+    [min_scale, 1] (a larger crop resized down with a box filter: fewer JPEG artefacts, more detail per pixel),
+    flipped left-right half of the time."""
+    from PIL import Image
+
+    out = np.empty((count, size, size, 3), np.float32)
+    for i in range(count):
+        image = images[rng.integers(len(images))]
+        h, w = image.shape[:2]
+        side = min(int(round(size / rng.uniform(min_scale, 1.0))), h, w)
+        r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = image[r:r + side, c:c + side]
+        if side != size:
+            crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX))
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = crop.astype(np.float32) / 255.0
+    return out
+
+
+def crop_dataset(images, size=128, batch_size=16, steps=1000, seed=0, min_scale=0.5):
+    """A tf.data.Dataset of `steps` batches of random crops (see `random_crops`), the same for the same seed."""
+    import tensorflow as tf
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            yield random_crops(images, size, batch_size, rng, min_scale)
+
+    spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32)
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)

@@ -1,0 +1,185 @@
+"""Training a codec of the quality ladder on random crops of the training photographs, resumable.
+
+`train(out, family, quality, steps)` fits in chunks of `CHUNK` steps; after each it saves the model with its
+optimizer (`checkpoint.keras`) and `state.json`, so the same call after an interruption goes on from the last
+chunk, with the crops it would have drawn. When all steps are done it writes the `Coder` folder (`out/codec`,
+entropy tables included) and `metrics.json`.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Steps per chunk: the work an interruption can lose.
+CHUNK = 200
+#: The ladder's transforms: N = 96 hidden channels, M = 128 latent channels (CompressAI's low-rate models use
+#: N = 128, M = 192; a smaller model keeps a ladder's training within a 2-core CPU's budget and the zoo's size).
+LADDER_MODEL = {"filters": 64, "latent_channels": 128}
+#: How the ladder is trained: (quality, steps, the quality it starts from or None). The middle quality is trained
+#: from scratch; its neighbours are fine-tuned from the next quality towards the middle, which costs far fewer
+#: steps than training each from scratch.
+LADDER_PLAN = {
+    "hyperprior": ((3, 12000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2), (5, 4000, 4)),
+    "factorized": ((3, 8000, None), (2, 3000, 3), (4, 3000, 3), (1, 3000, 2)),
+}
+
+
+def build(family, quality, seed=0, **overrides):
+    from kerasae.codec.models import QUALITY_LAMBDAS, FactorizedPriorCodec, ScaleHyperpriorCodec
+
+    classes = {"hyperprior": ScaleHyperpriorCodec, "factorized": FactorizedPriorCodec}
+    if family not in classes:
+        raise ValueError(f"family must be one of {sorted(classes)}, got {family!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= len(QUALITY_LAMBDAS):
+        raise ValueError(f"quality must be an integer from 1 to {len(QUALITY_LAMBDAS)}, got {quality!r}")
+    config = {**LADDER_MODEL, **overrides}
+    return classes[family](channels=3, lmbda=QUALITY_LAMBDAS[quality - 1], seed=seed,
+                           name=f"{family}_q{quality}", **config)
+
+
+def _save_checkpoint(model, out, state):
+    """checkpoint.keras (the model), optimizer.npz (Adam's variables, its step count included), state.json: each
+    written beside and renamed, state.json last, so a state names a checkpoint that is whole."""
+    from kerasae.files import atomic_path, write_json
+
+    with atomic_path(out / "checkpoint.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    with atomic_path(out / "optimizer.npz", suffix=".npz") as tmp:
+        np.savez(tmp, *[v.numpy() for v in model.optimizer.variables])
+    write_json(out / "state.json", state)
+
+
+def _compile(model, learning_rate, steps):
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+
+
+def _resume(out, state):
+    """The model and optimizer of the last checkpoint (loaded the safe way: weights, then Adam's variables)."""
+    from kerasae.files import load_keras_model
+
+    model = load_keras_model(out / "checkpoint.keras")
+    _compile(model, state["learning_rate"], state["steps"])
+    model.optimizer.build(model.trainable_variables)
+    with np.load(out / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(model.optimizer.variables):
+        raise ValueError(f"{out}/optimizer.npz holds {len(values)} variables, the optimizer has "
+                         f"{len(model.optimizer.variables)}")
+    for variable, value in zip(model.optimizer.variables, values):
+        variable.assign(value)
+    return model
+
+
+def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop=128, batch_size=8,
+          learning_rate=3e-4, seed=0, images=None, log=print, **model_overrides):
+    """Train (or go on training) one codec into folder `out`; -> its metrics dict.
+
+    init_from: a checkpoint.keras or codec folder whose weights start this model (a neighbouring quality).
+    images: uint8 [H, W, 3] arrays to crop (default: the training photographs, `photos.photos("train")`).
+    The learning rate decays with a cosine to 5% over `steps`.
+    """
+    from kerasae.codec import photos
+    from kerasae.codec.coder import Coder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    state = json.loads((out / "state.json").read_text()) if (out / "state.json").is_file() else None
+    if state is not None:
+        model = _resume(out, state)
+    else:
+        model = build(family, quality, seed=seed, **model_overrides)
+        if init_from is not None:
+            from kerasae.files import load_keras_model
+
+            source = Path(init_from)
+            model.set_weights(load_keras_model(source / "model.keras" if source.is_dir() else source).get_weights())
+        _compile(model, learning_rate, steps)
+        state = {"step": 0, "seconds": 0.0, "history": [], "family": family, "quality": quality,
+                 "init_from": None if init_from is None else str(init_from), "crop": crop,
+                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps}
+    if images is None:
+        images = [photos.load(p) for p in photos.photos("train")]
+    while state["step"] < steps:
+        chunk = min(CHUNK, steps - state["step"])
+        data = photos.crop_dataset(images, crop, batch_size, chunk, seed=seed * 100003 + state["step"])
+        start = time.time()
+        history = model.fit(data, epochs=1, steps_per_epoch=chunk, shuffle=False, verbose=0).history
+        state["seconds"] += time.time() - start
+        state["step"] += chunk
+        record = {"step": state["step"], **{k: round(float(v[-1]), 5) for k, v in history.items()}}
+        state["history"].append(record)
+        _save_checkpoint(model, out, state)
+        log(f"{out.name}: step {state['step']}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                                   if k != "step")
+            + f" ({state['seconds']:.0f} s)")
+    coder_dir = out / "codec"
+    if not coder_dir.exists():
+        Coder(model, name=model.name).save(coder_dir)
+    metrics = {k: state[k] for k in state if k != "history"}
+    metrics["final"] = state["history"][-1] if state["history"] else {}
+    metrics["parameters"] = int(model.count_params())
+    metrics["cpu"] = _cpu()
+    from kerasae.files import write_json
+
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return {"model": model, "cores": os.cpu_count(), "avx512": _flag("avx512f"), "amx": _flag("amx_tile")}
+
+
+def _flag(name):
+    try:
+        return name in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+def train_ladder(root, family="hyperprior", log=print):
+    """Every quality of `family` in LADDER_PLAN's order, into root/<family>_q<Q>; resumable like `train`."""
+    root = Path(root)
+    results = {}
+    for quality, steps, start in LADDER_PLAN[family]:
+        init = None if start is None else root / f"{family}_q{start}" / "codec"
+        results[quality] = train(root / f"{family}_q{quality}", family, quality, steps, init_from=init, log=log)
+    return results
+
+
+def main(argv=None):
+    """`python scripts/train_codec.py --family hyperprior [--quality Q --steps N] --root runs/codec`."""
+    p = argparse.ArgumentParser(prog="train_codec.py", description="Train the codec ladder (resumable: run the "
+                                "same command again after an interruption).")
+    p.add_argument("--family", choices=sorted(LADDER_PLAN), default="hyperprior")
+    p.add_argument("--quality", type=int, help="one quality only (default: the whole ladder, LADDER_PLAN)")
+    p.add_argument("--steps", type=int, default=12000, help="with --quality (default: 12000)")
+    p.add_argument("--root", default="runs/codec", help="folder of the runs (default: runs/codec)")
+    args = p.parse_args(argv)
+
+    def log(line):
+        print(line, flush=True)
+
+    try:
+        if args.quality is None:
+            train_ladder(args.root, args.family, log=log)
+        else:
+            train(Path(args.root) / f"{args.family}_q{args.quality}", args.family, args.quality, args.steps, log=log)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"train_codec.py: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    return 0

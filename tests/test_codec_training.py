@@ -1,0 +1,70 @@
+"""kerasae.codec.training and photos: resumable ladder training and the photographs' split and crops."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kerasae.codec import Coder, photos, training
+
+
+def test_the_split_is_by_photograph_and_every_photo_says_where_it_came_from():
+    train, test = photos.photos("train"), photos.photos("test")
+    assert {p.name for p in train}.isdisjoint({p.name for p in test}) and len(test) >= 6
+    assert all(p.source and p.licence for p in train + test)
+    with pytest.raises(ValueError, match="split"):
+        photos.photos("validation")
+    with pytest.raises(ValueError, match="unknown photo"):
+        photos.load("flickr:nothing")
+
+
+def test_random_crops_are_seeded_crops_of_the_photos():
+    image = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
+    a = photos.random_crops([image], 16, 5, np.random.default_rng(0), min_scale=1.0)
+    b = photos.random_crops([image], 16, 5, np.random.default_rng(0), min_scale=1.0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.float32
+    for crop in (a * 255).round().astype(np.uint8):  # each one a window of the photo (flipped or not)
+        found = any(np.array_equal(crop, image[r:r + 16, c:c + 16][:, ::f])
+                    for r in range(45) for c in range(65) for f in (1, -1))
+        assert found
+
+
+def resumed(run):
+    return training._resume(run, json.loads((run / "state.json").read_text()))
+
+
+def test_training_resumes_where_it_was_interrupted_and_ends_with_a_coder(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK", 2)
+    images = [np.random.default_rng(1).integers(0, 256, (80, 90, 3), dtype=np.uint8)]
+    kwargs = dict(family="factorized", quality=2, steps=4, crop=32, batch_size=2, images=images, filters=8,
+                  latent_channels=8)
+
+    class Interrupted(Exception):
+        pass
+
+    def log(line):
+        if "step 2/4" in line:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        training.train(tmp_path / "run", log=log, **kwargs)
+    assert resumed(tmp_path / "run").optimizer.iterations.numpy() == 2
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    lines = []
+    metrics = training.train(tmp_path / "run", log=lines.append, **kwargs)
+    assert [line.split(" (")[0].split(" bpp")[0] for line in lines] == ["run: step 4/4"]  # one chunk left
+    assert metrics["step"] == 4 and json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 4
+    model = resumed(tmp_path / "run")
+    assert model.optimizer.iterations.numpy() == 4 and model.lmbda == pytest.approx(0.0035)
+    coder = Coder.load(tmp_path / "run" / "codec")
+    image = images[0][:48, :64]
+    np.testing.assert_array_equal(coder.decompress(coder.compress(image)), coder.reconstruct(image))
+    assert training.train(tmp_path / "run", log=lines.append, **kwargs) == metrics  # finished: nothing more
+
+
+def test_ladder_arguments_are_checked():
+    with pytest.raises(ValueError, match="family"):
+        training.build("vq", 1)
+    with pytest.raises(ValueError, match="quality"):
+        training.build("hyperprior", 9)
