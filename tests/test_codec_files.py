@@ -54,7 +54,7 @@ def test_quantized_pmfs_sum_to_the_precision_and_keep_every_symbol():
 
 def test_gaussian_tables_are_the_gaussians_bins():
     tables = entropy.gaussian_tables()
-    for t in (0, 20, 63):
+    for t in (0, 20, len(tables["scales"]) - 1):
         s, n, offset = float(tables["scales"][t]), int(tables["lengths"][t]), int(tables["offsets"][t])
         v = np.arange(offset, offset + n - 1)
         want = norm.cdf(v + 0.5, scale=s) - norm.cdf(v - 0.5, scale=s)
@@ -179,7 +179,8 @@ def test_a_decoder_whose_arithmetic_differs_says_so(coders, photo, monkeypatch):
     coder = coders["hyperprior"]
     data = coder.compress(photo[:64, :64])
     true_index = decoder.scale_index
-    monkeypatch.setattr(decoder, "scale_index", lambda *args: np.minimum(true_index(*args) + 1, 63))
+    last = len(entropy.SCALE_TABLE) - 1
+    monkeypatch.setattr(decoder, "scale_index", lambda *args: np.minimum(true_index(*args) + 1, last))
     with pytest.raises(ValueError, match="decoded latents do not match"):
         coder.decompress(data)
 
@@ -261,3 +262,17 @@ def test_an_export_decodes_without_kerasae(coders, photo, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), coder.reconstruct(photo))
     with pytest.raises(FileExistsError):
         export.export_codec(coder, folder)
+
+
+def test_without_a_codec_in_the_zoo_compress_and_decompress_say_what_to_pass(coders, tmp_path, monkeypatch):
+    from kerasae.codec import api
+
+    monkeypatch.setenv("KERASAE_ZOO", str(tmp_path))  # an empty zoo
+    with pytest.raises(ValueError, match="not installed.*pass model="):
+        api.compress(np.zeros((8, 8, 3), np.uint8), quality=2)
+    with pytest.raises(ValueError, match="quality must be an integer from 1"):
+        api.compress(np.zeros((8, 8, 3), np.uint8), quality=0)
+    data = coders["factorized"].compress(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="'tiny-factorized', which is not in the zoo: pass model="):
+        api.decompress(data)
+    assert api.decompress(data, model=coders["factorized"]).shape == (8, 8, 3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kerasae import compression
-from kerasae import reproduce, reproduce_images
+from kerasae import experiments, reproduce, reproduce_images
 from kerasae.data import load_mnist
 from kerasae.data.idx import load_npz
 from kerasae.datasets import photos
@@ -148,11 +148,12 @@ def test_reproduce_quick_fashion_and_photos(tmp_path):
 
     out = json.loads((results / "fashion_mnist.json").read_text())
     assert out["runs"]["fashion-vae"]["train_config"]["dataset"] == f"idx:{fashion}"
-    assert [r["code_size"] for r in out["ae_vs_pca"]] == [2, 32] and out["data"]["num_test"] == 300
+    num_test = min(300, experiments.QUICK["max_test_samples"])  # the IDX test split, cut to the quick size
+    assert [r["code_size"] for r in out["ae_vs_pca"]] == [2, 32] and out["data"]["num_test"] == num_test
     vae = out["vae"]
     assert 0 < vae["nll_bits_per_dim"] <= vae["elbo_bits_per_dim"] < 8 and vae["k"] == 20
     png = out["lossless_bits_per_dim"]["PNG"]
-    inverted = (255 - np.rint(mnist.x_test[:300] * 255)) / 255.0  # the test images as written above
+    inverted = (255 - np.rint(mnist.x_test[:num_test] * 255)) / 255.0  # the test images as written above
     assert 0 < png < 8 and png == pytest.approx(compression.lossless_bits_per_dim(inverted).mean())
 
     out = json.loads((results / "photos.json").read_text())

@@ -22,8 +22,11 @@ import numpy as np
 PRECISION = 24
 #: Mass left outside a table's range (to the escape symbol).
 TAIL_MASS = 1e-9
-#: The quantized scales of the hyperprior's Gaussians: 64 log-spaced values from the scale bound 0.11 to 256.
-SCALE_TABLE = np.exp(np.linspace(np.log(0.11), np.log(256.0), 64))
+#: The quantized scales of the hyperprior's Gaussians: 128 log-spaced values from the scale bound 0.11 to 256 (a
+#: ratio of 1.063 between neighbours). Under 64 (tensorflow-compression's and CompressAI's) the latents of a partly
+#: trained hyperprior cost 0.6-1.5% more bits than the model's own estimate, under 128 0.05-0.6% (three test
+#: photographs).
+SCALE_TABLE = np.exp(np.linspace(np.log(0.11), np.log(256.0), 128))
 #: The widest range searched for a factorized density's support: values in [-GRID, GRID].
 GRID = 2048
 
