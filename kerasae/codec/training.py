@@ -79,11 +79,13 @@ def _resume(out, state):
 
 
 def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop=128, batch_size=8,
-          learning_rate=3e-4, seed=0, images=None, log=print, **model_overrides):
+          learning_rate=3e-4, min_scale=0.25, seed=0, images=None, log=print, **model_overrides):
     """Train (or go on training) one codec into folder `out`; -> its metrics dict.
 
     init_from: a checkpoint.keras or codec folder whose weights start this model (a neighbouring quality).
     images: uint8 [H, W, 3] arrays to crop (default: the training photographs, `photos.photos("train")`).
+    min_scale: crops are taken at scales from this to 1 (0.25: the 2560-pixel wallpapers seen also at the detail per
+    pixel of 640-pixel photographs, the size of most test photos).
     The learning rate decays with a cosine to 5% over `steps`.
     """
     from kerasae.codec import photos
@@ -106,12 +108,13 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
         _compile(model, learning_rate, steps)
         state = {"step": 0, "seconds": 0.0, "history": [], "family": family, "quality": quality,
                  "init_from": None if init_from is None else str(init_from), "crop": crop,
-                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps}
+                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "min_scale": min_scale}
     if images is None:
         images = [photos.load(p) for p in photos.photos("train")]
     while state["step"] < steps:
         chunk = min(CHUNK, steps - state["step"])
-        data = photos.crop_dataset(images, crop, batch_size, chunk, seed=seed * 100003 + state["step"])
+        data = photos.crop_dataset(images, state["crop"], state["batch_size"], chunk,
+                                   seed=seed * 100003 + state["step"], min_scale=state.get("min_scale", min_scale))
         start = time.time()
         history = model.fit(data, epochs=1, steps_per_epoch=chunk, shuffle=False, verbose=0).history
         state["seconds"] += time.time() - start
