@@ -276,3 +276,25 @@ def test_without_a_codec_in_the_zoo_compress_and_decompress_say_what_to_pass(cod
     with pytest.raises(ValueError, match="'tiny-factorized', which is not in the zoo: pass model="):
         api.decompress(data)
     assert api.decompress(data, model=coders["factorized"]).shape == (8, 8, 3)
+
+
+def test_float16_weights_save_at_half_the_size_and_decode_the_same(coders, photo, tmp_path):
+    """rounded_to_float16: another version (other weights, recomputed tables) whose float16 save reloads to the
+    same version and pixels; a coder whose weights float16 does not hold refuses float16=True."""
+    coder = coders["hyperprior"]
+    with pytest.raises(ValueError, match="rounded_to_float16"):
+        coder.save(tmp_path / "refused", float16=True)
+    assert not (tmp_path / "refused").exists()
+    half = coder.rounded_to_float16()
+    assert half.version != coder.version
+    half.save(tmp_path / "f16", float16=True)
+    coder.save(tmp_path / "f32")
+    loaded = Coder.load(tmp_path / "f16")
+    assert loaded.version == half.version and not (tmp_path / "f16" / "model.keras").exists()
+    np.testing.assert_array_equal(loaded.decompress(half.compress(photo)), half.reconstruct(photo))
+    size = {name: (tmp_path / name / file).stat().st_size
+            for name, file in (("f16", "weights.npz"), ("f32", "model.keras"))}
+    assert size["f16"] < 0.6 * size["f32"], size
+    (tmp_path / "f16" / "model.json").write_text('{"class": "Sequential", "config": {}}')
+    with pytest.raises(ValueError, match="not one of"):
+        Coder.load(tmp_path / "f16")

@@ -224,18 +224,36 @@ class Coder:
 
     # ---- saving ------------------------------------------------------------------------------------------------
 
-    def save(self, path):
-        """A new folder with the model (`model.keras`), its tables (`tables.npz`) and `codec.json` (name,
-        version), written beside it first and renamed into place, so a failure leaves nothing half-written."""
+    def rounded_to_float16(self):
+        """A Coder of this model with every weight rounded to float16 (kept as float32 values) and its tables
+        recomputed: a model whose weights `save(float16=True)` stores losslessly at half the size."""
+        model = type(self.model).from_config(self.model.get_config())
+        model.set_weights([np.asarray(w).astype(np.float16).astype(w.dtype) if np.issubdtype(w.dtype, np.floating)
+                           else w for w in self.model.get_weights()])
+        return Coder(model, name=self.name, tile=self.tile)
+
+    def save(self, path, float16=False):
+        """A new folder with the model, its tables (`tables.npz`) and `codec.json` (name, version), written beside
+        it first and renamed into place, so a failure leaves nothing half-written. The model is `model.keras`, or
+        with `float16` its configuration (`model.json`) and float16 weights (`weights.npz`): a `rounded_to_float16`
+        coder's weights, losslessly."""
         import shutil
 
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"{path} exists: a codec is saved to a new folder")
+        weights = self.model.get_weights()
+        if float16 and any(not np.array_equal(w.astype(np.float16).astype(w.dtype), w) for w in weights):
+            raise ValueError("float16=True needs weights that float16 holds exactly: save coder.rounded_to_float16()")
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             tmp.mkdir(parents=True)
-            self.model.save(tmp / "model.keras")
+            if float16:
+                model = {"class": type(self.model).__name__, "config": self.model.get_config()}
+                (tmp / "model.json").write_text(json.dumps(model, indent=2, default=list) + "\n")
+                np.savez_compressed(tmp / "weights.npz", *[w.astype(np.float16) for w in weights])
+            else:
+                self.model.save(tmp / "model.keras")
             np.savez_compressed(tmp / "tables.npz", **flatten_tables(self.tables))
             info = {"name": self.name, "version": self.version.hex(), "tile": self.tile,
                     "class": type(self.model).__name__}
@@ -247,16 +265,37 @@ class Coder:
     @classmethod
     def load(cls, path):
         """The Coder `save` wrote, with the saved tables (never recomputed: they define the files' integers)."""
-        from kerasae.files import load_keras_model
-
         path = Path(path)
         if not (path / "codec.json").is_file():
             raise ValueError(f"{path} is not a saved codec (no codec.json)")
         info = json.loads((path / "codec.json").read_text())
-        model = load_keras_model(path / "model.keras")
+        model = _load_model(path)
         tables = decoder.read_tables(path / "tables.npz")
         coder = cls(model, name=info["name"], tables=tables, tile=int(info["tile"]))
         if coder.version.hex() != info["version"]:
             raise ValueError(f"{path}: the model and tables are version {coder.version.hex()}, codec.json says "
                              f"{info['version']} (the folder was changed after it was saved)")
         return coder
+
+
+def _load_model(path):
+    """A saved codec's model: model.keras through kerasae's safe loader, or model.json + float16 weights.npz (a
+    kerasae codec class by name, never another)."""
+    from kerasae.codec import models
+
+    if (path / "model.keras").is_file():
+        from kerasae.files import load_keras_model
+
+        return load_keras_model(path / "model.keras")
+    spec = json.loads((path / "model.json").read_text())
+    classes = {c.__name__: c for c in (models.FactorizedPriorCodec, models.ScaleHyperpriorCodec)}
+    if spec.get("class") not in classes:
+        raise ValueError(f"{path}/model.json names {spec.get('class')!r}, not one of {sorted(classes)}")
+    model = classes[spec["class"]].from_config(spec["config"])
+    with np.load(path / "weights.npz") as saved:
+        weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    expected = model.get_weights()
+    if [w.shape for w in weights] != [w.shape for w in expected]:
+        raise ValueError(f"{path}/weights.npz does not hold the weights of the model model.json describes")
+    model.set_weights([w.astype(e.dtype) for w, e in zip(weights, expected)])
+    return model
