@@ -9,11 +9,12 @@ from kerasae.codec import Coder, photos, training
 
 
 def test_the_split_is_by_photograph_and_every_photo_says_where_it_came_from():
-    train, test = photos.photos("train"), photos.photos("test")
-    assert {p.name for p in train}.isdisjoint({p.name for p in test}) and len(test) >= 6
-    assert all(p.source and p.licence for p in train + test)
+    train, validation, test = (photos.photos(split) for split in ("train", "validation", "test"))
+    names = [{p.name for p in split} for split in (train, validation, test)]
+    assert sum(map(len, names)) == len(set().union(*names)) == len(photos.PHOTOS) and len(test) >= 6
+    assert all(p.source and p.licence for p in photos.PHOTOS)
     with pytest.raises(ValueError, match="split"):
-        photos.photos("validation")
+        photos.photos("holdout")
     with pytest.raises(ValueError, match="unknown photo"):
         photos.load("flickr:nothing")
 
@@ -55,6 +56,7 @@ def test_training_resumes_where_it_was_interrupted_and_ends_with_a_coder(tmp_pat
     metrics = training.train(tmp_path / "run", log=lines.append, **kwargs)
     assert [line.split(" (")[0].split(" bpp")[0] for line in lines] == ["run: step 4/4"]  # one chunk left
     assert metrics["step"] == 4 and json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 4
+    assert metrics["final"]["val_bpp"] > 0 and 0 < metrics["final"]["val_psnr"] < 60
     model = resumed(tmp_path / "run")
     assert model.optimizer.iterations.numpy() == 4 and model.lmbda == pytest.approx(0.0035)
     coder = Coder.load(tmp_path / "run" / "codec")

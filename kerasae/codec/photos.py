@@ -6,7 +6,8 @@ Sources (each photo's `source` and `licence` say the same):
 - scikit-image's `skimage.data` colour photographs (public domain or CC0, per skimage.data's docstrings);
 - scikit-learn's sample images `china.jpg` and `flower.jpg` (CC BY 2.0, per sklearn/datasets/images/README.txt).
 
-Whole photographs are held out for evaluation (`split="test"`): none of their pixels is seen in training.
+Whole photographs are held out: `split="test"` for the published evaluation, `split="validation"` (one photo) to
+watch a training run; none of their pixels is trained on.
 """
 
 from pathlib import Path
@@ -21,7 +22,7 @@ class Photo(NamedTuple):
     name: str
     source: str
     licence: str
-    split: str  # "train" or "test"
+    split: str  # "train", "validation" (watched while training, never trained on) or "test" (the evidence)
 
 
 def _wallpaper(name, author, split):
@@ -39,7 +40,7 @@ PHOTOS = (
     _wallpaper("Path", "Risto Saukonpää", "train"),
     _wallpaper("summer_1am", "Risto Saukonpää", "train"),
     Photo("skimage:motorcycle_left", "skimage.data.stereo_motorcycle (Middlebury 2014 stereo benchmark)",
-          "free for research use, per the Middlebury benchmark", "train"),
+          "free for research use, per the Middlebury benchmark", "validation"),
     Photo("skimage:hubble_deep_field", "skimage.data.hubble_deep_field (NASA)", "public domain", "train"),
     _wallpaper("EveningGlow", "Ian Hex", "test"),
     Photo("skimage:astronaut", "skimage.data.astronaut (NASA, Eileen Collins)", "public domain", "test"),
@@ -53,10 +54,13 @@ PHOTOS = (
 )
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def photos(split):
-    """The `Photo`s of a split ("train" or "test")."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """The `Photo`s of a split ("train", "validation" or "test")."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return [p for p in PHOTOS if p.split == split]
 
 

@@ -111,6 +111,9 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
                  "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "min_scale": min_scale}
     if images is None:
         images = [photos.load(p) for p in photos.photos("train")]
+        validation = photos.load(photos.photos("validation")[0])
+    else:  # given images: the first one's centre stands in for the validation photo
+        validation = images[0]
     while state["step"] < steps:
         chunk = min(CHUNK, steps - state["step"])
         data = photos.crop_dataset(images, state["crop"], state["batch_size"], chunk,
@@ -119,7 +122,8 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
         history = model.fit(data, epochs=1, steps_per_epoch=chunk, shuffle=False, verbose=0).history
         state["seconds"] += time.time() - start
         state["step"] += chunk
-        record = {"step": state["step"], **{k: round(float(v[-1]), 5) for k, v in history.items()}}
+        record = {"step": state["step"], **{k: round(float(v[-1]), 5) for k, v in history.items()},
+                  **_validation(model, validation)}
         state["history"].append(record)
         _save_checkpoint(model, out, state)
         log(f"{out.name}: step {state['step']}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in record.items()
@@ -152,6 +156,18 @@ def _flag(name):
         return name in open("/proc/cpuinfo").read().split()
     except OSError:
         return False
+
+
+def _validation(model, image, size=256):
+    """bpp and PSNR with rounded latents (the rate the model estimates) of the centre of the validation photo:
+    what the training metrics under noise do not show."""
+    h, w = image.shape[:2]
+    side = min(size, h, w) // model.stride * model.stride
+    if side == 0:
+        return {}
+    r, c = (h - side) // 2, (w - side) // 2
+    terms = model.compute_terms(image[None, r:r + side, c:c + side].astype(np.float32) / 255.0)
+    return {"val_bpp": round(float(terms["bpp"][0]), 5), "val_psnr": round(float(terms["psnr"][0]), 4)}
 
 
 def train_ladder(root, family="hyperprior", log=print):
