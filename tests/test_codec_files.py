@@ -298,3 +298,20 @@ def test_float16_weights_save_at_half_the_size_and_decode_the_same(coders, photo
     (tmp_path / "f16" / "model.json").write_text('{"class": "Sequential", "config": {}}')
     with pytest.raises(ValueError, match="not one of"):
         Coder.load(tmp_path / "f16")
+
+
+def test_a_codec_in_the_zoo_is_listed_shown_and_used_by_name(coders, tmp_path, monkeypatch, capsys):
+    from kerasae.cli.zoo import zoo_main
+    from kerasae.codec import api
+
+    half = coders["factorized"].rounded_to_float16()
+    half.save(tmp_path / "tiny-factorized", float16=True)
+    monkeypatch.setenv("KERASAE_ZOO", str(tmp_path))
+    assert zoo_main(["--zoo-dir", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny-factorized"))
+    assert row.split()[1:3] == ["codec", "photographs"] and f"{half.model.count_params():,} fp16" in row
+    assert zoo_main(["show", "tiny-factorized", "--zoo-dir", str(tmp_path)]) == 0
+    assert "kerasae compress IN OUT --model tiny-factorized" in capsys.readouterr().out
+    image = np.full((20, 30, 3), 90, np.uint8)
+    data = api.compress(image, model="tiny-factorized")
+    np.testing.assert_array_equal(api.decompress(data), half.reconstruct(image))  # found by the name in the file

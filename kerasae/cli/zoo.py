@@ -24,10 +24,19 @@ def zoo_main(argv=None, prog="kerasae zoo"):
     from kerasae import zoo
 
     zoo_dir = Path(args.zoo_dir) if args.zoo_dir else zoo.default_zoo_dir()
+    from kerasae.codec.api import zoo_codecs
+
+    codecs = zoo_codecs(zoo_dir)
     if args.action == "list":
         rows = [entry_facts(zoo.version_dir(name, zoo_dir)) for name in zoo.available(zoo_dir)]
+        rows += [codec_facts(zoo_dir / name) for name in codecs]
         print(format_table(rows) if rows else f"no pretrained models in {zoo_dir}")
         print(f"({zoo_dir}; `{prog} show NAME` for one entry, kerasae.load_pretrained(NAME) to load it)")
+        return 0
+    if args.name in codecs:
+        for key, value in codec_facts(zoo_dir / args.name).items():
+            print(f"{key + ':':12s} {value}")
+        print(f"{'use:':12s} kerasae compress IN OUT --model {args.name}; kerasae.codec.load_coder({args.name!r})")
         return 0
     try:
         path = zoo.version_dir(args.name, zoo_dir)
@@ -85,6 +94,16 @@ def entry_facts(version_dir):
             "data": data, "weights": f"{weights:,}", "size": _mib(on_disk), "latent_dim": manifest["latent_dim"],
             "metric": headline_metric((manifest.get("metrics") or {}).get("test") or {}),
             "version": manifest["version"], "path": str(version_dir), "manifest": manifest}
+
+
+def codec_facts(folder):
+    """What `kerasae zoo` shows of a codec entry (a folder Coder.save wrote), from its codec.json and files."""
+    info = json.loads((Path(folder) / "codec.json").read_text())
+    metric = info.get("metric") or "-"  # the ladder's evidence, written beside the entry when it is measured
+    on_disk = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+    return {"name": info["name"], "family": "codec", "class": info["class"], "data": "photographs",
+            "weights": f"{info.get('parameters', 0):,}" + (" fp16" if info.get("weights") == "float16" else ""),
+            "size": _mib(on_disk), "metric": metric, "version": info["version"], "path": str(folder)}
 
 
 def format_table(rows):

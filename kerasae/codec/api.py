@@ -16,10 +16,15 @@ _LOADED = {}
 
 def ladder():
     """The ladder's entries installed in the zoo (a folder each, with codec.json)."""
+    return [name for name in LADDER if name in zoo_codecs()]
+
+
+def zoo_codecs(zoo_dir=None):
+    """Names of the codecs in the zoo (default: kerasae.zoo.default_zoo_dir()): its folders with a codec.json."""
     from kerasae import zoo
 
-    root = zoo.default_zoo_dir()
-    return [name for name in LADDER if (root / name / "codec.json").is_file()]
+    root = Path(zoo_dir) if zoo_dir is not None else zoo.default_zoo_dir()
+    return sorted(p.name for p in root.iterdir() if (p / "codec.json").is_file()) if root.is_dir() else []
 
 
 def load_coder(model=None, quality=None):

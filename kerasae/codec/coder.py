@@ -256,7 +256,8 @@ class Coder:
                 self.model.save(tmp / "model.keras")
             np.savez_compressed(tmp / "tables.npz", **flatten_tables(self.tables))
             info = {"name": self.name, "version": self.version.hex(), "tile": self.tile,
-                    "class": type(self.model).__name__}
+                    "class": type(self.model).__name__, "parameters": int(self.model.count_params()),
+                    "weights": "float16" if float16 else "float32"}
             (tmp / "codec.json").write_text(json.dumps(info, indent=2) + "\n")
             os.rename(tmp, path)
         finally:
