@@ -34,12 +34,13 @@ def codec_points(coders, images, log):
     return records
 
 
-def baseline_points(images, names, log):
+def baseline_points(images, names, log, every=1):
+    """Records of Pillow's codecs at every `every`-th quality of their sweep."""
     from kerasae.codec import evaluate
 
     records = []
     for codec in names:
-        qualities = (None,) if codec == "png" else evaluate.BASELINES[codec][1]
+        qualities = (None,) if codec == "png" else evaluate.BASELINES[codec][1][::every]
         for quality in qualities:
             for name, image in images.items():
                 row = evaluate.measure(image, lambda x: evaluate.pillow_file(x, codec, quality)[0],
@@ -104,11 +105,7 @@ def main(argv=None):
     folders = args.codecs if args.codecs is not None else [api.load_coder(name) for name in api.ladder()]
     coders = [(f, f if isinstance(f, coder_lib.Coder) else coder_lib.Coder.load(f)) for f in folders]
     baselines = [b for b in args.baselines.split(",") if b]
-    if args.quick:
-        from kerasae.codec import evaluate
-
-        evaluate.BASELINES = {k: (v[0], v[1][::4], v[2]) for k, v in evaluate.BASELINES.items()}
-    records = baseline_points(images, baselines, log) + codec_points(coders, images, log)
+    records = baseline_points(images, baselines, log, every=4 if args.quick else 1) + codec_points(coders, images, log)
     for r in records:
         r["pixels"] = int(images[r["photo"]].shape[0] * images[r["photo"]].shape[1])
     curves, bd, times = summarize(records)

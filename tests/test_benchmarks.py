@@ -472,3 +472,28 @@ def test_streaming_speed_compares_epochs_that_used_as_many_cores(monkeypatch):
     only_stream = [mixed[0], mixed[2]]
     assert streaming.compared_epochs(only_stream) == only_stream
     assert streaming.compared_label(only_stream, only_stream) == "all epochs"
+
+
+def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
+    """benchmarks/codec_rd.py on two test-photo crops: kerasae's files (a small saved codec) and Pillow's, each
+    record's bpp the file's length, curves per quality, a BD-rate entry per kerasae family, both figures."""
+    from kerasae.codec import Coder, FactorizedPriorCodec
+
+    for quality in (1, 2):
+        model = FactorizedPriorCodec(filters=8, latent_channels=8, seed=quality)
+        Coder(model, name=f"factorized_q{quality}").save(tmp_path / f"q{quality}")
+    out = tmp_path / "rd.json"
+    result = load_result(run_benchmark("codec_rd.py", "--quick", "--codecs", tmp_path / "q1", tmp_path / "q2",
+                                       "--baselines", "jpeg,webp,png", "--figures", tmp_path / "figures",
+                                       "--out", out), out)
+    assert_header(result, "codec_rd")
+    assert set(result["curves"]) == {"jpeg", "webp", "png", "kerasae-factorized"}
+    assert [p["name"] for p in result["photos"]] == ["sklearn:china", "sklearn:flower"]
+    for r in result["records"]:
+        assert r["bpp"] == pytest.approx(8 * r["bytes"] / r["pixels"]) and r["pixels"] == 192 * 200
+        assert (r["psnr"] is None) == (r["codec"] == "png")
+    assert [p["quality"] for p in result["curves"]["kerasae-factorized"]] == [1, 2]
+    # untrained codecs: a number, or why not (their PSNR ranges need not overlap JPEG's)
+    assert set(result["bd_rate_psnr_percent"]) == {"kerasae-factorized vs jpeg", "kerasae-factorized vs webp"}
+    assert (tmp_path / "figures" / "codec_rd.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "codec_crops.png").stat().st_size > 10_000
