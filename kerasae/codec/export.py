@@ -73,6 +73,7 @@ def _write_tflite(coder, folder, size=(64, 96)):
 
     (folder / "tflite").mkdir()
     model = coder.model
+    signatures = tf.saved_model.load(str(folder / "saved_model")).signatures
     rng = np.random.default_rng(0)
     x = rng.random((1, *size, model.channels)).astype(np.float32)
     y = model.analysis(x).numpy()
@@ -81,16 +82,10 @@ def _write_tflite(coder, folder, size=(64, 96)):
         checks["hyper_analysis"] = (y, model.hyper_analysis(tf.abs(y)).numpy())
     for name, (inputs, want) in checks.items():
         data = convert_tflite(folder / "saved_model", name, "fp32")
-        got = next(iter(run_tflite(data, name, **{_input_name(folder, name): inputs}).values()))
+        input_name = next(iter(signatures[name].structured_input_signature[1]))
+        got = next(iter(run_tflite(data, name, **{input_name: inputs}).values()))
         scale = max(1.0, float(np.abs(want).max()))
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-3 * scale):
             raise ValueError(f"TFLite {name} differs from Keras (max abs difference "
                              f"{float(np.abs(got - want).max()) if got.shape == want.shape else got.shape})")
         (folder / "tflite" / f"{name}.tflite").write_bytes(data)
-
-
-def _input_name(folder, signature):
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(folder / "saved_model"))
-    return next(iter(loaded.signatures[signature].structured_input_signature[1]))

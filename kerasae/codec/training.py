@@ -143,19 +143,15 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
 
 
 def _cpu():
+    """The CPU a run's seconds were measured on: model name, cores, AVX-512 and AMX."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            text = f.read()
     except OSError:
-        model = ""
-    return {"model": model, "cores": os.cpu_count(), "avx512": _flag("avx512f"), "amx": _flag("amx_tile")}
-
-
-def _flag(name):
-    try:
-        return name in open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
+        text = ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(text.split())
+    return {"model": model, "cores": os.cpu_count(), "avx512": "avx512f" in flags, "amx": "amx_tile" in flags}
 
 
 def _validation(model, image, size=256):
