@@ -45,13 +45,15 @@ def load_coder(model=None, quality=None):
         entry = zoo.default_zoo_dir() / str(model)
         if str(model) not in LADDER and not (entry / "codec.json").is_file():
             raise ValueError(f"model {str(model)!r} is neither a saved codec's folder (with codec.json) nor a "
-                             f"codec in the zoo ({', '.join(ladder()) or 'none installed'})")
+                             f"codec in the zoo ({', '.join(zoo_codecs()) or 'none installed'})")
         if not (entry / "codec.json").is_file():
             raise ValueError(f"the pretrained codec {model} is not installed in {zoo.default_zoo_dir()}; "
                              "pass model= (a codec saved with Coder.save)")
         path = entry
-    key = str(path.resolve())
-    if key not in _LOADED:
+    import json
+
+    key = (str(path.resolve()), json.loads((path / "codec.json").read_text()).get("version"))  # a re-saved folder
+    if key not in _LOADED:  # is loaded again
         _LOADED[key] = Coder.load(path)
     return _LOADED[key]
 
