@@ -43,21 +43,11 @@ def baseline_points(images, names, log, every=1):
         qualities = (None,) if codec == "png" else evaluate.BASELINES[codec][1][::every]
         for quality in qualities:
             for name, image in images.items():
-                row = evaluate.measure(image, lambda x: evaluate.pillow_file(x, codec, quality)[0],
-                                       lambda data: _pillow_decode(data, image.shape))
+                row = evaluate.measure(image, lambda x: evaluate.pillow_encode(x, codec, quality),
+                                       lambda data: evaluate.pillow_decode(data, image.shape))
                 records.append({"codec": codec, "quality": quality or 0, "photo": name, **row})
         log(f"{codec}: {len(qualities)} qualities x {len(images)} photos")
     return records
-
-
-def _pillow_decode(data, shape):
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB")).reshape(shape)
 
 
 def summarize(records):

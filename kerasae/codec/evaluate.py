@@ -34,8 +34,8 @@ def ms_ssim(reference, decoded):
     return float(tf.image.ssim_multiscale(a, b, max_val=255.0)[0])
 
 
-def pillow_file(image, name, quality):
-    """(file bytes, decoded uint8 image) of `image` through baseline codec `name` at `quality` (or PNG)."""
+def pillow_encode(image, name, quality):
+    """The file bytes of uint8 `image` [H, W, C] through baseline codec `name` at `quality` (PNG: lossless)."""
     from PIL import Image
 
     if name == "png":
@@ -46,10 +46,21 @@ def pillow_file(image, name, quality):
     pixels = np.asarray(image)
     buffer = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, format=fmt, **options)
-    data = buffer.getvalue()
+    return buffer.getvalue()
+
+
+def pillow_decode(data, shape):
+    """The uint8 image of shape `shape` in a file Pillow reads."""
+    from PIL import Image
+
     with Image.open(io.BytesIO(data)) as decoded:
-        out = np.asarray(decoded.convert("L" if pixels.shape[-1] == 1 else "RGB"))
-    return data, out.reshape(pixels.shape)
+        return np.asarray(decoded.convert("L" if shape[-1] == 1 else "RGB")).reshape(shape)
+
+
+def pillow_file(image, name, quality):
+    """(file bytes, decoded uint8 image) of `image` through baseline codec `name` at `quality` (or PNG)."""
+    data = pillow_encode(image, name, quality)
+    return data, pillow_decode(data, np.shape(image))
 
 
 def measure(image, encode, decode):
