@@ -255,10 +255,7 @@ class Coder:
             else:
                 self.model.save(tmp / "model.keras")
             np.savez_compressed(tmp / "tables.npz", **flatten_tables(self.tables))
-            info = {"name": self.name, "version": self.version.hex(), "tile": self.tile,
-                    "class": type(self.model).__name__, "parameters": int(self.model.count_params()),
-                    "weights": "float16" if float16 else "float32"}
-            (tmp / "codec.json").write_text(json.dumps(info, indent=2) + "\n")
+            write_info(tmp, self, weights="float16" if float16 else "float32")
             os.rename(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -277,6 +274,17 @@ class Coder:
             raise ValueError(f"{path}: the model and tables are version {coder.version.hex()}, codec.json says "
                              f"{info['version']} (the folder was changed after it was saved)")
         return coder
+
+
+def write_info(folder, coder, weights):
+    """folder/codec.json: what a decoder must know besides the transforms and tables (`decoder.Spec`'s fields),
+    and what `kerasae zoo` shows (class, parameters, weight precision)."""
+    model = coder.model
+    info = {"name": coder.name, "version": coder.version.hex(), "class": type(model).__name__,
+            "tile": coder.tile, "stride": model.stride, "channels": model.channels,
+            "latent_channels": model.latent_channels, "hyper_filters": coder.spec.hyper_filters,
+            "format_version": bitstream.FORMAT_VERSION, "parameters": int(model.count_params()), "weights": weights}
+    (Path(folder) / "codec.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def _load_model(path):

@@ -12,7 +12,6 @@ Entropy coding needs the float64 `scales` (the SavedModel's), so a file is coded
 runs; the TFLite transforms serve apps that pair them with it (docs/codec.md).
 """
 
-import json
 import shutil
 from pathlib import Path
 
@@ -49,11 +48,7 @@ def export_codec(coder, folder, tflite=True):
             archive.add_endpoint("scales", coder._scales)
         archive.write_out(str(tmp / "saved_model"), verbose=False)
         np.savez_compressed(tmp / "tables.npz", **coder_lib.flatten_tables(coder.tables))
-        info = {"name": coder.name, "version": coder.version.hex(), "class": type(model).__name__,
-                "tile": coder.tile, "stride": model.stride, "channels": model.channels,
-                "latent_channels": model.latent_channels,
-                "hyper_filters": model.hyper_filters if coder.hyperprior else 0, "format_version": 1}
-        (tmp / "codec.json").write_text(json.dumps(info, indent=2) + "\n")
+        coder_lib.write_info(tmp, coder, weights="float32")
         here = Path(__file__).resolve().parent
         for source, target in DECODER_FILES.items():
             shutil.copyfile(here / source, tmp / target)
