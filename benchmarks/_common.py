@@ -149,6 +149,20 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+#: The instruction-set flags that decide which kernels run (matrix units, bf16, vector width).
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags():
+    """Which of _CPU_FLAGS /proc/cpuinfo lists (None where there is no /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return [flag for flag in _CPU_FLAGS if flag in flags]
+
+
 def usable_cores():
     """CPUs this process may run on (the affinity mask; the logical count where there is none)."""
     try:
@@ -178,7 +192,7 @@ def machine_info():
     """CPU model, core counts and the load average now (a busy machine gives meaningless numbers)."""
     cores = usable_cores()
     load = load_average()
-    return {"cpu_model": cpu_model(), "logical_cores": os.cpu_count(), "usable_cores": cores,
+    return {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "logical_cores": os.cpu_count(), "usable_cores": cores,
             "platform": platform.platform(), "load_average_1_5_15min": load,
             "busy": bool(load and load[0] > 0.5 * cores)}
 

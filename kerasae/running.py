@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import data as data_lib
+from kerasae.data.tuning import untuned
 
 
 class TestImages:
@@ -74,7 +75,7 @@ class TestImages:
         split = self.source.split_first(first)[1] if first else self.source
         decode = split.decode_fn()
         ds = split.encoded().map(lambda item, label: (decode(item), label), num_parallel_calls=tf.data.AUTOTUNE)
-        for x, y in ds.batch(batch_size).prefetch(1).as_numpy_iterator():
+        for x, y in untuned(ds.batch(batch_size).prefetch(1)).as_numpy_iterator():
             yield x, (y if self.labels else None)
 
     def to_array(self):

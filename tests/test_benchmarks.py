@@ -100,6 +100,7 @@ def assert_trained(entry, reps):
     ("streaming.py", ["--sizes", "10000,x"]),
     ("streaming.py", ["--repeats", "0"]),
     ("dataset_index.py", ["--sizes", "10,x"]),
+    ("fit_stalls.py", ["--calls", "0"]),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)
@@ -388,6 +389,35 @@ def test_dataset_index_quick(tmp_path):
         assert run["changed_files"] == run["images"] // 100
         assert run["ratio_reopen_to_first"] == pytest.approx(run["reopen_s"]["median"] / run["first_open_s"], rel=0.01)
     assert (tmp_path / "folders" / "png32-500" / ".kerasae_index.npz").is_file()
+
+
+def test_fit_stalls_quick_records_every_call_of_both_arms(tmp_path):
+    out = tmp_path / "fit_stalls.json"
+    result = load_result(run_benchmark("fit_stalls.py", "--quick", "--out", out), out)
+    assert_header(result, "fit_stalls")
+    assert result["machine_at_start"]["cpu_flags"] is not None
+    assert list(result["arms"]) == ["kerasae", "tf.data default options"]
+    for arm in result["arms"].values():
+        calls = arm["calls"]
+        assert len(calls) == 2 and arm["summary"]["calls"] == 2
+        for call in calls:
+            assert 0 <= call["wait_after_training_s"] < call["wall_s"]
+            assert call["cpu_per_wall"] == pytest.approx(call["cpu_s"] / call["wall_s"], abs=2e-3)
+        assert arm["summary"]["min_cpu_per_wall"] == min(c["cpu_per_wall"] for c in calls)
+
+
+def test_performance_docs_quote_the_fit_stalls_benchmark():
+    """docs/performance.md's sentence on consecutive fit calls is what benchmarks/fit_stalls.py wrote."""
+    result = json.loads((BENCH / "results" / "fit_stalls.json").read_text())
+    assert not result["quick"] and not result["machine_at_start"]["busy"] and not result["machine_at_end"]["busy"]
+    ours, default = (result["arms"][arm]["summary"] for arm in ("kerasae", "tf.data default options"))
+    text = " ".join((REPO / "docs" / "performance.md").read_text().split())
+    for arm, s in (("kerasae's datasets", ours), ("tf.data's default options", default)):
+        quoted = (f"{arm}: {s['calls_below_both_cores']} of {s['calls']} calls below {result['both_cores_threshold']} "
+                  f"(CPU/wall {s['min_cpu_per_wall']:.2f} to {s['median_cpu_per_wall']:.2f} median), "
+                  f"{s['median_wall_s']:.2f} s a call, {s['total_wait_after_training_s']:.1f} s waiting")
+        assert quoted in text, quoted
+    assert ours["calls_below_both_cores"] == 0 and ours["min_cpu_per_wall"] >= result["both_cores_threshold"]
 
 
 def test_data_docs_quote_the_dataset_index_benchmark():

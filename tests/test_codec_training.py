@@ -21,14 +21,36 @@ def test_the_split_is_by_photograph_and_every_photo_says_where_it_came_from():
 
 def test_random_crops_are_seeded_crops_of_the_photos():
     image = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
-    a = photos.random_crops([image], 16, 5, np.random.default_rng(0), min_scale=1.0)
-    b = photos.random_crops([image], 16, 5, np.random.default_rng(0), min_scale=1.0)
+    a = photos.random_crops([image], 16, 5, np.random.default_rng(0), scales=(1.0, 1.0))
+    b = photos.random_crops([image], 16, 5, np.random.default_rng(0), scales=(1.0, 1.0))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (5, 16, 16, 3) and a.dtype == np.float32
     for crop in (a * 255).round().astype(np.uint8):  # each one a window of the photo (flipped or not)
         found = any(np.array_equal(crop, image[r:r + 16, c:c + 16][:, ::f])
                     for r in range(45) for c in range(65) for f in (1, -1))
         assert found
+
+
+def test_random_crops_are_downscaled_windows_and_bad_scales_are_refused():
+    from PIL import Image
+
+    image = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    crops = photos.random_crops([image], 8, 3, np.random.default_rng(0), scales=(0.5, 0.5))
+    windows = [np.asarray(Image.fromarray(image[r:r + 16, c:c + 16]).resize((8, 8), Image.Resampling.BOX))
+               for r in range(25) for c in range(35)]
+    for crop in (crops * 255).round().astype(np.uint8):  # a 16-pixel window halved (flipped or not)
+        assert any(np.array_equal(crop, w[:, ::f]) for w in windows for f in (1, -1))
+    for bad in ((0.0, 0.5), (0.5, 0.25), (0.5, 2.0)):
+        with pytest.raises(ValueError, match="scales"):
+            photos.random_crops([image], 8, 1, np.random.default_rng(0), scales=bad)
+
+
+def test_a_crop_stream_reseeded_every_k_batches_can_be_resumed_at_any_multiple_of_k():
+    image = np.random.default_rng(3).integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    whole = [b.numpy() for b in photos.crop_dataset([image], 8, 2, 6, seed=10, scales=(0.5, 1.0), reseed_every=2)]
+    resumed_at_4 = [b.numpy() for b in photos.crop_dataset([image], 8, 2, 2, seed=14, scales=(0.5, 1.0))]
+    np.testing.assert_array_equal(np.stack(whole[4:]), np.stack(resumed_at_4))
+    assert not np.array_equal(whole[0], whole[2])
 
 
 def resumed(run):

@@ -15,17 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasae import _backend  # noqa: F401  (Keras on TensorFlow)
+import keras
+
 #: Steps per chunk: the work an interruption can lose.
 CHUNK = 200
-#: The ladder's transforms: N = 96 hidden channels, M = 128 latent channels (CompressAI's low-rate models use
+#: The ladder's transforms: N = 64 hidden channels, M = 128 latent channels (CompressAI's low-rate models use
 #: N = 128, M = 192; a smaller model keeps a ladder's training within a 2-core CPU's budget and the zoo's size).
 LADDER_MODEL = {"filters": 64, "latent_channels": 128}
 #: How the ladder is trained: (quality, steps, the quality it starts from or None). The middle quality is trained
 #: from scratch; its neighbours are fine-tuned from the next quality towards the middle, which costs far fewer
 #: steps than training each from scratch.
 LADDER_PLAN = {
-    "hyperprior": ((3, 12000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2), (5, 4000, 4)),
-    "factorized": ((3, 8000, None), (2, 3000, 3), (4, 3000, 3), (1, 3000, 2)),
+    "hyperprior": ((3, 20000, None), (2, 5000, 3), (4, 5000, 3), (1, 5000, 2), (5, 5000, 4)),
+    "factorized": ((3, 10000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2)),
 }
 
 
@@ -55,8 +58,6 @@ def _save_checkpoint(model, out, state):
 
 
 def _compile(model, learning_rate, steps):
-    import keras
-
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
 
@@ -79,13 +80,13 @@ def _resume(out, state):
 
 
 def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop=128, batch_size=8,
-          learning_rate=3e-4, min_scale=0.25, seed=0, images=None, log=print, **model_overrides):
+          learning_rate=3e-4, scales=(0.125, 0.5), seed=0, images=None, log=print, **model_overrides):
     """Train (or go on training) one codec into folder `out`; -> its metrics dict.
 
     init_from: a checkpoint.keras or codec folder whose weights start this model (a neighbouring quality).
     images: uint8 [H, W, 3] arrays to crop (default: the training photographs, `photos.photos("train")`).
-    min_scale: crops are taken at scales from this to 1 (0.25: the 2560-pixel wallpapers seen also at the detail per
-    pixel of 640-pixel photographs, the size of most test photos).
+    scales: crops are downscaled by factors drawn log-uniformly from (low, high) (see `photos.random_crops`: 1/8 to
+    1/2 gives the 2560-pixel wallpapers the detail per pixel of the 300- to 640-pixel test photos).
     The learning rate decays with a cosine to 5% over `steps`.
     """
     from kerasae.codec import photos
@@ -108,27 +109,22 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
         _compile(model, learning_rate, steps)
         state = {"step": 0, "seconds": 0.0, "history": [], "family": family, "quality": quality,
                  "init_from": None if init_from is None else str(init_from), "crop": crop,
-                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "min_scale": min_scale}
+                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "scales": list(scales)}
     if images is None:
         images = [photos.load(p) for p in photos.photos("train")]
         validation = photos.load(photos.photos("validation")[0])
     else:  # given images: the first one's centre stands in for the validation photo
         validation = images[0]
+    # One `fit` for the run's equal chunks (a chunk is an epoch): one input pipeline, one iterator. Each chunk's
+    # crops are seeded by its first step, so a resumed run draws the crops the uninterrupted one would have.
     while state["step"] < steps:
         chunk = min(CHUNK, steps - state["step"])
-        data = photos.crop_dataset(images, state["crop"], state["batch_size"], chunk,
-                                   seed=seed * 100003 + state["step"], min_scale=state.get("min_scale", min_scale))
-        start = time.time()
-        history = model.fit(data, epochs=1, steps_per_epoch=chunk, shuffle=False, verbose=0).history
-        state["seconds"] += time.time() - start
-        state["step"] += chunk
-        record = {"step": state["step"], **{k: round(float(v[-1]), 5) for k, v in history.items()},
-                  **_validation(model, validation)}
-        state["history"].append(record)
-        _save_checkpoint(model, out, state)
-        log(f"{out.name}: step {state['step']}/{steps} " + " ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                                   if k != "step")
-            + f" ({state['seconds']:.0f} s)")
+        chunks = (steps - state["step"]) // chunk
+        data = photos.crop_dataset(images, state["crop"], state["batch_size"], chunk * chunks,
+                                   seed=seed * 100003 + state["step"], scales=tuple(state["scales"]),
+                                   reseed_every=chunk)
+        saver = _ChunkSaver(out, state, chunk, validation, log, steps)
+        model.fit(data, epochs=chunks, steps_per_epoch=chunk, shuffle=False, verbose=0, callbacks=[saver])
     coder_dir = out / "codec"
     if not coder_dir.exists():
         Coder(model, name=model.name).save(coder_dir)
@@ -140,6 +136,30 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
 
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+class _ChunkSaver(keras.callbacks.Callback):
+    """After each chunk (an epoch of the run's one `fit`): validation, checkpoint, a log line."""
+
+    def __init__(self, out, state, chunk, validation, log, steps):
+        super().__init__()
+        self.out, self.state, self.chunk, self.validation, self.log, self.steps = (out, state, chunk, validation,
+                                                                                   log, steps)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = self.state
+        state["seconds"] += time.time() - self.start
+        state["step"] += self.chunk
+        record = {"step": state["step"], **{k: round(float(v), 5) for k, v in (logs or {}).items()},
+                  **_validation(self.model, self.validation)}
+        state["history"].append(record)
+        _save_checkpoint(self.model, self.out, state)
+        self.log(f"{self.out.name}: step {state['step']}/{self.steps} "
+                 + " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
+                 + f" ({state['seconds']:.0f} s)")
 
 
 def _cpu():

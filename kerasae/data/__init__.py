@@ -19,4 +19,5 @@ from kerasae.data.pipeline import make_dataset, num_batches  # noqa: F401
 from kerasae.data.sources import SPEC_FORMS, load_dataset, open_dataset  # noqa: F401
 from kerasae.data.streams import IN_MEMORY_LIMIT_BYTES, Split, StreamedData  # noqa: F401
 from kerasae.data.tfrecord import write_tfrecords  # noqa: F401
+from kerasae.data.tuning import untuned, untuned_options  # noqa: F401
 from kerasae.options import COLOR_MODES  # noqa: F401  (re-exported)

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.data.arrays import DataError
+from kerasae.data.tuning import untuned
 
 #: The start of every out-of-range label message (also how training recognises the in-graph error).
 LABEL_ERROR = "labels must be in [0, num_classes="
@@ -58,7 +59,7 @@ def _stream_range(split):
     if split.paths is not None:
         return (int(split.labels.min()), int(split.labels.max())) if split.count else (0, -1)
     low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-    for labels in split.encoded().map(lambda item, label: label).batch(4096).as_numpy_iterator():
+    for labels in untuned(split.encoded().map(lambda item, label: label).batch(4096)).as_numpy_iterator():
         low, high = min(low, int(labels.min())), max(high, int(labels.max()))
     return low, high
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from kerasae.data.arrays import DataError, as_labels
 from kerasae.data.labels import StreamLabels, check_in_graph
 from kerasae.data.streams import Split
+from kerasae.data.tuning import untuned_options
 
 _BINARIZE_LEVELS = 2**16
 #: Records (TFRecord, tfds) are shuffled through a buffer of this many encoded images; image files and
@@ -68,7 +69,7 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
         ds = ds.enumerate().map(lambda i, batch: _on_images(
             batch, lambda images, s: _binarize_batch(images * _BINARIZE_LEVELS, s),
             i % per_epoch + fixed_binarization_seed * 1_000_003), num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
+    options = untuned_options()  # no idle wait when Keras drops the iterator (kerasae.data.tuning)
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if isinstance(x, Split) else tf.data.experimental.AutoShardPolicy.DATA)
     options.deterministic = True

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae.data.arrays import DataError, ImageData, as_labels
+from kerasae.data.tuning import untuned
 
 #: Above this many bytes of float32 pixels (train + test), data_mode "auto" streams instead of loading.
 IN_MEMORY_LIMIT_BYTES = 1 << 30
@@ -129,7 +130,7 @@ class Split:
         x = np.empty((self.count, *self.image_shape), np.float32)
         y = np.empty(self.count, np.int64)
         i = 0
-        for images, labels in ds.batch(batch_size).prefetch(2).as_numpy_iterator():
+        for images, labels in untuned(ds.batch(batch_size).prefetch(2)).as_numpy_iterator():
             x[i:i + len(images)], y[i:i + len(images)] = images, labels
             i += len(images)
         if i != self.count:
@@ -218,7 +219,7 @@ def scan(encoded: tf.data.Dataset, from_file: bool, count: int):
     ds = encoded.enumerate().map(lambda i, pair: shape(i, *pair), num_parallel_calls=tf.data.AUTOTUNE,
                                  deterministic=False).ignore_errors().batch(_SCAN_BATCH)
     shapes = np.full((count, 3), -1, np.int64)
-    for index, dims in ds.as_numpy_iterator():
+    for index, dims in untuned(ds).as_numpy_iterator():
         keep = index < count
         shapes[index[keep]] = dims[keep]
     return shapes

@@ -22,6 +22,7 @@ import tensorflow as tf
 from kerasae.data import index
 from kerasae.data.arrays import DataError
 from kerasae.data.streams import Split, StreamedData, choose_shape, drop_unreadable, scan, unreadable_error
+from kerasae.data.tuning import untuned
 
 METADATA = "kerasae_dataset.json"
 IMAGE_KEYS = ("image", "image/encoded")
@@ -254,7 +255,7 @@ def _encoded_items(data, split_name, seed):
             ds = ds.map(lambda path, label: (tf.io.read_file(path), label), num_parallel_calls=8)
         else:
             ds = split.encoded()
-        return split.count, ds.prefetch(64).as_numpy_iterator()
+        return split.count, untuned(ds.prefetch(64)).as_numpy_iterator()
     x, y = (data.x_train, data.y_train) if split_name == "train" else (data.x_test, data.y_test)
     order = rng.permutation(len(x))
 
