@@ -8,7 +8,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kerasae.options import DATA_MODES, LR_SCHEDULES, STRATEGIES, check_choice, check_number, check_positive_int
+from kerasae.options import (DATA_MODES, LR_SCHEDULES, PRECISIONS, STRATEGIES, check_choice, check_number,
+                             check_positive_int)
 
 #: `init_from` names a pretrained zoo model with this prefix ("zoo:iwae_mlp_50d_mnist"), else a .keras file.
 ZOO_PREFIX = "zoo:"
@@ -46,7 +47,8 @@ class TrainConfig:
     init_from: str | None = None  # a .keras file or "zoo:NAME[/VERSION]": fine-tune it instead of a new model
     steps_per_execution: int = 16  # several steps per tf.function call: ~2x samples/s on CPU for the MLP VAE
     jit_compile: bool | None = None  # None (auto): XLA where the model gains; see train_function_kind
-    mixed_precision: bool = False
+    precision: str = "float32"  # "float32", "bfloat16", "float16" or "auto": see kerasae.training.precision
+    mixed_precision: bool = False  # the older spelling of float16 on a GPU, bfloat16 elsewhere
     deterministic: bool = False  # TF op determinism: bit-identical reruns (slower on GPU)
     verbose: str | int = "auto"
     overwrite: bool = False  # train from scratch into an `out` that holds a run (finished, interrupted or other)
@@ -85,6 +87,12 @@ class TrainConfig:
         check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("data_mode", self.data_mode, DATA_MODES)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.mixed_precision not in (True, False):
+            raise ValueError(f"mixed_precision must be True or False, got {self.mixed_precision!r}")
+        if self.mixed_precision and self.precision != "float32":
+            raise ValueError(f"mixed_precision and precision={self.precision!r} both choose a precision: "
+                             "give precision alone")
         if self.strategy == "default" and self.cpu_replicas and self.cpu_replicas > 1:
             raise ValueError("cpu_replicas > 1 needs strategy 'mirrored' or 'auto'")
 

@@ -109,8 +109,3 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
-
-
-def mixed_precision_policy():
-    """mixed_float16 where there is a GPU (tensor cores; needs loss scaling), else mixed_bfloat16 (CPU, TPU)."""
-    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"

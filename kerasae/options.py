@@ -11,6 +11,8 @@ import re
 #: tf.distribute strategies `TrainConfig.strategy` / `--strategy` accept (see `kerasae.distribute`).
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 LR_SCHEDULES = ("cosine", "constant")
+#: Training precisions `TrainConfig.precision` / `--precision` accept (see `kerasae.training.precision`).
+PRECISIONS = ("float32", "bfloat16", "float16", "auto")
 #: Denoising corruptions (see `kerasae.models.dae`).
 NOISE_TYPES = ("gaussian", "masking", "salt_and_pepper")
 #: VAE decoder likelihoods (see `kerasae.models.vae`); the scaled ones learn (or fix) a decoder scale.

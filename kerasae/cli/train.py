@@ -91,8 +91,11 @@ def build_train_parser(prog="train.py"):
                         "iterator; refused with several replicas); --no-jit-compile: off")
     g.add_argument("--deterministic", action="store_true",
                    help="TF op determinism (with --seed): the same command gives bit-identical weights")
+    g.add_argument("--precision", choices=options.PRECISIONS, default="float32",
+                   help="float32 (default); bfloat16 or float16 compute with float32 variables and losses; auto: "
+                        "bfloat16 on a CPU with bfloat16 matrix instructions (AMX, AVX512-BF16), else float32")
     g.add_argument("--mixed-precision", action="store_true",
-                   help="mixed_float16 on GPU (with loss scaling), mixed_bfloat16 on CPU/TPU; losses stay float32")
+                   help="older spelling: float16 on a GPU (with loss scaling), bfloat16 elsewhere")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
     g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
     g.add_argument("--export-dir", default=options.DEFAULT_EXPORT_DIR,
@@ -142,7 +145,7 @@ def config_from_args(parser, args):
         max_train_samples=args.max_train_samples, max_test_samples=args.max_test_samples, seed=args.seed,
         out=args.out, strategy=args.strategy, cpu_replicas=args.cpu_replicas, init_from=args.init_from,
         steps_per_execution=args.steps_per_execution, jit_compile=args.jit_compile,
-        mixed_precision=args.mixed_precision, deterministic=args.deterministic,
+        precision=args.precision, mixed_precision=args.mixed_precision, deterministic=args.deterministic,
         verbose="auto" if args.verbose is None else args.verbose)
 
 

@@ -28,7 +28,7 @@ from kerasae.files import library_versions, load_keras_model, write_json
 from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, DivergenceGuard,
                                         EpochProgbarLogger, EpochTimer, ImageSummaries)
 from kerasae.training.figures import save_figures
-from kerasae.training import recipe
+from kerasae.training import precision, recipe
 from kerasae.training.multiworker import loop_evaluate, loop_fit
 from kerasae.training.run_dir import (backup_epoch, check_run_dir, prepare_run_dir, read_history, save_model_atomic,
                                       trim_history)
@@ -58,15 +58,14 @@ class TrainResult:
     metrics: dict
 
 
-def _build_model(config, image_shape, strategy):
-    """Build (or load) the model in the strategy's scope, under a mixed policy if asked.
+def _build_model(config, image_shape, strategy, policy="float32"):
+    """Build (or load) the model in the strategy's scope under the Keras dtype policy `policy`.
 
     The policy is set only while the model is made: its layers keep it (and save it), and
     the process-wide default stays as the caller had it. Losses stay float32 regardless.
     """
     previous = keras.mixed_precision.global_policy()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy(distribute.mixed_precision_policy())
+    keras.mixed_precision.set_global_policy(policy)
     try:
         return _make_model(config, image_shape, strategy)
     finally:
@@ -212,13 +211,16 @@ def prepare(config):
     model_config = config  # a new conditional model without num_classes takes the data's count
     if classes is not None and "num_classes" not in config.model_kwargs:
         model_config = dataclasses.replace(config, model_kwargs={**config.model_kwargs, "num_classes": classes})
-    model = _build_model(model_config, data.image_shape, strategy)
+    chosen = precision.choose(config.precision, config.mixed_precision)
+    model = _build_model(model_config, data.image_shape, strategy, chosen["policy"])
     if getattr(model, "conditional", False):
         _check_classes(model, data, classes if _conditional_preset(config) else data_lib.num_classes(data))
     binary = getattr(model, "binary_data", False)
     record = {"data": recipe.data_record(image_size, color_mode, data.image_shape, binary, fitted_to,
                                          fitted_to and recipe.source_image_shape(config.dataset)),
-              "objective": recipe.objective(model)}
+              "objective": recipe.objective(model), "precision": chosen}
+    if chosen["asked"] != "float32":
+        log(precision.describe(chosen))
     if fitted_to:  # the conversion --init-from implied, said once
         line = recipe.describe_data(config.dataset, record["data"])
         if line:

@@ -7,6 +7,7 @@ needs no TensorFlow beyond `model.save`.
 """
 
 import csv
+import dataclasses
 import errno
 import json
 import os
@@ -72,8 +73,10 @@ def _differing_fields(config, config_path):
         previous = json.loads(config_path.read_text()).get("train", {})
     except (json.JSONDecodeError, AttributeError) as err:
         raise ValueError(f"out: {config_path} is not a kerasae run config; use another --out") from err
+    # A field the recorded run predates (e.g. precision) had its default then.
+    defaults = json.loads(json_text(type(config)().to_json())) if dataclasses.is_dataclass(config) else {}
     return sorted(k for k in set(wanted) | set(previous)
-                  if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k))
+                  if k not in _IGNORED_FOR_COMPAT and wanted.get(k) != previous.get(k, defaults.get(k)))
 
 
 def check_run_dir(config):
