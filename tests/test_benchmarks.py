@@ -101,6 +101,8 @@ def assert_trained(entry, reps):
     ("streaming.py", ["--repeats", "0"]),
     ("dataset_index.py", ["--sizes", "10,x"]),
     ("fit_stalls.py", ["--calls", "0"]),
+    ("precision_throughput.py", ["--epochs-per-rep", "1"]),
+    ("precision_throughput.py", ["--presets", "vae-mlp,vae-gan"]),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)
@@ -404,6 +406,27 @@ def test_fit_stalls_quick_records_every_call_of_both_arms(tmp_path):
             assert 0 <= call["wait_after_training_s"] < call["wall_s"]
             assert call["cpu_per_wall"] == pytest.approx(call["cpu_s"] / call["wall_s"], abs=2e-3)
         assert arm["summary"]["min_cpu_per_wall"] == min(c["cpu_per_wall"] for c in calls)
+
+
+@pytest.mark.slow
+def test_precision_throughput_quick_runs_every_arm_and_judges_targets_only_on_bf16_cpus(tmp_path):
+    out = tmp_path / "precision.json"
+    result = load_result(run_benchmark("precision_throughput.py", "--quick", "--presets", "vae-mlp", "--out", out),
+                         out)
+    assert_header(result, "precision_throughput")
+    bf16 = result["bfloat16_matrix_instructions"]
+    assert bf16 == [f for f in ("amx_bf16", "avx512_bf16") if f in result["machine_at_start"]["cpu_flags"]]
+    roofline = result["roofline_gflops_per_s"]
+    assert {"tensorflow_matmul_float32", "tensorflow_matmul_bfloat16", "tensorflow_conv3x3_float32",
+            "tensorflow_conv3x3_bfloat16"} <= set(roofline) and all(positive(v["median"]) for v in roofline.values())
+    entry = result["presets"]["vae-mlp"]
+    for arm in ("kerasae_float32", "kerasae_bfloat16", "torch_float32", "torch_bfloat16"):
+        assert positive(entry[arm]["samples_per_s"]["median"]), arm
+    assert entry["kerasae_bfloat16_vs_kerasae_float32"] == pytest.approx(
+        entry["kerasae_bfloat16"]["samples_per_s"]["median"] / entry["kerasae_float32"]["samples_per_s"]["median"],
+        rel=1e-3)
+    for target in entry["targets"].values():
+        assert target["pass"] is None if not bf16 else target["pass"] == (target["value"] >= 1.0)
 
 
 def test_performance_docs_quote_the_fit_stalls_benchmark():
