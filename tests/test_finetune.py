@@ -186,6 +186,8 @@ def _usage_error(argv, capsys):
      "--latent-dim changes the architecture, which --init-from takes from the saved model; with --init-from only "
      "the training flags --k, --beta, --kl-warmup-steps, --noise apply"),
     (["--init-from", ZOO_VAE, "--k", "2", "--prior", "vamp"], "--prior changes the architecture"),
+    (["--init-from", ZOO_VAE, "--arch", "vae"], "--arch chooses a new model; --init-from fine-tunes the saved model"),
+    (["--preset", "vae-conv", "--init-from", ZOO_VAE], "--preset chooses a new model; --init-from fine-tunes"),
     (["--pseudo-inputs", "50"], "--pseudo-inputs applies with --prior vamp; vae-mlp's prior is standard"),
     (["--preset", "hvae-mlp", "--pseudo-inputs", "50"], "--pseudo-inputs applies with --prior vamp"),
     (["--kl-warmup-steps", "-1"], "argument --kl-warmup-steps: must be an integer >= 0"),

@@ -115,6 +115,9 @@ def config_from_args(parser, args):
     if args.arch and args.preset and family != args.arch:
         parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
     given = [flag for flag in (*_MODEL_FLAGS, "noise") if getattr(args, flag) is not None]
+    if args.init_from and (args.arch or args.preset):
+        parser.error(f"{'--preset' if args.preset else '--arch'} chooses a new model; --init-from fine-tunes the "
+                     "saved model, whose architecture it keeps: give one or the other")
     if args.init_from:
         refused = [flag for flag in given if flag not in _TRAINING_FLAGS]
         if refused:
