@@ -240,6 +240,12 @@ HIDDEN = textwrap.dedent("""
             cli.export_main(["m.keras", "--name", "cli", "--onnx"])
         except SystemExit as exit_info:
             print("CLI exit", exit_info.code, err.getvalue().strip().splitlines()[-1])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:  # refused before any training: no run directory
+            cli.train_main(["--arch", "ae", "--epochs", "1", "--out", "run", "--export", "x", "--onnx"])
+        except SystemExit as exit_info:
+            print("train exit", exit_info.code, err.getvalue().strip().splitlines()[-1])
     imported = sorted(m for m, module in sys.modules.items() if m.split(".")[0] in EXTRA and module is not None)
     print("imported:", imported)
 """)
@@ -253,8 +259,31 @@ def test_kerasae_imports_and_exports_without_the_extra(tmp_path):
     hint = 'pip install "kerasae[onnx]"'
     assert f"API: ONNX export needs tf2onnx and onnxruntime (not installed): {hint}" in proc.stdout
     assert f"CLI exit 2 export.py: error: --onnx needs tf2onnx and onnxruntime, not installed: {hint}" in proc.stdout
-    assert "imported: []" in proc.stdout
+    assert f"train exit 2 train.py: error: --onnx needs tf2onnx and onnxruntime, not installed: {hint}" in proc.stdout
+    assert "imported: []" in proc.stdout and not (tmp_path / "run").exists()
     assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["plain"]  # nothing of the refused ones
+
+
+def test_train_onnx_without_export_is_a_usage_error(tmp_path, capsys):
+    from kerasae import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--arch", "ae", "--out", str(tmp_path / "run"), "--onnx"])
+    assert exit_info.value.code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "train.py: error: --onnx adds ONNX files to an export: give --export NAME too")
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_train_export_writes_onnx_files_with_onnx(tmp_path):
+    from kerasae import cli
+
+    args = ["--arch", "ae", "--epochs", "1", "--max-train-samples", "256", "--max-test-samples", "64",
+            "--out", str(tmp_path / "run"), "--export", "mine", "--export-dir", str(tmp_path / "exports"), "--onnx"]
+    assert cli.train_main(args) == 0
+    onnx_dir = tmp_path / "exports" / "mine" / "onnx"
+    assert sorted(p.name for p in onnx_dir.glob("*.onnx")) == ["decode.onnx", "encode.onnx"]  # the default set
 
 
 @needs_onnx

@@ -65,10 +65,10 @@ def export_main(argv=None, prog="export.py"):
         except ValueError as err:
             parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
     if args.onnx:
-        from kerasae.export.onnx import INSTALL_HINT, missing_modules
+        from kerasae.export.onnx import unavailable
 
-        if missing_modules():
-            parser.error(f"--onnx needs {' and '.join(missing_modules())}, not installed: {INSTALL_HINT}")
+        if unavailable():
+            parser.error(f"--onnx {unavailable()}")
     from kerasae import export as export_lib
 
     if args.verify:

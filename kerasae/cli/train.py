@@ -98,6 +98,8 @@ def build_train_parser(prog="train.py"):
                    help="older spelling: float16 on a GPU (with loss scaling), bfloat16 elsewhere")
     g.add_argument("--verbose", type=int, choices=[0, 1, 2], default=None, help="Keras fit verbosity")
     g.add_argument("--export", metavar="NAME", help="export the trained model to EXPORT_DIR/NAME (SavedModel + TFLite)")
+    g.add_argument("--onnx", action="store_true",
+                   help='with --export: also ONNX files of the signatures (needs pip install "kerasae[onnx]")')
     g.add_argument("--export-dir", default=options.DEFAULT_EXPORT_DIR,
                    help="where --export writes (default: ./%(default)s)")
     g.add_argument("--overwrite", action="store_true",
@@ -189,6 +191,13 @@ def train_main(argv=None, prog="train.py"):
         return 0
     config = config_from_args(parser, args)
     config.overwrite = args.overwrite
+    if args.onnx and args.export is None:
+        parser.error("--onnx adds ONNX files to an export: give --export NAME too")
+    if args.onnx:
+        from kerasae.export.onnx import unavailable
+
+        if unavailable():
+            parser.error(f"--onnx {unavailable()}")
     if args.export is not None:
         try:
             options.check_name(args.export)
@@ -236,7 +245,7 @@ def _export(args, run_dir):
     from kerasae import export as export_lib
     from kerasae.cli.export import print_export
 
-    version_dir = export_lib.export_run(run_dir, args.export, export_dir=args.export_dir)
+    version_dir = export_lib.export_run(run_dir, args.export, export_dir=args.export_dir, onnx=args.onnx)
     print(f"exported: {version_dir}")
     print_export(version_dir)
 

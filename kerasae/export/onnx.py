@@ -43,6 +43,12 @@ def missing_modules():
     return [name for name, _ in _MODULES if not found(name)]
 
 
+def unavailable():
+    """Why ONNX export cannot run here, in a line ("needs tf2onnx, not installed: ..."), or None."""
+    missing = missing_modules()
+    return f"needs {' and '.join(missing)}, not installed: {INSTALL_HINT}" if missing else None
+
+
 def require_onnx():
     """Raise ImportError, naming the install command, when tf2onnx or onnxruntime is missing."""
     missing = missing_modules()
