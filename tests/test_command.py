@@ -225,6 +225,17 @@ def _copy_run(run, to):
     return to
 
 
+def test_a_finished_run_is_reported_without_loading_tensorflow(run, tmp_path):
+    """The rerun's answer comes before TensorFlow loads (it took ~27 s on a busy 2-core machine with it)."""
+    copy = _copy_run(run, tmp_path / "run")
+    script = ("import sys; sys.modules['tensorflow'] = None  # importing it now fails\n"
+              "from kerasae import cli\n"
+              f"sys.exit(cli.train_main({[*TINY, '--out', str(copy)]!r}))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{copy} already holds this finished run")
+
+
 def test_a_finished_run_rerun_says_so_and_overwrite_retrains(run, capsys, tmp_path, monkeypatch):
     """The same command again: one line, exit 0, nothing trained. --overwrite: a new run from scratch."""
     copy = _copy_run(run, tmp_path / "run")

@@ -207,10 +207,7 @@ def train_main(argv=None, prog="train.py"):
             files.check_export_dir(args.export_dir)
         except ValueError as err:
             parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
-    from kerasae import distribute
-    from kerasae import training as train_lib
-    from kerasae.data import DataError
-    from kerasae.training.run_dir import finished_run
+    from kerasae.training.run_dir import finished_run  # no TensorFlow yet: a finished run is reported at once
 
     done = None if config.overwrite else finished_run(config)
     if done is not None:  # the same command again: say so instead of training again
@@ -219,6 +216,10 @@ def train_main(argv=None, prog="train.py"):
         if args.export is not None and config.strategy != "multiworker":  # (one writer: the chief of a new run)
             _export(args, config.out)
         return 0
+    from kerasae import distribute
+    from kerasae import training as train_lib
+    from kerasae.data import DataError
+
     try:
         prepared = train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback

@@ -18,25 +18,35 @@ figures. This package re-exports what callers use, so `kerasae.training.NAME` na
 it lives; patch a name where it is looked up (e.g. `kerasae.training.core` for what `fit` calls).
 """
 
-from kerasae import _backend  # noqa: F401  (before keras: pins the TensorFlow backend)
-from kerasae.config import LR_SCHEDULES, TrainConfig
-from kerasae.data import TEST_BINARIZATION_SEED
-from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheckpoint, DivergenceGuard,
-                                        EpochProgbarLogger, EpochTimer, ImageSummaries, weights_finite)
-from kerasae.training.core import (Prepared, TrainResult, evaluation_images, fit, prepare, train,
-                                   weights_digest)
-from kerasae.training.core import _make_model  # noqa: F401  (tests/test_train.py builds through it)
-from kerasae.training.figures import save_figures
-from kerasae.training.multiworker import WorkerLostError, loop_evaluate, loop_fit
-from kerasae.training.run_dir import backup_epoch, prepare_run_dir, read_history, save_model_atomic
-from kerasae.training.train_functions import (one_iterator_steps, plan_executions, train_function_kind,
-                                              whole_execution_train_function, xla_execution_train_function)
+import importlib
 
-__all__ = [
-    "LR_SCHEDULES", "TEST_BINARIZATION_SEED", "AtomicBackupAndRestore", "AtomicModelCheckpoint", "DivergenceGuard",
-    "EpochProgbarLogger", "EpochTimer", "ImageSummaries", "Prepared", "TrainConfig", "TrainResult",
-    "WorkerLostError", "backup_epoch", "evaluation_images", "fit", "loop_evaluate", "loop_fit", "one_iterator_steps",
-    "plan_executions", "prepare", "prepare_run_dir", "read_history", "save_figures", "save_model_atomic", "train",
-    "train_function_kind", "weights_digest", "weights_finite", "whole_execution_train_function",
-    "xla_execution_train_function",
-]
+from kerasae import _backend  # noqa: F401  (before keras: pins the TensorFlow backend)
+
+#: Where each re-exported name lives. They load on first use, so `kerasae.training.run_dir` (which the command line
+#: reads to report a finished run) imports without TensorFlow.
+_HOMES = {
+    "LR_SCHEDULES": "kerasae.config", "TrainConfig": "kerasae.config", "TEST_BINARIZATION_SEED": "kerasae.data",
+    **dict.fromkeys(("AtomicBackupAndRestore", "AtomicModelCheckpoint", "DivergenceGuard", "EpochProgbarLogger",
+                     "EpochTimer", "ImageSummaries", "weights_finite"), "kerasae.training.callbacks"),
+    **dict.fromkeys(("Prepared", "TrainResult", "evaluation_images", "fit", "prepare", "train", "weights_digest",
+                     "_make_model"), "kerasae.training.core"),
+    "save_figures": "kerasae.training.figures",
+    **dict.fromkeys(("WorkerLostError", "loop_evaluate", "loop_fit"), "kerasae.training.multiworker"),
+    **dict.fromkeys(("backup_epoch", "prepare_run_dir", "read_history", "save_model_atomic"),
+                    "kerasae.training.run_dir"),
+    **dict.fromkeys(("one_iterator_steps", "plan_executions", "train_function_kind", "whole_execution_train_function",
+                     "xla_execution_train_function"), "kerasae.training.train_functions"),
+}
+__all__ = sorted(name for name in _HOMES if not name.startswith("_"))
+
+
+def __getattr__(name):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'kerasae.training' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
