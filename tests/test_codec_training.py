@@ -92,3 +92,43 @@ def test_ladder_arguments_are_checked():
         training.build("vq", 1)
     with pytest.raises(ValueError, match="quality"):
         training.build("hyperprior", 9)
+
+
+def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps_them_whole(tmp_path, monkeypatch):
+    from kerasae.codec import api
+
+    monkeypatch.setattr(training, "CHUNK", 2)
+    monkeypatch.setattr(training, "LADDER_PLAN", {"factorized": ((1, 2, None), (2, 2, 1))})
+    images = [np.random.default_rng(4).integers(0, 256, (70, 70, 3), dtype=np.uint8)]
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    with pytest.raises(ValueError, match="has not finished training"):
+        training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+    for quality in (1, 2):
+        training.train(tmp_path / "runs" / f"factorized_q{quality}", "factorized", quality, 2, crop=32, batch_size=2,
+                       images=images, filters=8, latent_channels=8, log=lambda line: None)
+    shipped = training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+    assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
+    assert api.zoo_codecs(zoo_dir) == sorted(shipped)
+    image = images[0][:40, :50]
+    for name, folder in shipped.items():
+        assert json.loads((folder / "codec.json").read_text())["weights"] == "float16"
+        coder = Coder.load(folder)
+        data = coder.compress(image)
+        assert name.encode() in data[:64]  # the file names its entry, which decompress looks up
+        np.testing.assert_array_equal(coder.decompress(data), coder.reconstruct(image))
+    first = (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes()
+    training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)  # again: replaced whole
+    assert (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes() == first
+    assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
+    monkeypatch.setattr("kerasae.zoo.MAX_ZOO_BYTES", 1000)
+    with pytest.raises(ValueError, match="budget"):
+        training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+    assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
+
+
+def test_the_zoo_names_of_the_ladder_are_the_ones_the_api_looks_up():
+    from kerasae.codec import api
+
+    assert api.LADDER == tuple(training.zoo_name("hyperprior", q) for q, _, _ in
+                               sorted(training.LADDER_PLAN["hyperprior"]))

@@ -196,6 +196,55 @@ def train_ladder(root, family="hyperprior", log=print):
     return results
 
 
+def zoo_name(family, quality):
+    """The zoo entry of a ladder's quality: codec_<family>_q<Q>_photos (the name its files carry)."""
+    return f"codec_{family}_q{quality}_photos"
+
+
+def ship(root, zoo_dir, family="hyperprior", log=print):
+    """Every quality of `family`'s ladder trained under `root` into `zoo_dir` as `zoo_name(family, quality)`, its
+    weights rounded to float16 (tables recomputed for them; half the bytes); -> {name: folder}.
+
+    Each entry is written beside the zoo and swapped in whole, so a failure leaves the previous entry; the zoo's
+    size budget (kerasae.zoo.MAX_ZOO_BYTES) is checked before anything is swapped.
+    """
+    import shutil
+
+    from kerasae import zoo
+    from kerasae.codec.coder import Coder
+
+    root, zoo_dir = Path(root), Path(zoo_dir)
+    runs = {q: root / f"{family}_q{q}" for q, _, _ in LADDER_PLAN[family]}
+    unfinished = [str(run) for run in runs.values() if not (run / "metrics.json").is_file()]
+    if unfinished:
+        raise ValueError(f"the {family} ladder has not finished training in {', '.join(unfinished)}: run "
+                         f"train_codec.py --family {family} --root {root} first")
+    staged = {}
+    try:
+        for quality, run in sorted(runs.items()):
+            name = zoo_name(family, quality)
+            coder = Coder(Coder.load(run / "codec").model, name=name).rounded_to_float16()
+            staged[name] = zoo_dir / f".{name}.new-{os.getpid()}"
+            coder.save(staged[name], float16=True)
+            log(f"{name}: {sum(f.stat().st_size for f in staged[name].iterdir()) / 2**20:.2f} MiB (float16)")
+        replaced = {zoo_dir / name for name in staged}
+        total = sum(f.stat().st_size for f in zoo_dir.rglob("*")
+                    if f.is_file() and not any(p in replaced for p in f.parents))
+        if total > zoo.MAX_ZOO_BYTES:
+            raise ValueError(f"the zoo in {zoo_dir} would take {total / 2**20:.1f} MiB with the {family} ladder, over "
+                             f"the {zoo.MAX_ZOO_BYTES / 2**20:.0f} MiB budget")
+        for name, folder in staged.items():
+            old = zoo_dir / f".{name}.old-{os.getpid()}"
+            if (zoo_dir / name).exists():
+                os.rename(zoo_dir / name, old)
+            os.rename(folder, zoo_dir / name)
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        for folder in staged.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    return {name: zoo_dir / name for name in staged}
+
+
 def main(argv=None):
     """`python scripts/train_codec.py --family hyperprior [--quality Q --steps N] --root runs/codec`."""
     p = argparse.ArgumentParser(prog="train_codec.py", description="Train the codec ladder (resumable: run the "
@@ -204,6 +253,8 @@ def main(argv=None):
     p.add_argument("--quality", type=int, help="one quality only (default: the whole ladder, LADDER_PLAN)")
     p.add_argument("--steps", type=int, default=12000, help="with --quality (default: 12000)")
     p.add_argument("--root", default="runs/codec", help="folder of the runs (default: runs/codec)")
+    p.add_argument("--ship", metavar="ZOO_DIR", help="then put the finished ladder into ZOO_DIR (e.g. exported/) "
+                   "as float16 entries")
     args = p.parse_args(argv)
 
     def log(line):
@@ -214,6 +265,8 @@ def main(argv=None):
             train_ladder(args.root, args.family, log=log)
         else:
             train(Path(args.root) / f"{args.family}_q{args.quality}", args.family, args.quality, args.steps, log=log)
+        if args.ship:
+            ship(args.root, args.ship, args.family, log=log)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"train_codec.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
