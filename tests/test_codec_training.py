@@ -132,3 +132,15 @@ def test_the_zoo_names_of_the_ladder_are_the_ones_the_api_looks_up():
 
     assert api.LADDER == tuple(training.zoo_name("hyperprior", q) for q, _, _ in
                                sorted(training.LADDER_PLAN["hyperprior"]))
+
+
+def test_train_codec_help_answers_without_loading_tensorflow():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+              "from kerasae.codec import training\n"
+              "try:\n    training.main(['--help'])\nexcept SystemExit as e:\n    sys.exit(e.code)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--ship ZOO_DIR" in proc.stdout

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasae import _backend  # noqa: F401  (Keras on TensorFlow)
-import keras
-
 #: Steps per chunk: the work an interruption can lose.
 CHUNK = 200
 #: The ladder's transforms: N = 64 hidden channels, M = 128 latent channels (CompressAI's low-rate models use
@@ -58,6 +55,8 @@ def _save_checkpoint(model, out, state):
 
 
 def _compile(model, learning_rate, steps):
+    import keras
+
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
 
@@ -123,7 +122,7 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
         data = photos.crop_dataset(images, state["crop"], state["batch_size"], chunk * chunks,
                                    seed=seed * 100003 + state["step"], scales=tuple(state["scales"]),
                                    reseed_every=chunk)
-        saver = _ChunkSaver(out, state, chunk, validation, log, steps)
+        saver = _chunk_callback(model, out, state, chunk, validation, log, steps)
         model.fit(data, epochs=chunks, steps_per_epoch=chunk, shuffle=False, verbose=0, callbacks=[saver])
     coder_dir = out / "codec"
     if not coder_dir.exists():
@@ -138,28 +137,27 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
     return metrics
 
 
-class _ChunkSaver(keras.callbacks.Callback):
-    """After each chunk (an epoch of the run's one `fit`): validation, checkpoint, a log line."""
+def _chunk_callback(model, out, state, chunk, validation, log, steps):
+    """A Keras callback for the end of each chunk (an epoch of the run's one `fit`): validation, checkpoint, a log
+    line. (A LambdaCallback, so that importing this module, e.g. for `train_codec.py --help`, loads no Keras.)"""
+    import keras
 
-    def __init__(self, out, state, chunk, validation, log, steps):
-        super().__init__()
-        self.out, self.state, self.chunk, self.validation, self.log, self.steps = (out, state, chunk, validation,
-                                                                                   log, steps)
+    started = {}
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.time()
+    def begin(epoch, logs=None):
+        started["at"] = time.time()
 
-    def on_epoch_end(self, epoch, logs=None):
-        state = self.state
-        state["seconds"] += time.time() - self.start
-        state["step"] += self.chunk
+    def end(epoch, logs=None):
+        state["seconds"] += time.time() - started["at"]
+        state["step"] += chunk
         record = {"step": state["step"], **{k: round(float(v), 5) for k, v in (logs or {}).items()},
-                  **_validation(self.model, self.validation)}
+                  **_validation(model, validation)}
         state["history"].append(record)
-        _save_checkpoint(self.model, self.out, state)
-        self.log(f"{self.out.name}: step {state['step']}/{self.steps} "
-                 + " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step")
-                 + f" ({state['seconds']:.0f} s)")
+        _save_checkpoint(model, out, state)
+        log(f"{out.name}: step {state['step']}/{steps} "
+            + " ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "step") + f" ({state['seconds']:.0f} s)")
+
+    return keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=end)
 
 
 def _cpu():
