@@ -144,3 +144,28 @@ def test_train_codec_help_answers_without_loading_tensorflow():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--ship ZOO_DIR" in proc.stdout and proc.stdout.rstrip().endswith("loaded: [] exit 0")
+
+
+def test_a_diverged_chunk_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK", 2)
+    images = [np.random.default_rng(1).integers(0, 256, (80, 90, 3), dtype=np.uint8)]
+    kwargs = dict(family="factorized", quality=2, steps=6, crop=32, batch_size=2, images=images, filters=8,
+                  latent_channels=8, log=lambda line: None)
+    original = training._validation
+
+    def blow_up_after_step_2(model, image):  # the weights go bad at the end of the second chunk
+        if model.optimizer.iterations.numpy() == 4:
+            model.set_weights([w * 1e3 if w.ndim == 4 else w for w in model.get_weights()])
+        return original(model, image)
+
+    saved, save = [], training._save_checkpoint
+    monkeypatch.setattr(training, "_validation", blow_up_after_step_2)
+    monkeypatch.setattr(training, "_save_checkpoint", lambda model, out, state: (saved.append(state["step"]),
+                                                                                save(model, out, state)))
+    with pytest.raises(FloatingPointError, match="diverged in steps 4-6"):
+        training.train(tmp_path / "run", **kwargs)
+    assert saved == [2, 4]  # the diverged chunk is not saved over step 4's checkpoint
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["step"] == 4 and not (tmp_path / "run" / "metrics.json").exists()
+    assert resumed(tmp_path / "run").optimizer.iterations.numpy() == 4
+    assert resumed(tmp_path / "run").optimizer.global_clipnorm == 1.0
