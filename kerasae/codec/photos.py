@@ -102,12 +102,16 @@ def random_crops(images, size, count, rng, scales=(0.125, 0.5)):
     photo. The mean absolute difference of neighbouring pixels (grey levels) of the test photos is 3.0-14.2 (median
     6.4); the training photos' is 0.65-8.9 (median 2.7) at full size, 0.66-14.0 (median 4.9) at 1/4 and 0.73-15.7
     (median 7.1) at 1/8."""
+    return _random_crops_uint8(images, size, count, rng, scales).astype(np.float32) / 255.0
+
+
+def _random_crops_uint8(images, size, count, rng, scales):
     low, high = scales
     if not 0 < low <= high <= 1:
         raise ValueError(f"scales must be (low, high) with 0 < low <= high <= 1, got {scales!r}")
     from PIL import Image
 
-    out = np.empty((count, size, size, 3), np.float32)
+    out = np.empty((count, size, size, 3), np.uint8)
     for i in range(count):
         image = images[rng.integers(len(images))]
         h, w = image.shape[:2]
@@ -116,26 +120,33 @@ def random_crops(images, size, count, rng, scales=(0.125, 0.5)):
         crop = image[r:r + side, c:c + side]
         if side != size:
             crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BOX))
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out[i] = crop.astype(np.float32) / 255.0
+        out[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
     return out
 
 
 def crop_dataset(images, size=128, batch_size=16, steps=1000, seed=0, scales=(0.125, 0.5), reseed_every=None):
     """A tf.data.Dataset of `steps` batches of random crops (see `random_crops`), the same for the same seed;
     with `reseed_every` = k, batches i*k onwards are drawn with seed + i*k (a run resumed at batch i*k draws
-    the batches an uninterrupted one would have). tf.data's autotuning is off (kerasae.data.tuning)."""
+    the batches an uninterrupted one would have). tf.data's autotuning is off (kerasae.data.tuning).
+
+    The crops are drawn k batches at a time (all `steps` without `reseed_every`) in one numpy call, and the next
+    k are drawn while the current ones train: a generator called once per batch made training steps ~1.7x
+    slower (0.42-0.48 instead of 0.22-0.25 s per step of the ladder's hyperprior, 8 crops of 128 x 128).
+    """
     import tensorflow as tf
 
     from kerasae.data.tuning import untuned
 
-    def batches():
-        rng = np.random.default_rng(seed)
-        for i in range(steps):
-            if reseed_every and i % reseed_every == 0:
-                rng = np.random.default_rng(seed + i)
-            yield random_crops(images, size, batch_size, rng, scales)
+    block = reseed_every or steps
+    firsts = np.arange(0, steps, block)
 
-    spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32)
-    return untuned(tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2))
+    def draw(index):  # uint8 [n, batch_size, size, size, 3]: the batches from firsts[index] on
+        first = int(firsts[index])
+        rng = np.random.default_rng(seed + first)
+        return np.stack([_random_crops_uint8(images, size, batch_size, rng, scales)
+                         for _ in range(min(block, steps - first))])
+
+    blocks = tf.data.Dataset.range(len(firsts)).map(
+        lambda i: tf.ensure_shape(tf.numpy_function(draw, [i], tf.uint8), [None, batch_size, size, size, 3]))
+    batches = blocks.flat_map(tf.data.Dataset.from_tensor_slices).prefetch(block)
+    return untuned(batches.map(lambda b: tf.cast(b, tf.float32) / 255.0).prefetch(2))
