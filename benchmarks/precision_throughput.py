@@ -33,7 +33,6 @@ STEPS = {"vae-mlp": 256, "vae-conv": 128, "vae-resnet-32": 16}  # steps per epoc
 ARMS = ("kerasae_float32", "kerasae_bfloat16", "torch_float32", "torch_bfloat16")
 QUICK = dict(reps=1, epochs_per_rep=2, steps=2, roofline_reps=2)
 FULL = dict(reps=3, epochs_per_rep=3, steps=None, roofline_reps=20)
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def parse_args(argv=None):
@@ -133,6 +132,8 @@ def main(argv=None):
     args = parse_args(argv)
     common.setup_imports()
     import tensorflow as tf
+
+    from kerasae.training.precision import BF16_FLAGS  # the flags `--precision auto` looks for
 
     torch, torch_why = common.import_torch()
     result = common.header("precision_throughput", args, args.quick)
