@@ -41,6 +41,8 @@ BUILT_DATA = {f"photos-{size}": (lambda path, size=size: photos.write_patches(pa
 
 #: Every quick run: a few epochs on a slice of MNIST (minutes on 2 CPU cores, all runs together).
 QUICK = dict(epochs=2, max_train_samples=1000, max_test_samples=200, validation_size=200)
+#: Quick mode of the residual photo stages: a smoke test of their path, not of their numbers.
+QUICK_RESIDUAL = dict(max_train_samples=256, validation_size=64)
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
@@ -117,13 +119,15 @@ register_experiment(
     "photographs, tested on photographs it never saw: bits/dim against PNG and WebP.",
     dict(preset="vae-resnet-32", dataset="npz:{data}/photos-32.npz", epochs=40,
          model_kwargs=dict(gaussian_scale="decoder")),
-    quick=dict(max_test_samples=500))  # every 32x32 tile of the test photos (342), as the full run
+    # Quick: every 32x32 tile of the test photos (342), as the full run; few training patches, since a residual
+    # image costs ~20x a conv one on a CPU.
+    quick=dict(max_test_samples=500, **QUICK_RESIDUAL))
 register_experiment(
     "photos-vae-resnet-64", "vae-resnet-64 (decoder-predicted logistic scale) on 64x64 patches of the same "
     "photographs, split the same way: bits/dim against PNG and WebP.",
     dict(preset="vae-resnet-64", dataset="npz:{data}/photos-64.npz", epochs=60,
          model_kwargs=dict(gaussian_scale="decoder")),
-    quick=dict(max_train_samples=1000, validation_size=200))
+    quick=QUICK_RESIDUAL)
 
 
 def get_experiment(name):
