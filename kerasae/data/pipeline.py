@@ -36,8 +36,8 @@ def make_dataset(x, batch_size: int, *, shuffle: bool = False, binarize: bool = 
     (`num_workers` > 1, from a tf.distribute.InputContext) is cut per global batch: worker w takes
     items w, w + W, ... of each batch of `batch_size`, so every worker runs the same number of steps and
     each image file is opened by exactly one worker once per epoch (records are read by every worker and
-    decoded by one). Shuffled record shards, when there are enough of them, are shared by file instead:
-    each worker reads only the shards dealt to it (see `_deal_shards`).
+    decoded by one). Shuffled record shards (TFRecord shards, tfds shard files), when there are enough of them,
+    are shared by file instead: each worker reads only the shards dealt to it (see `_deal_shards`).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")

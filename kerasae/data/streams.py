@@ -28,9 +28,11 @@ class Split:
 
     Image files: `paths` (labels from class folders in `labels`). Records: a stream of (encoded image,
     int64 label or -1) in a fixed order, either record files, `shards` ((path, record count), ...) read
-    in order and parsed by `parse`, or `records()`, a tf.data stream (tfds); this split is `count` of
-    them from position `start` on, leaving out the positions in `skip` (unreadable images). Shards
-    before `start` are not opened, and records skipped within a shard are not parsed.
+    in order by `read_file` (TFRecordDataset when None) and parsed by `parse` (TFRecord shards, tfds
+    splits), or `records()`, a tf.data stream (tfds data without recorded shards, as under mock_data);
+    this split is `count` of them from position `start` on, leaving out the positions in `skip`
+    (unreadable images). Shards before `start` are not opened, and records skipped within a shard are not
+    parsed.
     """
 
     image_shape: tuple
@@ -43,6 +45,7 @@ class Split:
     has_labels: bool = False
     shards: tuple = ()
     parse: Callable | None = None
+    read_file: Callable | None = None
 
     def __len__(self):
         return self.count
@@ -107,8 +110,10 @@ class Split:
         if shuffle:
             ds = ds.shuffle(len(pieces), seed=seed, reshuffle_each_iteration=True)
 
+        read_file = self.read_file or tf.data.TFRecordDataset
+
         def piece(path, low, size, position):
-            raw = tf.data.TFRecordDataset(path).skip(low).take(size)  # raw bytes: skipping parses nothing
+            raw = read_file(path).skip(low).take(size)  # raw bytes: skipping parses nothing
             return tf.data.Dataset.zip(tf.data.Dataset.range(position, position + size), raw)
 
         parse = self.parse
