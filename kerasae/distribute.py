@@ -73,8 +73,16 @@ def _multi_worker():
                          '"index": I}}') from err
     if not isinstance(cluster, dict) or not cluster:
         raise ValueError(f"TF_CONFIG has no usable cluster: {cluster!r}")
-    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    key = os.environ["TF_CONFIG"]
+    if key not in _MULTI_WORKER:
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=COLLECTIVE_TIMEOUT_S)
+        _MULTI_WORKER[key] = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return _MULTI_WORKER[key]
+
+
+#: One MultiWorkerMirroredStrategy per TF_CONFIG and process, for the reason of `_MIRRORED`: `train` asks for it
+#: once to hear the chief on a finished run, and again to train.
+_MULTI_WORKER = {}
 
 
 def _tpu():

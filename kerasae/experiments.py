@@ -137,16 +137,8 @@ def get_experiment(name):
 
 
 def finished(config):
-    """True when config.out holds a completed run of exactly this config."""
-    run_dir = Path(config.out)
-    if not ((run_dir / "metrics.json").exists() and (run_dir / "model.keras").exists()
-            and not (run_dir / "backup").exists()):
-        return False
-    try:
-        train_lib.prepare_run_dir(config)  # raises when the directory holds another config
-    except ValueError:
-        return False
-    return True
+    """True when config.out holds a completed run of exactly this config (what `train` would return untrained)."""
+    return train_lib.finished_run(config) is not None
 
 
 def run(name, root="runs/reproduce", quick=False, verbose="auto", data_dirs=None):

@@ -259,6 +259,29 @@ def test_a_finished_run_rerun_says_so_and_overwrite_retrains(run, capsys, tmp_pa
     assert [c.overwrite for c in seen] == [True]
 
 
+def test_under_multiworker_the_chief_answers_for_a_finished_run_and_alone_exports_it(tmp_path, monkeypatch, capsys):
+    """No answer before TensorFlow there: the workers hear the chief (kerasae.training.finished_metrics, run with two
+    workers in test_multiworker.py), and only the chief exports, as after training."""
+    import importlib
+
+    from kerasae import distribute
+
+    cli_train = importlib.import_module("kerasae.cli.train")
+    metrics, asked, exported = {"epochs": 3, "test": {"loss": 1.5}}, [], []
+    monkeypatch.setattr(kerasae.training, "finished_metrics", lambda config: asked.append(config.strategy) or metrics)
+    monkeypatch.setattr(distribute, "get_strategy", lambda name: f"strategy {name}")
+    monkeypatch.setattr(cli_train, "_export", lambda args, run_dir: exported.append(run_dir))
+    out = tmp_path / "run"
+    for chief in (True, False):
+        monkeypatch.setattr(distribute, "is_chief", lambda strategy: strategy == "strategy multiworker" and chief)
+        assert cli.train_main([*TINY, "--strategy", "multiworker", "--out", str(out), "--export", "tiny",
+                               "--export-dir", str(tmp_path / "exported")]) == 0
+    assert asked == ["multiworker", "multiworker"] and exported == [str(out)]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{out} already holds this finished run (3 epochs; test: loss 1.5); --overwrite (overwrite=True) "
+                     "trains it again"] * 2
+
+
 def test_overwrite_replaces_a_run_of_another_config_and_keeps_it_if_the_new_one_cannot_start(run, tmp_path,
                                                                                                monkeypatch):
     import pathlib

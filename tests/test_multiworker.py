@@ -29,7 +29,7 @@ def _free_ports(n):
 
 def _launch(workers, index, args, cwd, command=None):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))  # this copy
     command = command or [str(REPO / "scripts" / "train.py"), "--strategy", "multiworker", *args]
     return subprocess.Popen([sys.executable, *command], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -158,3 +158,92 @@ def test_a_dead_worker_fails_the_other_clearly_and_a_rerun_resumes(tmp_path):
     with open(out / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2, 3]
     assert json.loads((out / "metrics.json").read_text())["resumed_from_epoch"] == resume_at
+
+
+TINY = ["--preset", "ae-shallow", "--max-train-samples", "256", "--max-test-samples", "64", "--validation-size", "64",
+        "--epochs", "1", "--batch-size", "64"]
+
+
+def _finish(procs, timeout):
+    """Each worker's (returncode, stdout, stderr); one still running after `timeout` s is killed (returncode None)."""
+    deadline, results = time.time() + timeout, []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(1, deadline - time.time()))
+            results.append((proc.returncode, out, err))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            results.append((None, out, err))
+    return results
+
+
+def _run_dir_check(workers, index, slow, delay, args, cwd):
+    script = str(REPO / "tests" / "multiworker_run_dir_check.py")
+    return _launch(workers, index, [], cwd, command=[script, str(slow), str(delay), "--strategy", "multiworker",
+                                                    *args])
+
+
+@pytest.mark.slow
+def test_with_overwrite_only_the_chief_replaces_the_shared_out_and_the_other_worker_waits_for_it(tmp_path):
+    """The chief's replacing of --out is slowed down (6 s): the other worker must neither rename nor delete the run
+    meanwhile, nor go on before the chief is done (to read the old run's backup, which it has not put aside yet)."""
+    out = tmp_path / "run"
+    (out / "backup").mkdir(parents=True)  # an old interrupted run of another config, in the shared --out
+    (out / "config.json").write_text(json.dumps({"train": {"preset": "vae-mlp", "epochs": 9}}))
+    (out / "model.keras").write_bytes(b"old")
+    (out / "backup" / "training_metadata.json").write_text(json.dumps({"epoch": 1, "weights": "epoch-1.weights.h5"}))
+    (out / "backup" / "epoch-1.weights.h5").write_bytes(b"old")
+    workers = _cluster()
+    args = [*TINY, "--verbose", "2", "--out", str(out), "--overwrite"]
+    procs = [_run_dir_check(workers, i, 0, 6, args, tmp_path) for i in range(2)]
+    results = _finish(procs, 300)
+    for code, stdout, err in results:
+        assert code == 0, err[-3000:]
+        assert "Resuming" not in stdout
+    chief, other = (json.loads(stdout.strip().splitlines()[-1]) for _, stdout, _ in results)
+    (aside,) = [c for c in chief["calls"] if c[:2] == ["rename", str(out)]]  # the chief put the old run aside
+    assert [c for c in other["calls"] if c[1].startswith(str(tmp_path))] == []  # the other touched nothing of it
+    assert other["prepared"] > aside[-1]  # and went on only once the chief's (slowed) replacing was done
+    assert _digest(results[0][1]) == _digest(results[1][1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 0 and metrics["epochs"] == 1 and metrics["replicas"] == 2
+    assert (out / "model.keras").read_bytes() != b"old" and not (out / "backup").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the old run deleted, nothing left aside
+
+
+@pytest.mark.slow
+def test_a_chief_that_cannot_prepare_out_fails_the_other_worker_at_once(tmp_path):
+    (tmp_path / "file").write_text("")
+    outs = [tmp_path / "file" / "run", tmp_path / "worker1"]  # the chief's --out cannot be made
+    workers = _cluster()
+    procs = [_launch(workers, i, [*TINY, "--verbose", "0", "--out", str(outs[i])], tmp_path) for i in range(2)]
+    (chief, worker) = _finish(procs, 150)  # a worker left waiting for the chief would time out after 120 s
+    assert chief[0] == 2 and "cannot write to run directory" in chief[2].strip().splitlines()[-1], chief[2][-3000:]
+    assert worker[0] == 2, worker[2][-3000:]
+    assert "the chief worker could not prepare the run directory" in worker[2].strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_the_chiefs_answer_and_a_worker_without_it_says_so(tmp_path):
+    """The chief's --out holds a finished run of the command, the other worker's is empty (not shared): the chief
+    reports the run, the other is refused at once (it used to train, waiting for a chief that had exited)."""
+    from kerasae.cli.train import build_train_parser, config_from_args
+
+    outs = [tmp_path / "chief", tmp_path / "worker1"]
+    parser = build_train_parser()
+    args = [[*TINY, "--verbose", "0", "--out", str(out)] for out in outs]
+    config = config_from_args(parser, parser.parse_args(["--strategy", "multiworker", *args[0]]))
+    outs[0].mkdir()
+    (outs[0] / "config.json").write_text(json.dumps({"train": config.to_json()}))
+    (outs[0] / "metrics.json").write_text(json.dumps({"epochs": 1, "test": {"loss": 123.5}}))
+    (outs[0] / "model.keras").write_bytes(b"not loaded to report it")
+    workers = _cluster()
+    procs = [_launch(workers, i, args[i], tmp_path) for i in range(2)]
+    (chief, worker) = _finish(procs, 150)
+    assert worker[0] == 2, worker[2][-3000:]  # None: still waiting for the chief when killed
+    assert "the chief's --out holds this finished run" in worker[2].strip().splitlines()[-1]
+    assert not outs[1].exists()
+    assert chief[0] == 0, chief[2][-3000:]
+    (line,) = chief[1].splitlines()
+    assert line.startswith(f"{outs[0]} already holds this finished run (1 epochs; test: loss 123.5); --overwrite")

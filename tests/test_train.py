@@ -77,6 +77,69 @@ def test_rerun_with_another_config_is_refused(vae_run):
         train_lib.prepare(config)
 
 
+VAE_RUN = dict(preset="vae-mlp-2d", model_kwargs={"hidden_units": [64]}, **SMALL)
+
+
+def _snapshot(run_dir):
+    """Every path under run_dir (itself included) with its mtime and, for a file, its bytes."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in [run_dir, *run_dir.rglob("*")]}
+
+
+def test_train_returns_a_finished_run_as_it_is(vae_run, capsys, monkeypatch):
+    """The same config again (verbose aside): the finished run, loaded, in one line; nothing trained or written."""
+    from kerasae.training import core
+
+    run = vae_run.run_dir
+    before = _snapshot(run)
+    trained = []
+    monkeypatch.setattr(core, "fit", lambda *args, **kwargs: trained.append(args))
+    capsys.readouterr()
+    result = kerasae.train(**{**VAE_RUN, "verbose": 2}, out=str(run))
+    assert trained == [] and _snapshot(run) == before
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result.run_dir == run and result.metrics == metrics and metrics["epochs"] == 2
+    assert result.history == train_lib.read_history(run / "history.csv")
+    assert [r["epoch"] for r in result.history] == [0, 1] and type(result.model) is kerasae.VAE
+    digest = train_lib.weights_digest(result.model)
+    assert digest == metrics["weights_sha256"] == train_lib.weights_digest(vae_run.model)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(f"{run} already holds this finished run (2 epochs; test: ")
+    assert f"loss {metrics['test']['loss']:.4g}" in out[0] and out[0].endswith("overwrite=True) trains it again")
+    assert kerasae.train(**VAE_RUN, out=str(run)).metrics == metrics  # verbose=0: silent
+    assert capsys.readouterr().out == "" and trained == [] and _snapshot(run) == before
+
+
+class _Trains(Exception):
+    pass
+
+
+def test_train_trains_an_interrupted_run_or_with_overwrite_and_refuses_another_config(vae_run, tmp_path, monkeypatch):
+    import shutil
+
+    from kerasae.training import core
+
+    def prepare(config):  # reached: it trains (what prepare and fit then do is tested above and below)
+        raise _Trains(config.overwrite)
+
+    copy = tmp_path / "interrupted"
+    shutil.copytree(vae_run.run_dir, copy)
+    recorded = json.loads((copy / "config.json").read_text())
+    recorded["train"]["out"] = str(copy)
+    (copy / "config.json").write_text(json.dumps(recorded))
+    (copy / "backup").mkdir()  # BackupAndRestore's state: a run not finished
+    monkeypatch.setattr(core, "prepare", prepare)
+    with pytest.raises(_Trains, match="False"):
+        kerasae.train(**VAE_RUN, out=str(copy))
+    (copy / "backup").rmdir()
+    assert kerasae.train(**VAE_RUN, out=str(copy)).metrics["epochs"] == 2  # the same copy, finished
+    with pytest.raises(_Trains, match="True"):
+        kerasae.train(**VAE_RUN, out=str(copy), overwrite=True)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="different config.*epochs"):
+        kerasae.train(**{**VAE_RUN, "epochs": 3}, out=str(copy))
+    assert (copy / "model.keras").is_file()
+
+
 @pytest.mark.parametrize("bad", [{"model_kwargs": {"latent_dim": 0}}, {"dataset": "npz:missing.npz"},
                                  {"validation_size": 10**6}])
 def test_a_usage_error_leaves_no_run_directory(bad, tmp_path):

@@ -207,30 +207,31 @@ def train_main(argv=None, prog="train.py"):
             files.check_export_dir(args.export_dir)
         except ValueError as err:
             parser.error(f"--export-dir: {str(err).removeprefix('export_dir: ')}")
-    from kerasae.training.run_dir import finished_run  # no TensorFlow yet: a finished run is reported at once
+    from kerasae.training.run_dir import describe_test_metrics, finished_run
 
-    done = None if config.overwrite else finished_run(config)
-    if done is not None:  # the same command again: say so instead of training again
-        print(f"{config.out} already holds this finished run ({done.get('epochs')} epochs; test: "
-              f"{_test_metrics(done)}); --overwrite trains it again")
-        if args.export is not None and config.strategy != "multiworker":  # (one writer: the chief of a new run)
-            _export(args, config.out)
-        return 0
+    # The same command again: said at once, before TensorFlow loads; under multiworker the chief's answer, heard
+    # (once TensorFlow runs) by every worker.
+    done = None if config.overwrite or config.strategy == "multiworker" else finished_run(config)
+    if done is not None:
+        return _report_finished(args, config, done, chief=True)
     from kerasae import distribute
     from kerasae import training as train_lib
     from kerasae.data import DataError
 
     try:
-        prepared = train_lib.prepare(config)
+        done = train_lib.finished_metrics(config) if config.strategy == "multiworker" else None
+        prepared = None if done is not None else train_lib.prepare(config)
     except (ValueError, TypeError) as err:  # bad config or data: a usage error, not a traceback
         parser.error(" ".join(str(err).split()))
+    if done is not None:
+        return _report_finished(args, config, done, chief=distribute.is_chief(distribute.get_strategy("multiworker")))
     try:
         result = train_lib.fit(config, *prepared)
     except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
         print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: "
-          f"{_test_metrics(result.metrics)}")
+          f"{describe_test_metrics(result.metrics)}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
     print(f"run directory: {result.run_dir}")
     if args.export is not None and distribute.is_chief(prepared.strategy):
@@ -238,8 +239,14 @@ def train_main(argv=None, prog="train.py"):
     return 0
 
 
-def _test_metrics(metrics):
-    return ", ".join(f"{k} {v:.4g}" for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)))
+def _report_finished(args, config, metrics, chief):
+    """One line instead of training again; --export exports the run (on the chief alone: one writer)."""
+    from kerasae.training.run_dir import finished_message
+
+    print(finished_message(config.out, metrics))
+    if args.export is not None and chief:
+        _export(args, config.out)
+    return 0
 
 
 def _export(args, run_dir):

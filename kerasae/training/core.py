@@ -29,9 +29,9 @@ from kerasae.training.callbacks import (AtomicBackupAndRestore, AtomicModelCheck
                                         EpochProgbarLogger, EpochTimer, ImageSummaries)
 from kerasae.training.figures import save_figures
 from kerasae.training import precision, recipe
-from kerasae.training.multiworker import loop_evaluate, loop_fit
-from kerasae.training.run_dir import (backup_epoch, check_run_dir, prepare_run_dir, read_history, save_model_atomic,
-                                      trim_history)
+from kerasae.training.multiworker import chiefs_finished_run, loop_evaluate, loop_fit, prepare_run_dir_on_chief
+from kerasae.training.run_dir import (backup_epoch, check_run_dir, finished_message, finished_run, prepare_run_dir,
+                                      read_history, save_model_atomic, trim_history)
 from kerasae.training.train_functions import compile_for_fit, plan_executions, train_function_kind
 
 
@@ -181,8 +181,7 @@ def prepare(config):
     turn it into a usage error.
     """
     config.validate()
-    distribute.configure_cpu_replicas(config.cpu_replicas)
-    strategy = distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
+    strategy = _strategy(config)
     if config.jit_compile and strategy.num_replicas_in_sync > 1:
         raise ValueError(f"jit_compile does not work with {strategy.num_replicas_in_sync} replicas: XLA cannot "
                          "compile a step whose variables live on several devices (Keras turns it off under "
@@ -228,14 +227,58 @@ def prepare(config):
     saved_warmup = (config.init_from and "kl_warmup_steps" not in config.model_kwargs
                     and _init_warmup_steps(config.init_from))
     log(recipe.describe_objective(record["objective"], config.init_from, saved_warmup))
-    run_dir = prepare_run_dir(config)  # only now: a usage error above leaves no empty run directory behind
+    # Only now: a usage error above leaves no empty run directory behind. Multi-worker: the chief's alone.
+    run_dir = (prepare_run_dir_on_chief(config, strategy) if distribute.is_multi_worker(strategy)
+               else prepare_run_dir(config))
     return Prepared(run_dir, data, val_size, strategy, model, record)
 
 
+def _strategy(config):
+    distribute.configure_cpu_replicas(config.cpu_replicas)
+    return distribute.get_strategy(config.strategy)  # first: multi-worker must precede other TF work
+
+
 def train(config=None, **kwargs):
-    """Train per `config` (or TrainConfig(**kwargs)) and write the run directory; returns a TrainResult."""
+    """Train per `config` (or TrainConfig(**kwargs)) and write the run directory; returns a TrainResult.
+
+    A finished run of this config already in config.out is returned as it is (see `finished`), as the command
+    line reports it, instead of being trained again from scratch; overwrite=True trains it again. An
+    interrupted run resumes.
+    """
     config = config or TrainConfig(**kwargs)
+    done = finished(config)
+    if done is not None:
+        return done
     return fit(config, *prepare(config))
+
+
+def finished(config):
+    """The finished run of `config` in config.out as a TrainResult, else None (see `finished_metrics`).
+
+    Its model is model.keras loaded as `kerasae.load_model` loads it (checked; not compiled), its history and
+    metrics are history.csv and metrics.json: nothing in the directory is written. Says so in one line (unless
+    verbose=0).
+    """
+    metrics = finished_metrics(config)
+    if metrics is None:
+        return None
+    if config.verbose != 0:
+        print(finished_message(config.out, metrics))
+    run_dir = Path(config.out)
+    return TrainResult(model=load_keras_model(run_dir / "model.keras"), run_dir=run_dir,
+                       history=read_history(run_dir / "history.csv"), metrics=metrics)
+
+
+def finished_metrics(config):
+    """metrics.json of a finished run of `config` in config.out (run_dir.finished_run), else None (always with
+    config.overwrite). Under strategy 'multiworker' the chief's answer, which every worker must ask for."""
+    config.validate()
+    if config.overwrite:
+        return None
+    metrics = finished_run(config)
+    if config.strategy == "multiworker":
+        metrics = chiefs_finished_run(_strategy(config), metrics, config.out)
+    return metrics
 
 
 def fit(config, run_dir, data, val_size, strategy, model, record=None):

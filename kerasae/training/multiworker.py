@@ -1,11 +1,17 @@
 """Training under MultiWorkerMirroredStrategy, which `model.fit` cannot drive (keras-team/keras#20585):
 `loop_fit` and `loop_evaluate` run the model's own train and test steps with `strategy.run`, through the
-same callbacks as `fit`, and turn a dead peer into WorkerLostError.
+same callbacks as `fit`, and turn a dead peer into WorkerLostError. The workers share the run directory, which
+the chief alone writes: `prepare_run_dir_on_chief` and `chiefs_finished_run` make the others follow the chief.
 """
+
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kerasae import distribute
+from kerasae.training.run_dir import prepare_run_dir
 
 
 class WorkerLostError(RuntimeError):
@@ -87,15 +93,61 @@ def loop_fit(model, strategy, dataset, epochs, validation_data=None, callbacks=(
     return model.history
 
 
+def prepare_run_dir_on_chief(config, strategy):
+    """`prepare_run_dir` on the chief alone; every worker returns only once the chief's is done.
+
+    The workers share --out (they resume from the chief's backup). Were each to prepare it, with overwrite each
+    would rename the run aside and delete it, a late one taking the directory the chief had begun the new run in;
+    and a worker could read the old run's backup before the chief had put it aside. So the others touch nothing
+    and wait for the chief (a collective), and a chief that fails (a bad --out) fails them all at once, instead of
+    leaving them waiting out the collective timeout.
+    """
+    error = None
+    if distribute.is_chief(strategy):
+        try:
+            prepare_run_dir(config)
+        except Exception as err:  # noqa: BLE001  (re-raised below, once the others know)
+            error = err
+    (failed,) = _sum_over_workers(strategy, [int(error is not None)])
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError(f"out: the chief worker could not prepare the run directory {str(config.out)!r} (its "
+                         "error says why)")
+    return Path(config.out)
+
+
+def chiefs_finished_run(strategy, metrics, out):
+    """The chief's finished run, as `metrics` (this worker's run_dir.finished_run), or None: every worker trains
+    or none does. A collective that every worker calls.
+
+    Only the chief writes the run, so its answer counts; a worker that does not see the chief's finished run
+    has another --out than the chief, which is refused (were it to train, it would wait for the chief forever).
+    """
+    (chief_done,) = _sum_over_workers(strategy, [int(distribute.is_chief(strategy) and metrics is not None)])
+    if not chief_done:
+        return None
+    if metrics is None:
+        raise ValueError(f"out: the chief's --out holds this finished run, but {str(out)!r} does not here: put "
+                         "--out on storage every worker shares (or --overwrite to train it again)")
+    return metrics
+
+
+def _sum_over_workers(strategy, values):
+    """`values` (ints) summed over every replica of every worker: a collective, so every worker must call it, at
+    the same point."""
+    @tf.function
+    def reduce():
+        per_replica = strategy.run(lambda: tf.constant(values, tf.int64))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return reduce().numpy().tolist()
+
+
 def _check_workers_agree(strategy, initial_epoch):
     """Every worker must resume from the same epoch, else their steps would not line up."""
     # all values equal  <=>  n * sum(v^2) == sum(v)^2  (ReduceOp has only SUM and MEAN)
-    @tf.function
-    def reduce():
-        per_replica = strategy.run(lambda: tf.constant([1, initial_epoch, initial_epoch**2], tf.int64))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    n, total, squares = reduce().numpy().tolist()
+    n, total, squares = _sum_over_workers(strategy, [1, initial_epoch, initial_epoch**2])
     if n * squares != total * total:
         raise ValueError(f"workers would resume from different epochs (this one from {initial_epoch}): every "
                          "worker must read the chief's backup, so put --out on storage they all share")

@@ -108,6 +108,17 @@ def finished_run(config):
         return None
 
 
+def finished_message(out, metrics):
+    """The line a rerun of a finished run prints instead of training (the command line and `train` alike)."""
+    return (f"{out} already holds this finished run ({metrics.get('epochs')} epochs; test: "
+            f"{describe_test_metrics(metrics)}); --overwrite (overwrite=True) trains it again")
+
+
+def describe_test_metrics(metrics):
+    """metrics.json's test metrics as "loss 1.234, kl 5.678"."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in (metrics.get("test") or {}).items() if isinstance(v, (int, float)))
+
+
 def backup_epoch(backup_dir):
     """The epoch a run in `backup_dir` resumes from (0: no backup)."""
     meta = Path(backup_dir) / "training_metadata.json"
