@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from kerasae.evaluate import _map, codes, psnr
+from kerasae.running import _map, as_test_images, codes, psnr
 
 
 def _to_uint8(x):
@@ -140,14 +140,19 @@ JPEG_QUALITIES = (5, 10, 25, 50, 75, 90)
 
 def vq_rate_distortion(model, x_test, batch_size=1000):
     """A VQ-VAE's integer codes: fixed-length bytes (L * log2(K) bits), entropy-coded bytes under its factorized
-    prior (`VQVAE.code_length_bits`; an ideal arithmetic coder), PSNR of the decoded codes, codebook use."""
-    indices = _map(model.encode, x_test, batch_size)
-    x_hat = _map(model.decode, indices, batch_size)
-    counts = np.bincount(indices.reshape(-1), minlength=model.num_embeddings)
+    prior (`VQVAE.code_length_bits`; an ideal arithmetic coder), PSNR of the decoded codes, codebook use.
+
+    A batch at a time (x_test an array or `TestImages`): code lengths and PSNRs summed, code counts added."""
+    counts, bits, psnr_sum, images = np.zeros(model.num_embeddings, np.int64), 0.0, 0.0, 0
+    for _, xb, _ in as_test_images(x_test).batches(batch_size):
+        indices = np.asarray(model.encode(xb))
+        counts += np.bincount(indices.reshape(-1), minlength=model.num_embeddings)
+        bits += float(np.asarray(model.code_length_bits(indices), np.float64).sum())
+        psnr_sum += float(np.minimum(psnr(xb, np.asarray(model.decode(indices))), 100.0).sum())
+        images += len(xb)
     p = counts[counts > 0] / counts.sum()
-    return {"bytes_per_image": model.bits_per_image / 8,
-            "entropy_coded_bytes_per_image": float(np.mean(_map(model.code_length_bits, indices, batch_size))) / 8,
-            "psnr_db": float(np.mean(np.minimum(psnr(x_test, x_hat), 100.0))), "num_codes": model.num_codes,
+    return {"bytes_per_image": model.bits_per_image / 8, "entropy_coded_bytes_per_image": bits / images / 8,
+            "psnr_db": psnr_sum / images, "num_codes": model.num_codes,
             "codebook_size": model.num_embeddings, "codes_used": int((counts > 0).sum()),
             "perplexity": float(np.exp(-(p * np.log(p)).sum())),
             "decoder_bytes": int(sum(np.asarray(w).nbytes for w in model.decoder.weights)

@@ -25,10 +25,10 @@ from kerasae import training as train_lib
 from kerasae.config import reopen_options
 from kerasae.files import atomic_path, load_keras_model, write_json
 from kerasae.losses import bits_per_dim
-from kerasae.models.base import check_positive_int, draw
+from kerasae.models.base import check_positive_int, draw_rows
 from kerasae.models.dae import apply_noise
 from kerasae.running import (RunningMoments, TestImages, _reconstruction_result,  # noqa: F401 (re-exported)
-                             _reconstruction_sums, as_test_images, psnr, reconstruction_metrics,
+                             _reconstruction_sums, as_test_images, codes, psnr, reconstruct, reconstruction_metrics,
                              reconstruction_metrics_of)
 
 #: Per run directory: VAE evaluations already done (see evaluate_vae's `cache`).
@@ -73,27 +73,6 @@ def run_data(run_dir, stream_test=False):
         x_train = x_train.head(MAX_BASELINE_TRAIN_IMAGES).to_arrays()[0]
         data = data.take(1) if stream_test else data.take(1).to_memory()  # one training image; test split whole
     return data, x_train
-
-
-def _batches(x, batch_size):
-    for i in range(0, len(x), batch_size):
-        yield i, x[i:i + batch_size]
-
-
-def _map(fn, x, batch_size=1000, labels=None):
-    """fn over x in batches (with the matching labels, for a conditional model's methods), concatenated."""
-    if labels is None:
-        return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
-    return np.concatenate([np.asarray(fn(b, labels[i:i + len(b)])) for i, b in _batches(x, batch_size)])
-
-
-def codes(model, x, batch_size=1000, labels=None):
-    """The code of each image: z for AEs, the posterior mean for VAEs (a conditional VAE's given the labels)."""
-    return model.latent_codes(x, labels, batch_size) if model.conditional else model.latent_codes(x, batch_size)
-
-
-def reconstruct(model, x, batch_size=1000, labels=None):
-    return _map(model.reconstruct, x, batch_size, labels)
 
 
 # ---- VAEs -------------------------------------------------------------------------------------
@@ -303,25 +282,32 @@ def evaluate_autoencoder(model, x_test):
 DENOISING_NOISES = (("gaussian", 0.3), ("gaussian", 0.5), ("masking", 0.5))
 
 
-def corrupt(x, noise_type, level, seed=0):
-    """Seeded corruption of images, as DenoisingAutoencoder trains with (any type and level)."""
+def corrupt(x, noise_type, level, seed=0, first=0):
+    """Seeded corruption of images, as DenoisingAutoencoder trains with (any type and level); x as rows `first`
+    on of a split: their rows of corrupting the whole split."""
     x = tf.constant(x, tf.float32)
-    return apply_noise(x, noise_type, level, lambda kind, shape: draw(kind, shape, seed)).numpy()
+    return apply_noise(x, noise_type, level, lambda kind, shape: draw_rows(kind, shape, seed, first)).numpy()
 
 
-def evaluate_denoising(model, x_test, noises=DENOISING_NOISES, seed=0):
-    """PSNR (dB) of noisy vs clean and of denoised (model.reconstruct(noisy)) vs clean, per noise."""
-    rows = []
-    for noise_type, level in noises:
-        noisy = corrupt(x_test, noise_type, level, seed)
-        denoised = reconstruct(model, noisy)
-        rows.append({"noise": noise_type, "level": level,
-                     "psnr_noisy_db": float(np.mean(psnr(x_test, noisy))),
-                     "psnr_denoised_db": float(np.mean(psnr(x_test, denoised))),
-                     "mse_noisy": float(np.mean((x_test - noisy) ** 2)),
-                     "mse_denoised": float(np.mean((x_test - denoised) ** 2))})
-        rows[-1]["gain_db"] = rows[-1]["psnr_denoised_db"] - rows[-1]["psnr_noisy_db"]
-    return rows
+def evaluate_denoising(model, x_test, noises=DENOISING_NOISES, seed=0, batch_size=1000):
+    """PSNR (dB) of noisy vs clean and of denoised (model.reconstruct(noisy)) vs clean, per noise.
+
+    A batch at a time (x_test an array or `TestImages`), each batch read once for every noise, with its rows of
+    the whole split's corruption (`corrupt`'s `first`): a streamed split scores as the same images in memory."""
+    sums = [dict.fromkeys(("psnr_noisy", "psnr_denoised", "se_noisy", "se_denoised"), 0.0) for _ in noises]
+    images = pixels = 0
+    for start, xb, _ in as_test_images(x_test).batches(batch_size):
+        clean = xb.astype(np.float64)
+        for (noise_type, level), row in zip(noises, sums):
+            noisy = corrupt(xb, noise_type, level, seed, first=start)
+            for name, y in (("noisy", noisy), ("denoised", np.asarray(model.reconstruct(noisy)))):
+                row[f"psnr_{name}"] += float(psnr(clean, y).sum())
+                row[f"se_{name}"] += float(((clean - y.reshape(clean.shape)) ** 2).sum())
+        images, pixels = images + len(xb), pixels + xb.size
+    rows = [{"noise": noise_type, "level": level, "psnr_noisy_db": row["psnr_noisy"] / images,
+             "psnr_denoised_db": row["psnr_denoised"] / images, "mse_noisy": row["se_noisy"] / pixels,
+             "mse_denoised": row["se_denoised"] / pixels} for (noise_type, level), row in zip(noises, sums)]
+    return [{**row, "gain_db": row["psnr_denoised_db"] - row["psnr_noisy_db"]} for row in rows]
 
 
 def pca_baseline(x_train, x_test, n_components, seed=0):
@@ -416,10 +402,8 @@ def evaluate_run(run_dir, k=5000, max_test_samples=None, progress=True):
     if model.conditional and (not data.test.has_labels if data.streamed else data.y_test is None):
         raise ValueError(f"{run_dir}: a conditional model is evaluated on labelled test images; its dataset's "
                          "test split has no labels")
-    if data.streamed:  # read a batch at a time (a DAE's noise and a VQ-VAE's codes: the whole split in memory)
+    if data.streamed:  # read a batch at a time
         x_test = TestImages(data.test.head(max_test_samples), labels=model.conditional)
-        if model.family in ("dae", "vqvae"):
-            x_test = x_test.to_array()[0]
     else:
         x_test = data.x_test[:max_test_samples]
         labels = data.y_test[:len(x_test)] if model.conditional else None

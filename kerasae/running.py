@@ -1,6 +1,7 @@
 """Evaluation batch by batch: test images read in order a batch at a time (an array, or a streamed split
-decoded as it is read), and the running statistics `kerasae.evaluate` reduces them to, so that evaluating a
-split of a million streamed images holds one batch of them in memory, not the split."""
+decoded as it is read) and the running statistics `kerasae.evaluate` reduces them to, so that evaluating a
+split of a million streamed images holds one batch of them in memory, not the split; also a model's methods
+mapped over an array a batch at a time (`codes`, `reconstruct`)."""
 
 import numpy as np
 import tensorflow as tf
@@ -85,6 +86,27 @@ class TestImages:
         has_labels = self.labels is not None and self.labels is not False
         y = np.concatenate([p[2] for p in parts]) if has_labels and parts else None
         return x, y
+
+
+def _batches(x, batch_size):
+    for i in range(0, len(x), batch_size):
+        yield i, x[i:i + batch_size]
+
+
+def _map(fn, x, batch_size=1000, labels=None):
+    """fn over x in batches (with the matching labels, for a conditional model's methods), concatenated."""
+    if labels is None:
+        return np.concatenate([np.asarray(fn(b)) for _, b in _batches(x, batch_size)])
+    return np.concatenate([np.asarray(fn(b, labels[i:i + len(b)])) for i, b in _batches(x, batch_size)])
+
+
+def codes(model, x, batch_size=1000, labels=None):
+    """The code of each image: z for AEs, the posterior mean for VAEs (a conditional VAE's given the labels)."""
+    return model.latent_codes(x, labels, batch_size) if model.conditional else model.latent_codes(x, batch_size)
+
+
+def reconstruct(model, x, batch_size=1000, labels=None):
+    return _map(model.reconstruct, x, batch_size, labels)
 
 
 def psnr(x, x_hat):

@@ -103,6 +103,8 @@ def assert_trained(entry, reps):
     ("fit_stalls.py", ["--calls", "0"]),
     ("precision_throughput.py", ["--epochs-per-rep", "1"]),
     ("precision_throughput.py", ["--presets", "vae-mlp,vae-gan"]),
+    ("tfds_skip.py", ["--read", "0"]),
+    ("tfds_skip.py", ["--records", "500", "--read", "500"]),
 ])
 def test_bad_arguments_are_usage_errors(script, args):
     proc = run_benchmark(script, *args, timeout=120)
@@ -430,6 +432,42 @@ def test_precision_throughput_quick_runs_every_arm_and_judges_targets_only_on_bf
         rel=1e-3)
     for target in entry["targets"].values():
         assert target["pass"] is None if not bf16 else target["pass"] == (target["value"] >= 1.0)
+
+
+def test_tfds_skip_quick_reads_both_ends_through_every_arm(tmp_path):
+    """A tfds dataset built offline in 2 files: every arm's first and last 100 records timed twice (each read
+    counted: the script fails on a short read), ratios of the medians."""
+    out = tmp_path / "tfds_skip.json"
+    result = load_result(run_benchmark("tfds_skip.py", "--quick", "--out", out), out)
+    assert_header(result, "tfds_skip")
+    assert result["setup"]["records"] == 1000 and result["setup"]["files"] == 2 and result["setup"]["read"] == 100
+    assert list(result["arms"]) == ["kerasae", "tfds as_dataset + skip", "tfds split slice"]
+    for row in result["arms"].values():
+        for key in ("first_wall_s", "last_wall_s", "first_cpu_s", "last_cpu_s"):
+            assert_summary(row[key], n=2)
+        assert row["ratio_last_to_first"] == pytest.approx(row["last_wall_s"]["median"] / row["first_wall_s"]["median"],
+                                                           rel=1e-3)
+    assert result["met"] == (result["arms"]["kerasae"]["ratio_last_to_first"] <= 1.5)
+
+
+def test_data_docs_quote_the_tfds_skip_benchmark():
+    """docs/data.md's sentence on reading the end of a tfds split is what benchmarks/tfds_skip.py wrote."""
+    result = json.loads((BENCH / "results" / "tfds_skip.json").read_text())
+    assert not result["quick"]
+    setup, arms = result["setup"], result["arms"]
+    text = " ".join((REPO / "docs" / "data.md").read_text().split())
+    ours, skip, sliced = (arms[arm] for arm in ("kerasae", "tfds as_dataset + skip", "tfds split slice"))
+    quoted = (f"Reading the last {setup['read']:,} of {setup['records']:,} small tfds records in {setup['files']} files "
+              f"took {ours['last_wall_s']['median']:.2f} s, the first {setup['read']:,} "
+              f"{ours['first_wall_s']['median']:.2f} s (medians of {setup['repeats']}, with other processes using "
+              f"{result['machine_at_end']['other_processes_cores']:.1f} cores; CPU time last / first "
+              f"{ours['ratio_last_to_first_cpu']:.2f}); through tfds' `as_dataset` and `skip`, which parses every "
+              f"record it skips, {skip['last_wall_s']['median']:.2f} and {skip['first_wall_s']['median']:.2f} s (CPU "
+              f"time {skip['ratio_last_to_first_cpu']:.2f}); tfds' own split slicing "
+              f"(`train[{setup['records'] - setup['read']}:]`) also skips whole files: "
+              f"{sliced['last_wall_s']['median']:.2f} and {sliced['first_wall_s']['median']:.2f} s (CPU time "
+              f"{sliced['ratio_last_to_first_cpu']:.2f})")
+    assert quoted in text, quoted
 
 
 def test_performance_docs_quote_the_fit_stalls_benchmark():

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kerasae
 from kerasae import data as data_lib
@@ -196,6 +197,125 @@ def test_evaluate_run_never_loads_a_streamed_test_split(folder, tmp_path, monkey
         assert result["vae"][key] == pytest.approx(want[key], rel=RTOL), key
     assert result["prior_match"] == pytest.approx(ev.mmd_to_prior(ev.codes(model, data.x_test)), rel=RTOL)
     assert ev.evaluate_run(out, k=4, max_test_samples=10, progress=False)["vae"]["num_images"] == 10
+
+
+class _Recorded:
+    """A model whose methods record how many images (or codes) each call was given."""
+
+    def __init__(self, model, *methods):
+        self.model, self.calls = model, []
+        for name in methods:
+            setattr(self, name, self._recording(getattr(model, name)))
+
+    def _recording(self, method):
+        def call(x, *args):
+            self.calls.append(len(x))
+            return method(x, *args)
+        return call
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_draw_rows_are_rows_of_the_whole_draw(kind):
+    """draw_rows(first) gives exactly rows first.. of the whole draw, also where a row of 15 numbers starts
+    inside one of Philox's groups of 4 and for another seed and stream."""
+    from kerasae.models.base import draw, draw_rows
+
+    for row, seed, stream in (((3, 5, 1), 0, 0), ((3, 5, 1), 123, 5), ((28, 28, 1), 7, 0)):
+        whole = draw(kind, [40, *row], seed, stream=stream).numpy()
+        for first, n in ((0, 40), (1, 3), (2, 5), (3, 1), (13, 27)):
+            got = draw_rows(kind, [n, *row], seed, first, stream=stream).numpy()
+            np.testing.assert_array_equal(got, whole[first:first + n], err_msg=f"{row} {seed} {stream} {first}")
+
+
+def test_streamed_denoising_equals_the_whole_split_corrupted_at_once(streamed):
+    """evaluate_denoising on the streamed split in batches of 8: each batch gets its rows of the whole split's
+    noise, so every row equals numpy's scores of the split corrupted at once (tf's stateless draw of [45, 28, 28,
+    1], the published protocol), as does the in-memory call; the model never sees more than 8 images."""
+    from kerasae.models.base import draw
+    from kerasae.models.dae import apply_noise
+
+    data, memory = streamed
+    x = memory.x_test
+    dae = _Recorded(kerasae.build("dae-mlp", hidden_units=[16], latent_dim=4, seed=0), "reconstruct")
+    got = ev.evaluate_denoising(dae, TestImages(data.test), batch_size=8)
+    assert max(dae.calls) == 8 and sum(dae.calls) == 45 * len(ev.DENOISING_NOISES)
+    assert ev.evaluate_denoising(dae, TestImages(data.test), batch_size=8) == got  # deterministic
+    memory_rows = ev.evaluate_denoising(dae.model, x)
+    assert [(r["noise"], r["level"]) for r in got] == list(ev.DENOISING_NOISES)
+    x64 = x.reshape(len(x), -1).astype(np.float64)
+    for row, memory_row, (noise, level) in zip(got, memory_rows, ev.DENOISING_NOISES):
+        noisy = apply_noise(tf.constant(x), noise, level, lambda kind, shape: draw(kind, shape, 0)).numpy()
+        denoised = dae.model.reconstruct(noisy).numpy()
+        psnr_noisy = np.mean(-10 * np.log10(((noisy.reshape(len(x), -1) - x64) ** 2).mean(axis=1)))
+        psnr_denoised = np.mean(-10 * np.log10(((denoised.reshape(len(x), -1) - x64) ** 2).mean(axis=1)))
+        want = {"psnr_noisy_db": psnr_noisy, "psnr_denoised_db": psnr_denoised, "gain_db": psnr_denoised - psnr_noisy,
+                "mse_noisy": np.mean((noisy - x64.reshape(x.shape)) ** 2),
+                "mse_denoised": np.mean((denoised - x64.reshape(x.shape)) ** 2)}
+        assert set(row) == set(want) | {"noise", "level"}
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, rel=RTOL), (noise, level, key)
+            assert memory_row[key] == pytest.approx(value, rel=RTOL), (noise, level, key)
+
+
+def test_streamed_vq_statistics_equal_the_in_memory_ones(streamed):
+    """vq_rate_distortion on the streamed split in batches of 8 (the last of 5): the numbers of encoding and
+    decoding the whole array at once (numpy), counts exactly; the model never encodes more than 8 images."""
+    from kerasae.compression import vq_rate_distortion
+
+    data, memory = streamed
+    x = memory.x_test
+    model = kerasae.build("vqvae-mlp", hidden_units=[16], num_embeddings=16, embedding_dim=4, num_codes=4, seed=0)
+    vq = _Recorded(model, "encode")
+    got = vq_rate_distortion(vq, TestImages(data.test), batch_size=8)
+    assert vq.calls == [8] * 5 + [5]
+    indices = model.encode(x).numpy()
+    counts = np.bincount(indices.reshape(-1), minlength=16)
+    p = counts[counts > 0] / counts.sum()
+    psnr = -10 * np.log10(((model.decode(indices).numpy() - x) ** 2).astype(np.float64).reshape(len(x), -1)
+                          .mean(axis=1))
+    assert got["codes_used"] == int((counts > 0).sum()) > 1 and got["codebook_size"] == 16 and got["num_codes"] == 4
+    assert got["bytes_per_image"] == 2.0 and got["decoder_bytes"] == vq_rate_distortion(model, x)["decoder_bytes"]
+    assert got["perplexity"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=RTOL)
+    assert got["psnr_db"] == pytest.approx(np.minimum(psnr, 100.0).mean(), rel=RTOL)
+    bits = model.code_length_bits(indices).numpy().astype(np.float64)
+    assert got["entropy_coded_bytes_per_image"] == pytest.approx(bits.mean() / 8, rel=RTOL)
+    assert vq_rate_distortion(model, x) == pytest.approx(got, rel=RTOL)
+
+
+@pytest.mark.parametrize("preset, kwargs", [
+    ("dae-mlp", {"hidden_units": [16], "latent_dim": 2}),
+    ("vqvae-mlp", {"hidden_units": [16], "num_embeddings": 16, "embedding_dim": 4, "num_codes": 4})])
+def test_evaluate_run_streams_a_dae_and_a_vqvae(folder, tmp_path, monkeypatch, preset, kwargs):
+    """A DAE's denoising scores and a VQ-VAE's code statistics of a streamed run come a batch at a time (decoding
+    the whole test split, either way, raises here) and equal the evaluation of the split in memory."""
+    from kerasae.compression import vq_rate_distortion
+
+    out = tmp_path / "run"
+    kerasae.train(preset=preset, model_kwargs=kwargs, dataset=f"images:{folder}", image_size=(28, 28),
+                  color_mode="grayscale", data_mode="stream", epochs=1, batch_size=16, validation_size=8, out=str(out),
+                  verbose=0)
+    data, _ = ev.run_data(out)
+    model = ev.load_model(out)
+
+    def whole(*args, **kwargs):
+        raise AssertionError("the whole test split was decoded")
+
+    monkeypatch.setattr(data_lib.StreamedData, "to_memory", whole)
+    monkeypatch.setattr(TestImages, "to_array", whole)
+    result = ev.evaluate_run(out, progress=False)
+    assert result["num_test"] == 45
+    if preset == "dae-mlp":
+        want = ev.evaluate_denoising(model, data.x_test)
+        assert [(r["noise"], r["level"]) for r in result["denoising"]] == [(r["noise"], r["level"]) for r in want]
+        for got_row, want_row in zip(result["denoising"], want):
+            for key in ("psnr_noisy_db", "psnr_denoised_db", "gain_db", "mse_noisy", "mse_denoised"):
+                assert got_row[key] == pytest.approx(want_row[key], rel=RTOL), key
+    else:
+        assert result["codes"] == pytest.approx(vq_rate_distortion(model, data.x_test), rel=RTOL)
+    assert result["reconstruction"] == pytest.approx(ev.evaluate_autoencoder(model, data.x_test), rel=RTOL)
 
 
 @pytest.mark.parametrize("args", [["--sizes", "100,x"], ["--k", "0"]])

@@ -56,6 +56,30 @@ def draw(kind, shape, seed=None, step=None, stream=0):
     return full[replica * local:(replica + 1) * local]
 
 
+_STATELESS_V2 = {"normal": tf.raw_ops.StatelessRandomNormalV2, "uniform": tf.raw_ops.StatelessRandomUniformV2}
+
+
+def draw_rows(kind, shape, seed, first, stream=0):
+    """Rows first .. first + shape[0] of draw(kind, [M, *shape[1:]], seed, stream=stream), for any M that holds
+    them: the same numbers, so a split corrupted a batch at a time gets the noise of corrupting it whole.
+
+    A stateless Philox draw's element i comes from counter value (start + i // 4) alone (four numbers per
+    value), so rows from `first` on are the draw from that counter, less the (first * row size) % 4 it
+    starts with.
+    """
+    shape = [int(s) for s in shape]
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=[int(seed), stream])
+    alg = tf.raw_ops.StatelessRandomGetAlg()
+    if int(alg) != 1:  # Philox; another device's algorithm would lay its numbers out differently
+        raise NotImplementedError(f"draw_rows needs the Philox algorithm (1), this device's is {int(alg)}")
+    group, skip = divmod(first * int(np.prod(shape[1:])), 4)
+    low = int(counter[0]) + group  # the 128-bit counter as two uint64 words, low first
+    counter = tf.constant([low % 2**64, (int(counter[1]) + low // 2**64) % 2**64], tf.uint64)
+    flat = _STATELESS_V2[kind](shape=[skip + int(np.prod(shape))], key=key, counter=counter, alg=alg,
+                               dtype=tf.float32)
+    return tf.reshape(flat[skip:], shape)
+
+
 def _check_finite(t, name):
     if not bool(tf.reduce_all(tf.math.is_finite(t))):
         raise ValueError(f"{name} contains NaN or Inf values")
