@@ -183,7 +183,7 @@ def _check_scale_flags(parser, preset, overrides):
 
 
 def print_presets():
-    """One line per preset: name, family, description (the codec presets last, in their own family)."""
+    """One line per preset, in registration order: name, family ("codec" for the codec ladder), description."""
     width = max(map(len, registry.PRESETS))
     family_width = max(len(p.family) for p in registry.PRESETS.values())
     for name, preset in registry.PRESETS.items():
