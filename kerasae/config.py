@@ -64,6 +64,7 @@ class TrainConfig:
         from kerasae import registry
 
         if self.init_from is None:
+            registry.check_trainable(self.preset)
             registry.preset_kwargs(self.preset, **self.model_kwargs)
         elif str(self.init_from).startswith(ZOO_PREFIX):
             from kerasae import zoo

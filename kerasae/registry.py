@@ -4,17 +4,23 @@ Adding a preset is one `register_preset` line; it then gets the CLI (`--preset`)
 standard test contract and export for free. The built-in presets name their class
 ("kerasae.models:VAE"), which is imported on first use: listing presets and checking a
 preset name need no TensorFlow, so the CLI answers at once.
+
+Besides the autoencoder families (`FAMILIES`, what `--arch` picks and `kerasae.train` trains) the registry holds
+the learned image codec's quality ladder (family "codec", `kerasae.codec.ladder`): `build` makes them, and they
+train with `python scripts/train_codec.py` (`check_trainable` says so).
 """
 
 import dataclasses
 import importlib
 import inspect
 
+from kerasae.codec import ladder
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
     name: str
-    family: str  # "ae", "dae", "vae", "cvae" or "vqvae": what --arch calls it
+    family: str  # "ae", "dae", "vae", "cvae" or "vqvae" (what --arch calls it), or "codec"
     kwargs: dict
     description: str
     class_path: str  # "module:ClassName"
@@ -30,8 +36,10 @@ PRESETS: dict[str, Preset] = {}
 
 #: The preset `--arch FAMILY` picks.
 DEFAULT_PRESETS = {"ae": "ae-mlp-seed", "dae": "dae-mlp", "vae": "vae-mlp", "cvae": "cvae-mlp", "vqvae": "vqvae-conv"}
-#: The model families (a kerasae model's `family`).
+#: The autoencoder families (a kerasae autoencoder's `family`): what kerasae.train trains.
 FAMILIES = tuple(DEFAULT_PRESETS)
+#: The family of kerasae.codec's models, whose presets are the quality ladder.
+CODEC_FAMILY = "codec"
 
 
 def register_preset(name, cls, description, **kwargs):
@@ -54,7 +62,7 @@ def _import(class_path):
 
 
 def list_presets(family=None):
-    """Names of the registered presets, optionally of one family ("ae", "dae", "vae", "cvae", "vqvae")."""
+    """Names of the registered presets, optionally of one family ("ae", "dae", "vae", "cvae", "vqvae", "codec")."""
     return [name for name, p in PRESETS.items() if family is None or p.family == family]
 
 
@@ -62,6 +70,17 @@ def get_preset(name):
     if name not in PRESETS:
         raise ValueError(unknown_preset_message(name))
     return PRESETS[name]
+
+
+def check_trainable(name, argument="preset"):
+    """Raise ValueError (naming `argument`) if preset `name` is a codec: kerasae.train's pipeline (MNIST-style
+    datasets, autoencoder metrics, run directories) is the autoencoders'; the codecs train on photo crops."""
+    if get_preset(name).family != CODEC_FAMILY:
+        return
+    rung = ladder.rung(name)
+    how = f"`{ladder.train_command(*rung)}`" if rung else "model.fit"
+    raise ValueError(f"{argument} {name!r} is a learned image codec, which trains with {how} (docs/codec.md), not "
+                     "with kerasae's autoencoder training")
 
 
 def unknown_preset_message(name):
@@ -76,11 +95,11 @@ def valid_keywords(cls):
     """Every constructor argument of `cls`, including those it forwards to its bases."""
     names = {"name"}
     for klass in cls.__mro__:
+        if klass.__module__.partition(".")[0] == "keras":  # Keras' Model and Layer: **kwargs, no model settings
+            break
         if "__init__" in vars(klass):
             names.update(p.name for p in inspect.signature(klass.__init__).parameters.values()
                          if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
-        if klass.__module__ == "kerasae.models.base":  # the Keras Model above it takes **kwargs
-            break
     return sorted(names)
 
 
@@ -91,14 +110,14 @@ def check_keywords(cls, kwargs):
         raise ValueError(f"unknown keyword(s) {', '.join(unknown)} for {cls.__name__}; valid: {', '.join(valid)}")
 
 
-def preset_kwargs(name, **overrides):
-    """The constructor kwargs of preset `name` with `overrides` applied (checked)."""
+def preset_kwargs(name, /, **overrides):
+    """The constructor kwargs of preset `name` with `overrides` applied (checked; `name=` is the model's name)."""
     preset = get_preset(name)
     check_keywords(preset.cls, overrides)
     return {**preset.kwargs, **overrides}
 
 
-def build(name, **overrides):
+def build(name, /, **overrides):
     """Build preset `name`, e.g. `build("vae-mlp", latent_dim=16, image_shape=(32, 32, 3))`."""
     return get_preset(name).cls(**preset_kwargs(name, **overrides))
 
@@ -106,7 +125,8 @@ def build(name, **overrides):
 # The built-in classes' families, so registering them imports nothing.
 _AE, _DAE, _VAE = "kerasae.models:Autoencoder", "kerasae.models:DenoisingAutoencoder", "kerasae.models:VAE"
 _HVAE, _CVAE, _VQVAE = "kerasae.models:HierarchicalVAE", "kerasae.models:ConditionalVAE", "kerasae.models:VQVAE"
-_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae", _CVAE: "cvae", _VQVAE: "vqvae"}
+_BUILTIN_FAMILIES = {_AE: "ae", _DAE: "dae", _VAE: "vae", _HVAE: "vae", _CVAE: "cvae", _VQVAE: "vqvae",
+                     **{path: CODEC_FAMILY for path in ladder.CODEC_CLASSES.values()}}
 
 _MLP = dict(arch="mlp", hidden_units=(512, 256))
 _CONV = dict(arch="conv", filters=(32, 64), hidden_units=())
@@ -200,3 +220,7 @@ register_preset("vqvae-resnet-32", _VQVAE, "Residual VQ-VAE for 32x32x3: stages 
                 "codes, K=512 vectors of size 64: 576 bits per image.", arch="resnet", image_shape=(32, 32, 3),
                 filters=(32, 64, 128), blocks_per_stage=1, hidden_units=(), num_embeddings=512, embedding_dim=64,
                 reconstruction_loss="mse")
+
+# The learned image codec's quality ladder (kerasae.codec.ladder), quality 1 (fewest bytes) to 8 per class.
+for _name, _class_path, _description, _kwargs in ladder.presets():
+    register_preset(_name, _class_path, _description, **_kwargs)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import keras
 import numpy as np
@@ -58,6 +59,11 @@ def _usage_error(argv, capsys):
     (["--arch", "gan"], "argument --arch: invalid choice: 'gan'"),
     (["--preset", "vae-mpl"], "unknown preset 'vae-mpl'; did you mean 'vae-mlp'? ("),
     (["--arch", "vae", "--preset", "ae-shallow"], "--preset ae-shallow is a ae model, not --arch vae"),
+    (["--preset", "codec-hyperprior-q3"], "--preset 'codec-hyperprior-q3' is a learned image codec, which trains "
+     "with `python scripts/train_codec.py --family hyperprior --quality 3`"),
+    (["--arch", "vae", "--preset", "codec-factorized-q8"], "train_codec.py --family factorized --quality 8"),
+    (["--preset", "codec-hyperprior-q9"], "did you mean 'codec-hyperprior-q8'?"),
+    (["--arch", "codec"], "argument --arch: invalid choice: 'codec'"),
     (["--epochs", "-1"], "argument --epochs: must be an integer >= 1"),
     (["--batch-size", "zero"], "argument --batch-size: must be an integer >= 1"),
     (["--latent-dim", "0"], "argument --latent-dim: must be an integer >= 1"),
@@ -140,8 +146,12 @@ def test_unwritable_out_and_mixed_runs_are_refused(capsys, tmp_path):
 
 def test_list_presets(capsys):
     assert cli.train_main(["--list-presets"]) == 0
-    out = capsys.readouterr().out
-    assert all(name in out for name in cli.registry.list_presets())
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [[name, preset.family]
+                                                    for name, preset in cli.registry.PRESETS.items()]
+    codecs = [line for line in lines if line.split()[1] == "codec"]
+    assert len(codecs) == 16 and all("scripts/train_codec.py" in line for line in codecs)
+    assert len({re.match(r"\S+\s+\S+\s+", line).end() for line in lines}) == 1  # the descriptions line up
 
 
 def _mnist_png_folder(root, train, test):

@@ -88,10 +88,26 @@ def test_training_resumes_where_it_was_interrupted_and_ends_with_a_coder(tmp_pat
 
 
 def test_ladder_arguments_are_checked():
-    with pytest.raises(ValueError, match="family"):
+    with pytest.raises(ValueError, match="family must be one of"):
         training.build("vq", 1)
-    with pytest.raises(ValueError, match="quality"):
+    with pytest.raises(ValueError, match="quality must be an integer from 1 to 8, got 9"):
         training.build("hyperprior", 9)
+    with pytest.raises(ValueError, match="quality must be an integer from 1 to 8, got True"):
+        training.build("factorized", True)
+    with pytest.raises(ValueError, match="unknown keyword.*image_shape"):
+        training.build("factorized", 1, image_shape=(64, 64, 3))
+    model = training.build("factorized", 2, seed=3, filters=8, latent_channels=8)  # the preset with overrides
+    assert (model.name, model.seed, model.filters, model.lmbda) == ("factorized_q2", 3, 8, 0.0035)
+
+
+def test_the_autoencoder_training_refuses_a_codec_to_fine_tune(tmp_path):
+    import kerasae
+
+    path = tmp_path / "codec.keras"
+    training.build("factorized", 1, filters=8, latent_channels=8).save(path)
+    with pytest.raises(ValueError, match="is a learned image codec .*FactorizedPriorCodec.*train_codec.py"):
+        kerasae.train(init_from=str(path), out=str(tmp_path / "run"), max_train_samples=64, max_test_samples=16,
+                      validation_size=16, epochs=1, verbose=0)
 
 
 def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps_them_whole(tmp_path, monkeypatch):

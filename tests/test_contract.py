@@ -1,8 +1,10 @@
 """The standard contract, run over every registered preset.
 
-A new preset gets all of this for free: it builds, trains, serializes, reloads and
-trains on, with the encode/decode shapes the rest of kerasae relies on. Each preset is
+A new autoencoder preset gets all of this for free: it builds, trains, serializes, reloads
+and trains on, with the encode/decode shapes the rest of kerasae relies on. Each preset is
 fed images of its own shape: MNIST at 28x28x1, smooth random colour images otherwise.
+The codec presets (the learned image codec's quality ladder) have no encode/decode/sample
+API: their own contract, at the end, builds, trains, saves, reloads and exports them.
 """
 
 import functools
@@ -16,7 +18,9 @@ import kerasae
 from kerasae import optimizers, registry
 from kerasae.data import binarize
 
-PRESETS = registry.list_presets()
+#: The autoencoder presets (the families kerasae.train trains); the codec presets' contract is at the end.
+PRESETS = [name for name in registry.list_presets() if registry.get_preset(name).family in registry.FAMILIES]
+CODEC_PRESETS = registry.list_presets(registry.CODEC_FAMILY)
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,6 +75,7 @@ def test_every_family_has_presets():
                 "vae-conv", "vae-mlp-gaussian", "ae-sparse", "ae-contractive"}
     required |= {f"{family}-resnet-{size}" for family in ("ae", "dae", "vae") for size in (28, 32, 64)}
     assert required <= set(PRESETS)
+    assert sorted(PRESETS + CODEC_PRESETS) == sorted(registry.list_presets())  # each under one of the contracts
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -245,3 +250,105 @@ def test_preset_trains_the_same_under_xla(name, mnist_small, mnist_binary, monke
     spread = relative(train(nudged=True)).max()  # only where it can matter: the floor holds for most presets
     assert spread < 0.01, f"rounding alone moves {name}'s loss by {spread:.2g}: the comparison says nothing"
     assert relative(xla_losses).max() <= XLA_SPREADS * spread, (relative(xla_losses), spread)
+
+
+# ---- the codec presets ----------------------------------------------------------------------------------------
+
+#: CompressAI's MSE quality ladder (its bmshj2018 models, quality 1 to 8): the weights the codec presets carry.
+COMPRESSAI_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+CODEC_CLASSES = {"hyperprior": "ScaleHyperpriorCodec", "factorized": "FactorizedPriorCodec"}
+
+
+def test_the_codec_presets_are_the_whole_quality_ladder():
+    from kerasae.codec import ladder
+
+    assert CODEC_PRESETS == [f"codec-{family}-q{q}" for family in CODEC_CLASSES for q in range(1, 9)]
+    assert ladder.QUALITY_LAMBDAS == COMPRESSAI_LAMBDAS
+    assert "codec" not in registry.FAMILIES  # not an --arch: kerasae.train trains autoencoders only
+
+
+@pytest.mark.parametrize("name", CODEC_PRESETS)
+def test_codec_preset_contract(name, tmp_path):
+    """Every rung builds from its preset with the ladder's lmbda, its config rebuilds it, and kerasae.train
+    (which trains autoencoders) refuses it."""
+    _, family, rung = name.split("-")
+    quality = int(rung[1:])
+    preset = registry.get_preset(name)
+    model = kerasae.build(name, seed=0)
+    assert type(model).__name__ == CODEC_CLASSES[family] and model.family == preset.family == "codec"
+    assert model.lmbda == COMPRESSAI_LAMBDAS[quality - 1]
+    assert (model.channels, model.filters, model.latent_channels) == (3, 64, 128)
+    assert f"quality {quality} of 8" in preset.description and f"{model.lmbda:.4f}" in preset.description
+
+    config = model.get_config()
+    clone = type(model).from_config(config)
+    assert clone.get_config() == config
+    assert [(w.path, w.shape) for w in clone.weights] == [(w.path, w.shape) for w in model.weights]
+
+    with pytest.raises(ValueError, match=rf"preset '{name}' is a learned image codec.*train_codec.py --family "
+                       rf"{family} --quality {quality}"):
+        kerasae.train(preset=name, out=str(tmp_path / "run"))
+
+
+def _crops(n, size=64):
+    """n crops of size x size of a photograph (skimage's coffee), halved: the codecs' training data in small."""
+    import skimage.data
+
+    from kerasae.codec import photos
+
+    return photos.random_crops([skimage.data.coffee()], size, n, np.random.default_rng(0), scales=(0.5, 0.5))
+
+
+# One preset per codec class: the other rungs differ from it only by lmbda, which test_codec_preset_contract checks.
+@pytest.mark.parametrize("name", ["codec-factorized-q3", "codec-hyperprior-q3"])
+def test_codec_trains_saves_reloads_and_exports(name, tmp_path):
+    """Two steps on 64 x 64 crops lower the loss; the .keras file reloads to the same rounded-latent terms and
+    trains on with the optimizer's state; the export's SavedModel computes the model's transforms, and its coder
+    decodes its own files. Cheap on CPU: eager steps (tracing the preset's train step costs ~20 s on a busy 2-core
+    machine, two eager steps ~4 s; the ladder's graph-mode training and resuming are tests/test_codec_training.py's)
+    and no TFLite files (their conversion of these layers and the decoder run without kerasae are
+    tests/test_codec_files.py's, on small codecs)."""
+    from kerasae.codec import Coder, export, training
+
+    _, family, rung = name.split("-")
+    keras.utils.set_random_seed(0)
+    model = kerasae.build(name, seed=0)
+    # the ladder's training builds its rung from the preset
+    assert training.build(family, int(rung[1:])).get_config() == {**model.get_config(), "name": f"{family}_{rung}"}
+    training._compile(model, 1e-3, steps=100)  # as the ladder trains: Adam, cosine decay, clipped gradients
+    model.run_eagerly = True
+    x = _crops(8)
+
+    def loss(m):  # rounded latents: the rate a file would cost
+        return float(np.mean(m.compute_terms(x)["loss"]))
+
+    before = loss(model)
+    history = model.fit(x, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    assert set(model.metric_names) <= set(history.history) and np.isfinite(history.history["loss"]).all()
+    assert loss(model) < before, (before, loss(model))
+
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(model) and loaded.get_config() == model.get_config()
+    for key, value in model.compute_terms(x[:2]).items():
+        np.testing.assert_array_equal(loaded.compute_terms(x[:2])[key].numpy(), value.numpy())
+    assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 2
+    assert loaded.optimizer.global_clipnorm == 1.0
+    loaded.run_eagerly = True
+    more = loaded.fit(x, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(more.history["loss"]).all() and int(loaded.optimizer.iterations.numpy()) == 3
+    assert not np.allclose(loaded.get_weights()[0], model.get_weights()[0])
+
+    coder = Coder(loaded, name=name)
+    image = (x[0] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(coder.decompress(coder.compress(image)), coder.reconstruct(image))
+    folder = export.export_codec(coder, tmp_path / "export", tflite=False)
+    assert {"saved_model", "tables.npz", "codec.json", "decode.py", "bitstream.py", "entropy.py"} <= {
+        p.name for p in folder.iterdir()}
+    endpoints = tf.saved_model.load(str(folder / "saved_model"))
+    assert hasattr(endpoints, "scales") == hasattr(endpoints, "hyper_analysis") == (family == "hyperprior")
+    y = loaded.analysis(x[:1]).numpy()
+    np.testing.assert_allclose(endpoints.analysis(tf.constant(x[:1])).numpy(), y, atol=1e-5)
+    np.testing.assert_allclose(endpoints.synthesis(tf.constant(np.round(y))).numpy(),
+                               loaded.synthesis(np.round(y)).numpy(), atol=1e-5)

@@ -47,6 +47,7 @@ def test_scripts_answer_before_tensorflow_loads(script, args, code, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--arch", "vae", "--preset", "ae-conv"], "is a ae model, not --arch vae"),
     (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--preset", "codec-hyperprior-q3"], "train_codec.py --family hyperprior --quality 3"),
     (["--arch", "ae", "--k", "5"], "--k applies to vae and cvae presets"),
     (["--export", "a/b"], "--export: name must be"),
 ])

@@ -113,6 +113,10 @@ def config_from_args(parser, args):
     preset = args.preset or registry.DEFAULT_PRESETS[args.arch or "vae"]
     if preset not in registry.PRESETS:
         parser.error(registry.unknown_preset_message(preset))
+    try:
+        registry.check_trainable(preset, "--preset")
+    except ValueError as err:
+        parser.error(str(err))
     family = registry.get_preset(preset).family
     if args.arch and args.preset and family != args.arch:
         parser.error(f"--preset {preset} is a {family} model, not --arch {args.arch}")
@@ -179,8 +183,11 @@ def _check_scale_flags(parser, preset, overrides):
 
 
 def print_presets():
+    """One line per preset, in registration order: name, family ("codec" for the codec ladder), description."""
+    width = max(map(len, registry.PRESETS))
+    family_width = max(len(p.family) for p in registry.PRESETS.values())
     for name, preset in registry.PRESETS.items():
-        print(f"{name:18s} {preset.family:4s} {preset.description}")
+        print(f"{name:{width}s} {preset.family:{family_width}s} {preset.description}")
 
 
 def train_main(argv=None, prog="train.py"):

@@ -15,7 +15,7 @@ _HOMES = {
     "LADDER": "api", "compress": "api", "decompress": "api", "load_coder": "api",
     "Coder": "coder",
     "GDN": "layers", "FactorizedDensity": "layers", "gaussian_likelihood": "layers",
-    "QUALITY_LAMBDAS": "models", "FactorizedPriorCodec": "models", "ImageCodec": "models",
+    "QUALITY_LAMBDAS": "ladder", "LADDER_MODEL": "ladder", "FactorizedPriorCodec": "models", "ImageCodec": "models",
     "ScaleHyperpriorCodec": "models",
 }
 __all__ = sorted(_HOMES)

@@ -18,13 +18,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerasae.codec.ladder import QUALITY_LAMBDAS
 from kerasae.codec.layers import GDN, FactorizedDensity, gaussian_likelihood
 from kerasae.models.base import draw, register
 from kerasae.options import check_number, check_positive_int
 
-#: Rate-distortion weights of the quality ladder, quality 1 (fewest bytes) to 8 (CompressAI's MSE ladder,
-#: for distortion = lmbda * 255^2 * MSE on [0, 1] pixels).
-QUALITY_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+#: The default rate-distortion weight: quality 4 of the ladder (the ladder's presets: kerasae.codec.ladder).
+DEFAULT_LMBDA = QUALITY_LAMBDAS[3]
 
 
 def _conv(filters, kernel, stride, name, transpose=False, activation=None):
@@ -39,7 +39,7 @@ class ImageCodec(keras.Model):
         channels: image channels (1 or 3).
         filters: N, the width of the transforms' hidden layers.
         latent_channels: M, the channels of the latents y.
-        lmbda: the weight of lmbda * 255^2 * MSE against the rate in bits per pixel.
+        lmbda: the weight of lmbda * 255^2 * MSE against the rate in bits per pixel (the ladder's: QUALITY_LAMBDAS).
         seed: seed of the training noise (None picks one).
     """
 
@@ -48,7 +48,7 @@ class ImageCodec(keras.Model):
     #: y is H/16 x W/16: images must be a multiple of this (`kerasae.codec` pads and crops).
     stride = 16
 
-    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, seed=None, **kwargs):
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=DEFAULT_LMBDA, seed=None, **kwargs):
         super().__init__(**kwargs)
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
@@ -146,7 +146,7 @@ class ImageCodec(keras.Model):
 class FactorizedPriorCodec(ImageCodec):
     """Balle et al. 2018's factorized-prior model: each latent channel coded under its own learned density."""
 
-    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, seed=None, **kwargs):
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=DEFAULT_LMBDA, seed=None, **kwargs):
         super().__init__(channels=channels, filters=filters, latent_channels=latent_channels, lmbda=lmbda, seed=seed,
                          **kwargs)
         self.build((None, None, None, self.channels))  # every weight exists from the start: fit, save, count
@@ -167,7 +167,7 @@ class ScaleHyperpriorCodec(ImageCodec):
 
     stride = 64  # z is H/64 x W/64
 
-    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=0.0130, hyper_filters=None, seed=None,
+    def __init__(self, channels=3, filters=128, latent_channels=192, lmbda=DEFAULT_LMBDA, hyper_filters=None, seed=None,
                  **kwargs):
         super().__init__(channels=channels, filters=filters, latent_channels=latent_channels, lmbda=lmbda, seed=seed,
                          **kwargs)

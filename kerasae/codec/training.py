@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasae import registry
+from kerasae.codec import ladder
+
 #: Steps per chunk: the work an interruption can lose.
 CHUNK = 200
 #: A chunk whose mean loss is this many times the previous chunk's has diverged: it is not saved.
 DIVERGED = 10.0
-#: The ladder's transforms: N = 64 hidden channels, M = 128 latent channels (CompressAI's low-rate models use
-#: N = 128, M = 192; a smaller model keeps a ladder's training within a 2-core CPU's budget and the zoo's size).
-LADDER_MODEL = {"filters": 64, "latent_channels": 128}
 #: How the ladder is trained: (quality, steps, the quality it starts from or None). The middle quality is trained
 #: from scratch; its neighbours are fine-tuned from the next quality towards the middle, which costs far fewer
 #: steps than training each from scratch.
@@ -32,16 +32,9 @@ LADDER_PLAN = {
 
 
 def build(family, quality, seed=0, **overrides):
-    from kerasae.codec.models import QUALITY_LAMBDAS, FactorizedPriorCodec, ScaleHyperpriorCodec
-
-    classes = {"hyperprior": ScaleHyperpriorCodec, "factorized": FactorizedPriorCodec}
-    if family not in classes:
-        raise ValueError(f"family must be one of {sorted(classes)}, got {family!r}")
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= len(QUALITY_LAMBDAS):
-        raise ValueError(f"quality must be an integer from 1 to {len(QUALITY_LAMBDAS)}, got {quality!r}")
-    config = {**LADDER_MODEL, **overrides}
-    return classes[family](channels=3, lmbda=QUALITY_LAMBDAS[quality - 1], seed=seed,
-                           name=f"{family}_q{quality}", **config)
+    """The ladder's codec of `family` and `quality`: its registry preset (codec-<family>-q<quality>, whose kwargs
+    are kerasae.codec.ladder's), named <family>_q<quality>, with `overrides` (e.g. smaller transforms)."""
+    return registry.build(ladder.preset_name(family, quality), seed=seed, name=f"{family}_q{quality}", **overrides)
 
 
 def _save_checkpoint(model, out, state):

@@ -113,6 +113,10 @@ def _make_model(config, image_shape, strategy):
     with strategy.scope():
         if config.init_from:
             model = _load_init_model(config.init_from)
+            if model.family == registry.CODEC_FAMILY:
+                raise ValueError(f"init_from {config.init_from} is a learned image codec ({type(model).__name__}), "
+                                 "which trains with scripts/train_codec.py or model.fit (docs/codec.md), not with "
+                                 "kerasae's autoencoder training")
             if tuple(model.image_shape) != tuple(image_shape):
                 raise ValueError(f"init_from: the saved model takes images {tuple(model.image_shape)}, "
                                  f"but the dataset has {tuple(image_shape)}")
