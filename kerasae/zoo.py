@@ -27,14 +27,16 @@ from kerasae.files import atomic_path, json_text, write_json
 from kerasae.options import check_positive_int, did_you_mean
 
 class ZooEntry(NamedTuple):
-    """Where a zoo model comes from: reproduce's results file and run, the lower-is-better metric that decides
-    whether a new run replaces it, the registry preset its architecture starts from, and what it is."""
+    """Where a zoo model comes from: reproduce's results file and run, the metric that decides whether a new run
+    replaces it (lower is better unless `higher_is_better`), the registry preset its architecture starts from, and
+    what it is."""
 
     results_file: str
     key: str | None  # the run in results_file (None: the stage's best NLL run)
     metric: str
     preset: str
     summary: str
+    higher_is_better: bool = False
 
 
 #: Zoo name -> its entry. Names follow keras-hub's `<model>_<size>_<data>` with underscores, so a pretrained model
@@ -55,6 +57,9 @@ ZOO = {
     "vae_resnet_32d_mnist": ZooEntry("nll_resnet.json", None, "nll", "vae-resnet-28",
                                      "a residual convolutional VAE with a 32-D latent (3.5x fewer weights than "
                                      "the MLP VAEs)"),
+    "vqvae_conv_mnist": ZooEntry("vq_compression.json", "vqvae-conv", "psnr_db", "vqvae-conv",
+                                 "a convolutional VQ-VAE: each image a 7x7 grid of codes from a 512-vector codebook "
+                                 "(55.1 bytes per image as fixed-length codes)", higher_is_better=True),
 }
 #: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
 #: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.
@@ -119,13 +124,18 @@ class Pretrained:
         return self.saved_model.signatures[signature](**{k: tf.convert_to_tensor(v) for k, v in inputs.items()})
 
     def encode(self, x):
-        """Images [B, H, W, C] in [0, 1] -> the code z (AE) or (z_mean, z_log_var) (VAE), as the Keras model."""
+        """Images [B, H, W, C] in [0, 1] -> the code z (AE; a VQ-VAE's int32 indices) or (z_mean, z_log_var) (VAE),
+        as the Keras model."""
         out = self._call("encode", x=tf.cast(x, tf.float32))
         return (out["z_mean"], out["z_log_var"]) if "z_mean" in out else out["z"]
 
     def decode(self, z):
-        """Codes [B, latent_dim] -> mean images [B, H, W, C] in [0, 1]."""
-        return self._call("decode", z=tf.cast(z, tf.float32))["x_mean"]
+        """Codes [B, latent_dim] (a VQ-VAE's: integer codebook indices) -> mean images [B, H, W, C] in [0, 1]."""
+        dtype = self.saved_model.signatures["decode"].structured_input_signature[1]["z"].dtype
+        z = tf.convert_to_tensor(z)
+        if dtype.is_integer and not z.dtype.is_integer:  # a cast would truncate: a silent wrong image
+            raise TypeError(f"z must be integer code indices (as encode gives), got dtype {z.dtype.name}")
+        return self._call("decode", z=tf.cast(z, dtype))["x_mean"]
 
     def reconstruct(self, x):
         return self._call("reconstruct", x=tf.cast(x, tf.float32))["reconstruction"]
@@ -218,6 +228,10 @@ def zoo_metrics(name, results_dir):
                                                if not isinstance(v, list)}, "protocol": results["protocol"]}
         return entry["run_dir"], metrics, entry["test"]["nll"]
     run = results["runs"][key]
+    if "rows" in results:  # the VQ stage: the run's row of the rate-distortion table
+        row = next(r for r in results["rows"] if r["method"] == f"{key} (VQ codes)")
+        test = {**{k: v for k, v in row.items() if k != "method"}, "num_images": results["conventions"]["num_test"]}
+        return run["run_dir"], {"source_run": key, "test": test}, test[metric]
     if key in results.get("vae", {}):
         test = {k: v for k, v in results["vae"][key].items() if not isinstance(v, list)}
     else:
@@ -293,8 +307,9 @@ def export_zoo(results_dir="benchmarks/results", zoo_dir="exported", force=False
         run_dir, metrics, value = zoo_metrics(name, results_dir)
         root = zoo_dir / name
         current = _current_metric(root, metric)
-        if not force and current is not None and current <= value:
-            done[name] = f"kept (its {metric} {current:.4g} <= the new {value:.4g})"
+        if not force and current is not None and (current >= value if entry.higher_is_better else current <= value):
+            done[name] = f"kept (its {metric} {current:.4g} {'>=' if entry.higher_is_better else '<='} the new " \
+                         f"{value:.4g})"
             continue
         model_path = Path(run_dir) / "best.keras"
         new_dir = export_lib.export_run(model_path, name, export_dir=zoo_dir, metrics=metrics, **ZOO_EXPORT)
@@ -364,6 +379,11 @@ def _headline(metrics, binary, seed):
         return {"metric": "test NLL", "value": round(test["nll"], 2), "unit": "nats per image",
                 "how": f"IWAE bound with k={test['k']} importance samples on {test['num_images']:,} test images "
                        f"binarized once (seed {seed})"}
+    if "codebook_size" in test:  # a VQ-VAE: its codes are the compressed image
+        return {"metric": "test PSNR", "value": round(test["psnr_db"], 2), "unit": "dB",
+                "how": f"mean per-image PSNR of the {test['num_images']:,} test images decoded from their codes: "
+                       f"{test['bytes_per_image']:g} bytes per image as fixed-length codes, "
+                       f"{test['entropy_coded_bytes_per_image']:.1f} entropy-coded under the model's prior"}
     return {"metric": "test PSNR", "value": round(test["psnr_db"], 2), "unit": "dB",
             "how": "mean per-image PSNR of the reconstructions of the 10,000 test images" +
                    ("" if not binary else f" (binarized, seed {seed})")}
@@ -415,6 +435,9 @@ def zoo_table(zoo_dir):
         if "nll" in test:
             metric = (f"NLL {test['nll']:.2f} nats (k={test['k']}), ELBO {test['elbo']:.2f}, "
                       f"{test['active_units']} active units")
+        elif "codebook_size" in test:
+            metric = (f"PSNR {test['psnr_db']:.2f} dB at {test['bytes_per_image']:g} bytes/image "
+                      f"({test['entropy_coded_bytes_per_image']:.1f} entropy-coded)")
         else:
             metric = f"MSE {test['mse_per_pixel']:.4f}/pixel, PSNR {test['psnr_db']:.2f} dB"
         for row in (manifest.get("metrics") or {}).get("denoising", []):

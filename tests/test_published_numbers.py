@@ -379,3 +379,30 @@ def test_hierarchical_vae_bound_matches_published_nll(entries, binarized_test, s
     assert abs(elbo - (-published["elbo"])) < 4 * elbo_se
     assert published["nll"] - 4 * nll_se < nll < published["nll"] + HVAE_K_BIAS + 4 * nll_se
     assert nll < elbo
+
+
+def test_shipped_vq_vae_measures_its_published_table_row_again(entries, mnist):
+    """The VQ-VAE rows of docs/results.md (vq_compression.json), measured again from the shipped vqvae_conv_mnist:
+    its `encode` signature's integer codes of all 10,000 test images, their bytes (L * log2 K bits), their
+    entropy-coded bytes under the shipped prior (per-position code frequencies, in numpy), the PSNR of the `decode`
+    signature's images (numpy), and the codebook's use."""
+    name = "vqvae_conv_mnist"
+    vq = json.loads((RESULTS / zoo.ZOO[name].results_file).read_text())
+    published = next(r for r in vq["rows"] if r["method"] == f"{zoo.ZOO[name].key} (VQ codes)")
+    entry, x = entries[name], mnist.x_test
+    codes = batched(lambda b: entry.signatures["encode"](x=tf.constant(b, tf.float32))["z"].numpy(), x)
+    x_hat = batched(lambda b: entry.decode(b).numpy(), codes).astype(np.float64)  # int32 codes in, as encode gives
+    mse = ((x.astype(np.float64) - x_hat) ** 2).reshape(len(x), -1).mean(axis=1)
+    psnr = np.minimum(10 * np.log10(1 / mse), 100.0)
+    model = entry.keras_model()
+    log_prior = model.code_log_prior().numpy().astype(np.float64)  # [L, K] from the shipped code frequencies
+    bits = -log_prior[np.arange(codes.shape[1]), codes].sum(axis=1) / math.log(2)
+    counts = np.bincount(codes.reshape(-1), minlength=model.num_embeddings)
+    p = counts[counts > 0] / counts.sum()
+    assert codes.dtype == np.int32 and codes.shape == (10000, published["num_codes"])
+    assert published["bytes_per_image"] == codes.shape[1] * math.log2(model.num_embeddings) / 8
+    assert published["codebook_size"] == model.num_embeddings and published["codes_used"] == (counts > 0).sum()
+    assert psnr.mean() == pytest.approx(published["psnr_db"], rel=RTOL)
+    assert bits.mean() / 8 == pytest.approx(published["entropy_coded_bytes_per_image"], rel=RTOL)
+    assert np.exp(-(p * np.log(p)).sum()) == pytest.approx(published["perplexity"], rel=RTOL)
+    assert entry.metrics["test"]["psnr_db"] == published["psnr_db"]  # the manifest carries the published row
