@@ -112,6 +112,24 @@ def test_the_objective_line_says_what_fine_tuning_trains():
         "objective: ELBO (k=1), beta 0.5, KL warm-up over 200 steps")
 
 
+@pytest.mark.parametrize("preset, kwargs, line", [
+    ("ae-shallow", {}, "ae reconstruction loss (bce)"),
+    ("ae-sparse", {"sparsity_weight": 0.3}, "ae reconstruction loss (bce) + 0.3 x l1 sparsity penalty"),
+    ("ae-sparse", {"sparsity": "kl", "code_activation": "sigmoid", "sparsity_weight": 0.2, "sparsity_target": 0.1},
+     "ae reconstruction loss (bce) + 0.2 x kl sparsity penalty, target 0.1"),
+    ("ae-contractive", {"contractive_weight": 0.05, "reconstruction_loss": "mse"},
+     "ae reconstruction loss (mse) + 0.05 x contractive penalty"),
+    ("vqvae-mlp", {"commitment_cost": 0.5}, "vqvae reconstruction loss (bce) + 0.5 x commitment loss (codebook: "
+     "moving averages)"),
+    ("vqvae-mlp", {"codebook_update": "loss"}, "vqvae reconstruction loss (bce) + 0.25 x commitment loss + codebook "
+     "loss (codebook: its loss)"),
+])
+def test_the_objective_line_names_every_penalty_an_autoencoder_trains_with(preset, kwargs, line):
+    """The log line and a zoo card's objective name each term of the loss (a VQ-VAE's card once left out its
+    commitment term)."""
+    assert recipe.describe_objective(recipe.objective(kerasae.build(preset, **kwargs))) == f"objective: {line}"
+
+
 def test_runs_without_recorded_data_options_reopen_with_their_training_flags():
     """Runs written before config.json had "data" reopen with "train"'s image_size and color_mode, as before."""
     old = {"train": {"dataset": "images:x", "image_size": [32, 32], "color_mode": "rgb"}}

@@ -32,13 +32,32 @@ def objective(model):
         k = int(model.num_importance_samples)
         return {"family": model.family, "bound": "elbo" if k == 1 else "iwae", "k": k, "beta": float(model.beta),
                 "kl_warmup_steps": int(model.kl_warmup_steps), "likelihood": model.likelihood}
-    return {"family": model.family, "reconstruction_loss": getattr(model, "reconstruction_loss", None)}
+    record = {"family": model.family, "reconstruction_loss": getattr(model, "reconstruction_loss", None)}
+    if getattr(model, "sparsity", None) and model.sparsity_weight > 0:  # the penalties an AE trains with
+        record.update(sparsity=model.sparsity, sparsity_weight=float(model.sparsity_weight))
+        if model.sparsity == "kl":
+            record["sparsity_target"] = float(model.sparsity_target)
+    if getattr(model, "contractive_weight", 0) > 0:
+        record["contractive_weight"] = float(model.contractive_weight)
+    if model.family == "vqvae":
+        record.update(commitment_cost=float(model.commitment_cost), codebook_update=model.codebook_update)
+    return record
 
 
 def describe_objective(record, init_from=None, saved_warmup=0):
     """One line for the log, e.g. "objective: IWAE-5 bound (k=5), beta 1, no KL warm-up"."""
     if "bound" not in record:
-        return f"objective: {record['family']} reconstruction loss ({record['reconstruction_loss']})"
+        terms = [f"reconstruction loss ({record['reconstruction_loss']})"]
+        if "sparsity" in record:
+            target = f", target {record['sparsity_target']:g}" if "sparsity_target" in record else ""
+            terms.append(f"{record['sparsity_weight']:g} x {record['sparsity']} sparsity penalty{target}")
+        if "contractive_weight" in record:
+            terms.append(f"{record['contractive_weight']:g} x contractive penalty")
+        if "commitment_cost" in record:
+            terms.append(f"{record['commitment_cost']:g} x commitment loss"
+                         + ("" if record["codebook_update"] == "ema" else " + codebook loss"))
+            terms[-1] += f" (codebook: {'moving averages' if record['codebook_update'] == 'ema' else 'its loss'})"
+        return f"objective: {record['family']} " + " + ".join(terms)
     bound = "ELBO (k=1)" if record["k"] == 1 else f"IWAE-{record['k']} bound (k={record['k']})"
     warmup = (f"KL warm-up over {record['kl_warmup_steps']} steps" if record["kl_warmup_steps"]
               else "no KL warm-up")
