@@ -52,6 +52,6 @@ def rung(name):
     """(family, quality) of ladder preset `name`, or None for any other name."""
     for family in CODEC_CLASSES:
         for quality in range(1, len(QUALITY_LAMBDAS) + 1):
-            if name == f"codec-{family}-q{quality}":
+            if name == preset_name(family, quality):
                 return family, quality
     return None
