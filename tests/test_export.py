@@ -5,6 +5,7 @@ every TFLite variant; the parity thresholds are checked on the first 256 MNIST t
 tests (atomicity, overwrite, CLI) use a tiny model and fp32 TFLite only.
 """
 
+import functools
 import gc
 import hashlib
 import json
@@ -68,16 +69,6 @@ def _tree_hashes(root):
     return {p.relative_to(root).as_posix(): _sha(p) for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _frozen_gc():
-    """TFLite's converter runs gc.collect() on every conversion; exempt the heap that exists already
-    (TensorFlow, pytest) from those scans. Speed only: objects made later are collected as usual."""
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
-
-
 @pytest.fixture(scope="module")
 def mnist():
     return load_mnist().take(2000, 256)
@@ -110,8 +101,14 @@ def tiny():
     return kerasae.build("ae-shallow", latent_dim=8)
 
 
+@functools.cache
+def _loaded_dir(version_dir):
+    return tf.saved_model.load(str(version_dir))
+
+
 def _loaded(case):
-    return tf.saved_model.load(str(case.version_dir))
+    """The case's SavedModel, loaded once for the module's tests (they only call its signatures)."""
+    return _loaded_dir(case.version_dir)
 
 
 # ---- the SavedModel contract --------------------------------------------------------------------
@@ -515,8 +512,8 @@ def test_every_family_rebuilds_from_its_saved_model(exports, name):
 def test_an_export_whose_keras_model_differs_from_the_savedmodel_is_not_committed(tiny, tmp_path, monkeypatch):
     rebuild = export.keras_model.rebuild_keras_model
 
-    def rebuilt_off(saved_dir, model_record):  # a rebuild that lost a weight: it no longer matches
-        model = rebuild(saved_dir, model_record)
+    def rebuilt_off(saved_dir, model_record, **kwargs):  # a rebuild that lost a weight: it no longer matches
+        model = rebuild(saved_dir, model_record, **kwargs)
         model.trainable_weights[0].assign(model.trainable_weights[0] + 1e-3)
         return model
 
@@ -562,6 +559,26 @@ def test_export_does_not_retrace_tf_functions(mnist, tmp_path, caplog, monkeypat
     assert rounding.startswith("GPTQ on 2000 calibration images")  # the path that computes layer inputs ran
     retraced = [r.getMessage() for r in caplog.records if "retracing" in r.getMessage()]
     assert retraced == []
+
+
+def test_conversions_load_each_saved_model_once_and_convert_the_same(tiny, tiny_export, tmp_path, monkeypatch):
+    """tf.lite loads the whole SavedModel twice per conversion; an export loads it once for all of them (and freezes
+    the heap its conversions' gc.collect() would scan), with the same bytes."""
+    saved = tiny_export / "keep" / "1"
+    loads = []
+    real = export.tflite._tf_load
+    monkeypatch.setattr(export.tflite, "_tf_load", lambda *args, **kwargs: loads.append(args) or real(*args, **kwargs))
+    plain = export.tflite._convert(saved, "decode", "fp32", None)  # tf.lite's own loads, outside any reuse block
+    assert len(loads) == 2
+    with export.tflite.reuse_saved_models():
+        reused = [export.convert_tflite(saved, signature, "fp32") for signature in ("decode", "encode", "decode")]
+    assert len(loads) == 3 and reused[0] == reused[2] == plain
+    frozen, convert = [], export.variants.convert_tflite
+    monkeypatch.setattr(export.variants, "convert_tflite",
+                        lambda *args, **kwargs: frozen.append(gc.get_freeze_count()) or convert(*args, **kwargs))
+    before = gc.get_freeze_count()
+    export.export_model(tiny, tmp_path, "t", tflite=("fp32",), tflite_signatures=("decode",))
+    assert frozen and all(frozen) and gc.get_freeze_count() == before and len(loads) == 3  # its own load serves
 
 
 # ---- atomicity and versions ------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
     if keras_file:
         reloaded, stored = files.load_keras_model(write_keras_model(model, saved_dir)), KERAS_MODEL
     else:
-        reloaded, stored = rebuild_keras_model(saved_dir, model_record), None
+        reloaded, stored = rebuild_keras_model(saved_dir, model_record, loaded=loaded), None
     reloaded_parity = _keras_parity(reloaded, loaded, parity_data)
     problems = keras_parity_problems(reloaded_parity, f"{stored or 'the model rebuilt from the SavedModel'} "
                                                       "reloaded")
@@ -192,7 +192,7 @@ def _build(model, saved_dir, tflite_dir, variants, tflite_signatures, representa
     if "fp16" in variants and fp16_data is not None:
         fp16 = _fp16_source(model, fp16_data, fp16_dir, classes=num_classes(model))
     tflite_info = (_write_tflite(saved_dir, tflite_dir, variants, representative_data, parity_data,
-                                 strict_parity, tflite_signatures, fp16, classes=num_classes(model))
+                                 strict_parity, tflite_signatures, fp16, classes=num_classes(model), loaded=loaded)
                    if variants else None)
     return {"signatures": loaded_signatures, "savedmodel_vs_keras_max_diff": keras_parity, "tflite": tflite_info,
             "keras_model": {"path": stored, "class": type(reloaded).__name__,

@@ -26,12 +26,13 @@ def write_keras_model(model, version_dir):
     return path
 
 
-def rebuild_keras_model(saved_dir, model_record=None):
+def rebuild_keras_model(saved_dir, model_record=None, loaded=None):
     """The kerasae model of a SavedModel directory: its class and config, filled with the SavedModel's variables.
 
     `model_record` is the manifest's "model" entry ({"registered_name", "config", ...}); default: read
     from the directory's manifest. Each weight is matched by path and shape; a ModelFileError (a
-    ValueError) names any that is missing or differs, or a class kerasae does not know.
+    ValueError) names any that is missing or differs, or a class kerasae does not know. `loaded`: the
+    directory's SavedModel, if the caller has it loaded already.
     """
     import keras
     import tensorflow as tf
@@ -48,7 +49,8 @@ def rebuild_keras_model(saved_dir, model_record=None):
         raise files.ModelFileError(f"{saved_dir}: unknown model class {model_record['registered_name']!r}")
     model = cls.from_config(model_record["config"])
     model.build((None, *model.image_shape))
-    saved = {v.name.removesuffix(":0"): v for v in tf.saved_model.load(str(saved_dir)).variables}
+    loaded = tf.saved_model.load(str(saved_dir)) if loaded is None else loaded
+    saved = {v.name.removesuffix(":0"): v for v in loaded.variables}
     problems = [w.path for w in model.weights if w.path not in saved or tuple(saved[w.path].shape) != tuple(w.shape)]
     if problems or len(saved) != len(model.weights):
         raise files.ModelFileError(

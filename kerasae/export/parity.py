@@ -70,7 +70,7 @@ def keras_parity_problems(keras_parity, what):
             for sig, outputs in keras_parity.items() for key, diff in outputs.items() if not diff <= KERAS_TOLERANCE]
 
 
-def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=None, run=run_tflite):
+def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=None, run=run_tflite, loaded=None):
     """Run each TFLite file in LiteRT and compare it with the SavedModel on `images`.
 
     `tflite_files` are paths named <signature>.<variant>.tflite (or <signature>.onnx, with `run` =
@@ -78,9 +78,10 @@ def check_parity(saved_model_dir, tflite_files, images, num_samples=64, classes=
     codes of the images; sample's draws differ from any other run's, so its x_mean is compared
     with the SavedModel's decode of the z it returned. A conditional model's (`classes`) inputs
     come with labels cycling through its classes. Returns {file name: {output key:
-    {"max_abs_diff", "mean_abs_diff", "max_diff"}}} (max_diff: see PARITY_TOLERANCES).
+    {"max_abs_diff", "mean_abs_diff", "max_diff"}}} (max_diff: see PARITY_TOLERANCES). `loaded`: the
+    SavedModel of saved_model_dir, if the caller has it loaded already.
     """
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    loaded = tf.saved_model.load(str(saved_model_dir)) if loaded is None else loaded
     images = np.asarray(images, np.float32)
     labels = example_labels(len(images), classes)
     label, one = ({}, {}) if labels is None else ({"label": labels}, {"label": labels[-1]})

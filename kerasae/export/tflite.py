@@ -4,12 +4,16 @@ Every file is converted with TFLite builtin ops only (`convert_tflite`), and che
 non-builtin ops in the flatbuffer and in what LiteRT resolves (`load_interpreter`). int8 files
 are calibrated on `representative_inputs` and must compute in integers throughout
 (`_int8_float_ops`); their input/output quantization is read back for the manifest.
+Conversions inside `reuse_saved_models` load each SavedModel once instead of twice per file.
 """
 
 import contextlib
+import gc
+import importlib
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -89,6 +93,63 @@ def quiet_fd2():
         capture.close()
 
 
+_loads = threading.local()  # this thread's {realpath of a SavedModel directory: loaded SavedModel}, or none
+_tf_load = None  # tf.lite's own SavedModel loader, once `_converter_load` stands in for it
+
+
+def _converter_load(export_dir, tags=None, options=None):
+    """tf.lite's SavedModel loader, answered from `reuse_saved_models`' cache when this thread has one."""
+    cache = getattr(_loads, "cache", None)
+    if cache is None or options is not None:
+        return _tf_load(export_dir, tags, options)
+    key = os.path.realpath(export_dir)
+    if key not in cache:
+        cache[key] = _tf_load(export_dir, tags)
+    return cache[key]
+
+
+@contextlib.contextmanager
+def reuse_saved_models(preloaded=None):
+    """Let the TFLite conversions in this block (this thread) load each SavedModel directory once.
+
+    TFLiteConverter.from_saved_model loads the whole SavedModel (every function of every signature,
+    0.3-1 s) only to check the signature key, and convert() loads it again only for debug info: the
+    MLIR importer reads the directory itself, and neither load's object is changed. So one object per
+    directory serves them all; `preloaded` ({directory: the loaded SavedModel}) gives ones already loaded.
+    Outside such a block, and where tf.lite has no such loader to stand in for, conversions load as before.
+    """
+    global _tf_load
+    lite = importlib.import_module("tensorflow.lite.python.lite")
+    if getattr(lite, "_load", None) is not _converter_load and callable(getattr(lite, "_load", None)):
+        _tf_load, lite._load = lite._load, _converter_load
+    outer = getattr(_loads, "cache", None)
+    cache = {} if outer is None else outer
+    cache.update({os.path.realpath(d): m for d, m in (preloaded or {}).items()})
+    _loads.cache = cache
+    try:
+        yield
+    finally:
+        _loads.cache = outer
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Freeze the objects that exist for this block (gc.freeze), unless the caller has frozen some already.
+
+    Every TFLiteConverter.convert() ends in gc.collect(): a scan of the whole heap, which in a process
+    holding a few models costs 0.1-0.4 s a conversion. Frozen, the objects made before the block are
+    left out of those scans; what the block makes is collected as usual, the rest after it.
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def convert_tflite(saved_model_dir, signature, variant, representative=None):
     """Convert one signature of a SavedModel to TFLite bytes, builtin ops only.
 
@@ -99,6 +160,11 @@ def convert_tflite(saved_model_dir, signature, variant, representative=None):
     inputs and outputs stay float32 (quantized/dequantized inside the graph), so every
     variant keeps the same float contract.
     """
+    with reuse_saved_models():  # one load of the SavedModel, not two (see there)
+        return _convert(saved_model_dir, signature, variant, representative)
+
+
+def _convert(saved_model_dir, signature, variant, representative):
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "fp16":

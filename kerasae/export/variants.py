@@ -16,7 +16,8 @@ from kerasae.export.errors import ExportError
 from kerasae.export.parity import BROKEN_FP32, PARITY_TOLERANCES, check_parity, parity_failures, settle_parity
 from kerasae.export.saved_model import example_labels, write_saved_model
 from kerasae.export.tflite import (_int8_float_ops, _int8_quantization, _io_details, convert_tflite,
-                                   load_interpreter, representative_inputs, tflite_op_codes)
+                                   frozen_heap, load_interpreter, representative_inputs, reuse_saved_models,
+                                   tflite_op_codes)
 from kerasae.options import SIGNATURES
 
 #: Representative images the fp16 weights are rounded on (see kerasae.fp16).
@@ -49,17 +50,43 @@ def _convert(saved_model_dir, signature, variant, representative, fp16, fp32_cac
 
 
 def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parity_data, strict_parity,
-                  signatures=SIGNATURES, fp16=None, classes=None):
+                  signatures=SIGNATURES, fp16=None, classes=None, loaded=None):
     """Convert, load-check and parity-check every signature x variant into out_dir; the manifest's tflite part.
 
     fp16 files are converted from fp16 = (SavedModel dir, float32 layer names, rounding description),
     a `kerasae.fp16.plan` (default: saved_model_dir, nearest rounding, biases alone float32).
     A file outside its PARITY_TOLERANCES bound is kept, flagged in the manifest and warned about,
     unless `strict_parity`; a broken fp32 conversion (BROKEN_FP32) always fails the export. `classes`: a
-    conditional model's number of classes (its signatures take labels).
+    conditional model's number of classes (its signatures take labels). `loaded`: the SavedModel, loaded.
     """
     out_dir.mkdir()
-    loaded = tf.saved_model.load(str(saved_model_dir))
+    loaded = tf.saved_model.load(str(saved_model_dir)) if loaded is None else loaded
+    # each SavedModel loaded once, not twice per conversion; the heap scanned by each conversion's gc.collect()
+    # only for what the conversions made
+    with reuse_saved_models({saved_model_dir: loaded}), frozen_heap():
+        files, skipped = _convert_all(saved_model_dir, out_dir, variants, representative_data, signatures, fp16,
+                                      classes, loaded)
+    parity = check_parity(saved_model_dir, [out_dir / f for f in files], parity_data, classes=classes, loaded=loaded)
+    failures = parity_failures(parity)
+    fatal = {f: m for f, m in failures.items() if strict_parity}
+    for file_name, outputs in parity.items():
+        if files[file_name]["variant"] == "fp32" and not all(d["max_diff"] <= BROKEN_FP32 for d in outputs.values()):
+            fatal[file_name] = [f"broken conversion: {k} max_diff {d['max_diff']:.3g}" for k, d in outputs.items()]
+    settle_parity("TFLite", "tflite", files, parity, failures, fatal)
+    for file_name, entry in files.items():
+        fp32 = files.get(f"{entry['signature']}.fp32.tflite")
+        if fp32:
+            entry["size_vs_fp32"] = round(entry["bytes"] / fp32["bytes"], 4)
+    return {"files": files, "skipped": skipped, "variants": list(variants), "signatures": list(signatures),
+            "out_of_tolerance": {f: ", ".join(m) for f, m in failures.items()},
+            "parity_tolerances": {k: {"metric": m, "bound": b, "outputs": list(o) if o else "all"}
+                                  for k, (m, b, o) in PARITY_TOLERANCES.items()},
+            "int8_io": "float32: int8 files quantize inputs and dequantize outputs inside the graph "
+                       "(scale and zero_point under quantization)"}
+
+
+def _convert_all(saved_model_dir, out_dir, variants, representative_data, signatures, fp16, classes, loaded):
+    """Convert and load-check every signature x variant into out_dir: ({file name: entry}, {file name: reason})."""
     files, skipped, fp32_cache = {}, {}, {}
     for signature in signatures:
         for variant in variants:
@@ -92,20 +119,4 @@ def _write_tflite(saved_model_dir, out_dir, variants, representative_data, parit
                 entry["quantization"] = _int8_quantization(interpreter, signature)
             (out_dir / file_name).write_bytes(model_bytes)
             files[file_name] = entry
-    parity = check_parity(saved_model_dir, [out_dir / f for f in files], parity_data, classes=classes)
-    failures = parity_failures(parity)
-    fatal = {f: m for f, m in failures.items() if strict_parity}
-    for file_name, outputs in parity.items():
-        if files[file_name]["variant"] == "fp32" and not all(d["max_diff"] <= BROKEN_FP32 for d in outputs.values()):
-            fatal[file_name] = [f"broken conversion: {k} max_diff {d['max_diff']:.3g}" for k, d in outputs.items()]
-    settle_parity("TFLite", "tflite", files, parity, failures, fatal)
-    for file_name, entry in files.items():
-        fp32 = files.get(f"{entry['signature']}.fp32.tflite")
-        if fp32:
-            entry["size_vs_fp32"] = round(entry["bytes"] / fp32["bytes"], 4)
-    return {"files": files, "skipped": skipped, "variants": list(variants), "signatures": list(signatures),
-            "out_of_tolerance": {f: ", ".join(m) for f, m in failures.items()},
-            "parity_tolerances": {k: {"metric": m, "bound": b, "outputs": list(o) if o else "all"}
-                                  for k, (m, b, o) in PARITY_TOLERANCES.items()},
-            "int8_io": "float32: int8 files quantize inputs and dequantize outputs inside the graph "
-                       "(scale and zero_point under quantization)"}
+    return files, skipped
