@@ -41,7 +41,9 @@ ZOO = {
 #: How the zoo exports: TFLite of decode only, and the weights stored once (no model.keras: `load_keras_model`
 #: rebuilds the model from the manifest and the SavedModel), which halves the bytes the package ships.
 ZOO_EXPORT = dict(tflite=("fp32", "int8"), tflite_signatures=("decode",), keras_model=False)
-MAX_ZOO_BYTES = 56 * 2**20
+#: The zoo's bytes in the package: the MNIST models (~46 MiB) and the codec ladder (float16 weights, ~2.5 MiB a
+#: quality), within a wheel under 100 MB (.ci/run checks the wheel).
+MAX_ZOO_BYTES = 72 * 2**20
 #: What every zoo model was trained and tested on (reproduce's protocol; benchmarks/results/*.json).
 ZOO_DATASET = ("MNIST, the copy embedded in kerasae: 55,000 training images (the last 5,000 of the 60,000 held out "
                "for validation and model selection), tested on all 10,000 test images")

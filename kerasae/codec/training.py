@@ -24,9 +24,10 @@ CHUNK = 200
 DIVERGED = 10.0
 #: How the ladder is trained: (quality, steps, the quality it starts from or None). The middle quality is trained
 #: from scratch; its neighbours are fine-tuned from the next quality towards the middle, which costs far fewer
-#: steps than training each from scratch.
+#: steps than training each from scratch. (Quality 2's fine-tune, 5,000 steps, moved most of the way in its first
+#: 1,600: 0.355 -> 0.300 bpp on its training crops, 0.300 -> 0.292 in the 400 after step 1,600.)
 LADDER_PLAN = {
-    "hyperprior": ((3, 20000, None), (2, 5000, 3), (4, 5000, 3), (1, 5000, 2), (5, 5000, 4)),
+    "hyperprior": ((3, 20000, None), (2, 5000, 3), (4, 3000, 3), (1, 3000, 2), (5, 3000, 4)),
     "factorized": ((3, 10000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2)),
 }
 
