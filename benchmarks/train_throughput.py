@@ -52,10 +52,12 @@ FLOPS_NOTE = ("Dense-layer matmul FLOPs only (biases, activations, the loss, sam
               "one backward matmul that is not needed (the gradient of the input images).")
 
 #: --quick leaves torch.compile out unless --frameworks names it: compiling takes minutes on 2 busy cores.
+#: --quick's scaling runs: two points each (the base point, batch 128 at width x1, reuses the main runs), since every
+#: kerasae run traces and compiles afresh.
 QUICK = dict(reps=2, epochs_per_rep=2, steps=24, matmul_size=1024, matmul_reps=3, scaling_reps=1,
-             frameworks=["kerasae", "kerasae-no-xla", "torch"])
+             frameworks=["kerasae", "kerasae-no-xla", "torch"], scaling_batches=[32, 128], scaling_widths=[1, 2])
 FULL = dict(reps=3, epochs_per_rep=3, steps=None, matmul_size=4096, matmul_reps=7, scaling_reps=1,
-            frameworks=list(FRAMEWORKS))
+            frameworks=list(FRAMEWORKS), scaling_batches=[32, 128, 512], scaling_widths=[1, 2, 4])
 
 
 def parse_args(argv=None):
@@ -64,8 +66,8 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Defaults: the full benchmark (3 reps x 3 epochs of 60,000 images per framework, plus the "
                "scaling runs; about 4 minutes on the 2-core benchmark machine). --quick: 2 reps x 2 epochs of 24 "
-               "steps, no torch.compile, a 1024 x 1024 matmul (a smoke run; its numbers mean nothing). Run on a "
-               "quiet machine only.")
+               "steps, no torch.compile, two scaling points of each kind, a 1024 x 1024 matmul (a smoke run; its "
+               "numbers mean nothing). Run on a quiet machine only.")
     parser.add_argument("--quick", action="store_true", help="tiny run for CI/smoke tests (explicit flags still win)")
     parser.add_argument("--reps", type=common.positive_int, help="repetitions per framework (full: 3)")
     parser.add_argument("--epochs-per-rep", type=common.positive_int,
@@ -79,10 +81,10 @@ def parse_args(argv=None):
                              "kerasae,kerasae-no-xla,torch)")
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure how cost grows with batch size and width (default: on)")
-    parser.add_argument("--scaling-batches", type=common.int_list, default=[32, 128, 512],
-                        help="batch sizes of the scaling runs (width x1; default 32,128,512)")
-    parser.add_argument("--scaling-widths", type=common.int_list, default=[1, 2, 4],
-                        help="hidden-unit multipliers of the scaling runs (batch 128; default 1,2,4)")
+    parser.add_argument("--scaling-batches", type=common.int_list,
+                        help="batch sizes of the scaling runs (width x1; full: 32,128,512, --quick: 32,128)")
+    parser.add_argument("--scaling-widths", type=common.int_list,
+                        help="hidden-unit multipliers of the scaling runs (batch 128; full: 1,2,4, --quick: 1,2)")
     parser.add_argument("--scaling-reps", type=common.positive_int, help="repetitions per scaling point (default 1)")
     parser.add_argument("--scaling-frameworks", type=common.choice_list(FRAMEWORKS), default=["kerasae"],
                         help="frameworks of the scaling runs (default: kerasae)")

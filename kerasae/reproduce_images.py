@@ -7,6 +7,7 @@
   WebP, per photograph, with reconstructions, samples and interpolations as figures.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,13 @@ DEFAULT_K = 1000
 def _codecs(x):
     """Each lossless codec's bits per dimension on x [N, H, W, C], every image one file."""
     return {codec: float(compression.lossless_bits_per_dim(x, codec).mean()) for codec in compression.LOSSLESS_CODECS}
+
+
+@functools.cache
+def _whole_photo_codecs(name):
+    """`_codecs` of a whole test photograph, once per process: the photos and photos-64 stages share it, and
+    WebP's slowest method takes tens of seconds per photograph on a busy CPU."""
+    return _codecs(photos.load_photo(name)[None] / 255.0)
 
 
 # ---- Fashion-MNIST ------------------------------------------------------------------------------
@@ -72,12 +80,12 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True, prefix="photos"):
     tiles = {names[index]: x_test[y_test == index] for index in np.unique(y_test)}
     per_photo = {}
     for name, xs in tiles.items():
-        full = photos.load_photo(name)[None] / 255.0
         per_photo[name] = {"num_patches": len(xs),
                            "vae": ev.evaluate_vae(model, xs, k=k, progress=progress,
                                                   cache=run_dir / ev.EVALUATION_CACHE),
                            "codecs_per_patch": _codecs(xs),
-                           "codecs_whole_photo": _codecs(full), "photo_shape": list(full.shape[1:])}
+                           "codecs_whole_photo": dict(_whole_photo_codecs(name)),
+                           "photo_shape": list(photos.load_photo(name).shape)}
     weights = np.array([len(xs) for xs in tiles.values()]) / len(x_test)
 
     def mean(get):

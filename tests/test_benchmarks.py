@@ -140,15 +140,15 @@ def test_train_throughput_quick_without_torch(tmp_path):
     assert isinstance(targets["kerasae_fraction_of_roofline"]["pass"], bool)
 
     scaling = result["scaling"]
-    assert [e["batch_size"] for e in scaling["batch_size"]] == [32, 128, 512]
-    assert [e["width"] for e in scaling["width"]] == [1, 2, 4]
+    assert [e["batch_size"] for e in scaling["batch_size"]] == [32, 128]  # --quick's two points of each kind
+    assert [e["width"] for e in scaling["width"]] == [1, 2]
     for entry in scaling["batch_size"] + scaling["width"]:
         assert entry["framework"] == "kerasae" and entry["train_function"] in ("xla-execution", "keras")
         assert positive(entry["samples_per_s"]["median"]) and positive(entry["cost_per_sample_vs_base"])
         assert entry["hidden_units"] == [512 * entry["width"], 256 * entry["width"]]
     assert scaling["width"][0]["cost_per_sample_vs_base"] == 1.0
     flops = [e["training_flops_per_sample"] for e in scaling["width"]]
-    assert flops[0] == 6_537_216 and flops[0] < flops[1] < flops[2]  # x4: ~6.9x the matmul work of x1
+    assert flops[0] == 6_537_216 and flops[1] > 2 * flops[0]  # x2: ~2.5x the matmul work of x1
 
 
 @pytest.mark.slow
@@ -157,8 +157,9 @@ def test_train_throughput_quick_with_torch(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "train.json"
     # one thread each: torch's OpenMP threads crawl on an oversubscribed machine (CI may be busy)
+    # kerasae-no-xla left out: the test without torch measures it
     proc = run_benchmark("train_throughput.py", "--quick", "--no-scaling", "--threads", "1", "--reps", "1",
-                         "--out", out)
+                         "--frameworks", "kerasae,torch", "--out", out)
     result = load_result(proc, out)
     assert_header(result, "train_throughput")
     assert result["versions"]["torch"]

@@ -106,8 +106,16 @@ def test_results_doc_quotes_the_published_json(stage):
     assert parts and all(part.split("\n\n", 1)[1] in doc for part in parts)
 
 
+@pytest.fixture(scope="module")
+def whole_photo_rates():
+    """{(photo, codec): bits/dim of the whole test photograph}, measured once for both patch sizes (WebP's
+    slowest method takes tens of seconds per photograph on a busy CPU)."""
+    return {(name, codec): compression.lossless_bits_per_dim(photos.load_photo(name)[None] / 255.0, codec)[0]
+            for name in photos.TEST_PHOTOS for codec in compression.LOSSLESS_CODECS}
+
+
 @pytest.mark.parametrize("stage,size", [("photos", 32), ("photos-64", 64)])
-def test_published_codec_rates_of_the_photographs_are_measured_again(stage, size):
+def test_published_codec_rates_of_the_photographs_are_measured_again(stage, size, whole_photo_rates):
     """The PNG and WebP rates of photos.json and photos_64.json, recomputed from the bundled photographs (2% for
     other zlib/libwebp builds of Pillow; the VAE's rates need its run, which is not shipped)."""
     result = json.loads((RESULTS / reproduce.RESULT_FILES[stage]).read_text())
@@ -119,8 +127,7 @@ def test_published_codec_rates_of_the_photographs_are_measured_again(stage, size
         for codec in compression.LOSSLESS_CODECS:
             assert published["codecs_per_patch"][codec] == pytest.approx(
                 compression.lossless_bits_per_dim(tiles, codec).mean(), rel=0.02)
-            assert published["codecs_whole_photo"][codec] == pytest.approx(
-                compression.lossless_bits_per_dim(photos.load_photo(name)[None] / 255.0, codec)[0], rel=0.02)
+            assert published["codecs_whole_photo"][codec] == pytest.approx(whole_photo_rates[name, codec], rel=0.02)
 
 
 def test_reproduce_fashion_needs_its_data(tmp_path):
@@ -161,6 +168,7 @@ def test_reproduce_quick_fashion_and_photos(tmp_path):
     assert dataset == f"npz:{root / 'quick' / 'data' / 'photos-32.npz'}"
     assert {n: r["num_patches"] for n, r in out["per_photo"].items()} == {"chelsea": 9 * 14, "coffee": 12 * 18}
     assert out["runs"]["photos-vae-resnet-32"]["model_config"]["gaussian_scale"] == "decoder"
+    assert out["test"]["k"] == reproduce.QUICK_K_PHOTOS
     for r in out["per_photo"].values():
         assert 0 < r["vae"]["nll_bits_per_dim"] <= r["vae"]["elbo_bits_per_dim"]
         assert 0 < r["codecs_per_patch"]["WebP lossless"] < r["codecs_per_patch"]["PNG"] < 8

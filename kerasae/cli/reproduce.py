@@ -24,7 +24,8 @@ def build_reproduce_parser(prog="reproduce.py"):
     p.add_argument("--fashion-mnist", metavar="DIR", default=FASHION_MNIST_DIR,
                    help="Fashion-MNIST's four IDX files (default: %(default)s, Debian's dataset-fashion-mnist)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke mode: 2 epochs on 1,000 images (256 for the residual photo models), k=20; "
+                   help="smoke mode: 2 epochs on 1,000 images (64 for the residual models), k=20 (2 for the photos "
+                        "stages); "
                         "writes under ROOT/quick/ by default")
     p.add_argument("--k", type=_positive_int, help="importance samples (default: 5000 for nll, 500 for seed)")
     p.add_argument("--max-test-samples", type=_positive_int, help="nll: evaluate the first N test images only")
