@@ -23,10 +23,18 @@ def codec_points(coders, images, log):
     import re
 
     from kerasae.codec import evaluate
+    from kerasae.codec.ladder import CODEC_CLASSES
 
+    families = {path.rsplit(":", 1)[1]: family for family, path in CODEC_CLASSES.items()}
     records = []
     for folder, coder in coders:
-        family, quality = re.fullmatch(r"(\w+?)_q(\d+)", coder.name).groups()
+        # the family from the model's class, the quality from the name: <family>_q<Q> (a ladder run's codec) or
+        # codec_<family>_q<Q>_photos (the zoo's)
+        family = families[type(coder.model).__name__]
+        quality = re.search(r"_q(\d+)(_photos)?$", coder.name)
+        if quality is None:
+            raise ValueError(f"codec {coder.name} ({folder}): its name must end in _q<quality>, e.g. {family}_q3")
+        quality = quality.group(1)
         for name, image in images.items():
             row = evaluate.measure(image, coder.compress, coder.decompress)
             records.append({"codec": f"kerasae-{family}", "quality": int(quality), "photo": name, **row})

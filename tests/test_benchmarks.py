@@ -574,9 +574,9 @@ def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
     record's bpp the file's length, curves per quality, a BD-rate entry per kerasae family, both figures."""
     from kerasae.codec import Coder, FactorizedPriorCodec
 
-    for quality in (1, 2):
+    for quality, name in ((1, "factorized_q1"), (2, "codec_factorized_q2_photos")):  # a run's name, a zoo entry's
         model = FactorizedPriorCodec(filters=8, latent_channels=8, seed=quality)
-        Coder(model, name=f"factorized_q{quality}").save(tmp_path / f"q{quality}")
+        Coder(model, name=name).save(tmp_path / f"q{quality}")
     out = tmp_path / "rd.json"
     result = load_result(run_benchmark("codec_rd.py", "--quick", "--codecs", tmp_path / "q1", tmp_path / "q2",
                                        "--baselines", "jpeg,webp,png", "--figures", tmp_path / "figures",
