@@ -28,10 +28,11 @@ def _codecs(x):
 
 
 @functools.cache
-def _whole_photo_codecs(name):
-    """`_codecs` of a whole test photograph, once per process: the photos and photos-64 stages share it, and
-    WebP's slowest method takes tens of seconds per photograph on a busy CPU."""
-    return _codecs(photos.load_photo(name)[None] / 255.0)
+def _whole_photo(name):
+    """(`_codecs`, shape) of a whole test photograph, once per process: the photos and photos-64 stages share it,
+    and WebP's slowest method takes tens of seconds per photograph on a busy CPU."""
+    full = photos.load_photo(name)
+    return _codecs(full[None] / 255.0), full.shape
 
 
 # ---- Fashion-MNIST ------------------------------------------------------------------------------
@@ -80,12 +81,12 @@ def photo_results(runs, fig_dir, k=DEFAULT_K, progress=True, prefix="photos"):
     tiles = {names[index]: x_test[y_test == index] for index in np.unique(y_test)}
     per_photo = {}
     for name, xs in tiles.items():
+        whole_codecs, shape = _whole_photo(name)
         per_photo[name] = {"num_patches": len(xs),
                            "vae": ev.evaluate_vae(model, xs, k=k, progress=progress,
                                                   cache=run_dir / ev.EVALUATION_CACHE),
                            "codecs_per_patch": _codecs(xs),
-                           "codecs_whole_photo": dict(_whole_photo_codecs(name)),
-                           "photo_shape": list(photos.load_photo(name).shape)}
+                           "codecs_whole_photo": dict(whole_codecs), "photo_shape": list(shape)}
     weights = np.array([len(xs) for xs in tiles.values()]) / len(x_test)
 
     def mean(get):
