@@ -110,6 +110,34 @@ def test_a_codec_trains_with_fit_and_saves(cls, tmp_path):
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
 
 
+@pytest.mark.parametrize("cls", [FactorizedPriorCodec, ScaleHyperpriorCodec])
+def test_straight_through_training_decodes_rounded_latents_and_rates_noisy_ones(cls):
+    from kerasae.codec import Coder
+
+    x = np.random.default_rng(1).random((2, 64, 64, 3), dtype=np.float32)
+    plain = cls(filters=8, latent_channels=12, seed=5)
+    last = plain.analysis.layers[-1].kernel
+    last.assign(last * 20.0)  # latents a few bins wide, not all within 1/2 of 0 as initialized
+    through = cls.from_config({**plain.get_config(), "straight_through": True})
+    through.set_weights(plain.get_weights())
+    assert through.get_config()["straight_through"] is True and plain.straight_through is False
+    step = tf.constant(7, tf.int64)
+    rounded, noisy = plain.compute_terms(x), plain.compute_terms(x, training=True, step=step)
+    assert not np.allclose(noisy["mse"], rounded["mse"], rtol=1e-3)  # so that the two below tell them apart
+    with tf.GradientTape() as tape:
+        terms = through.compute_terms(x, training=True, step=step)
+        distortion = tf.reduce_sum(terms["mse"])
+    np.testing.assert_allclose(terms["mse"], rounded["mse"], rtol=1e-5)  # the decoder sees round(y) ...
+    np.testing.assert_allclose(terms["bpp"], noisy["bpp"], rtol=1e-6)  # ... the rate y + noise
+    # and the distortion's gradient reaches the analysis transform (rounding's taken as 1)
+    grads = tape.gradient(distortion, through.analysis.trainable_variables)
+    assert all(g is not None and np.any(g.numpy() != 0) for g in grads)
+    # How a model was trained is not part of its version: it decodes the same files.
+    assert Coder(through).version == Coder(plain).version
+    with pytest.raises(TypeError, match="straight_through must be True or False, got 'yes'"):
+        cls(straight_through="yes")
+
+
 @pytest.mark.parametrize("kwargs, message", [(dict(channels=2), "channels must be 1"), (dict(lmbda=0.0), "lmbda"),
                                              (dict(filters=0), "filters"), (dict(seed=-1), "seed")])
 def test_bad_codec_settings_are_clear_errors(kwargs, message):

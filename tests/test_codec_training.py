@@ -127,12 +127,18 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
     assert api.zoo_codecs(zoo_dir) == sorted(shipped)
     image = images[0][:40, :50]
+    validation = photos.load(photos.photos("validation")[0])
     for name, folder in shipped.items():
-        assert json.loads((folder / "codec.json").read_text())["weights"] == "float16"
+        info = json.loads((folder / "codec.json").read_text())
+        assert info["weights"] == "float16"
         coder = Coder.load(folder)
         data = coder.compress(image)
         assert name.encode() in data[:64]  # the file names its entry, which decompress looks up
         np.testing.assert_array_equal(coder.decompress(data), coder.reconstruct(image))
+        # what `kerasae zoo` lists: the shipped coder's own file of the validation photograph
+        file = coder.compress(validation)
+        bpp = 8 * len(file) / (validation.shape[0] * validation.shape[1])
+        assert info["metric"].startswith(f"{bpp:.3f} bpp, PSNR ") and info["metric"].endswith(" (validation photo)")
     first = (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes()
     training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)  # again: replaced whole
     assert (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes() == first
@@ -141,6 +147,33 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
     with pytest.raises(ValueError, match="budget"):
         training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
+
+
+def test_the_ladder_refines_every_quality_straight_through_and_ships_the_refined_models(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "CHUNK", 2)
+    monkeypatch.setattr(training, "LADDER_PLAN", {"hyperprior": ((2, 2, None), (1, 2, 2))})
+    monkeypatch.setattr(training, "REFINE_PLAN", {"hyperprior": (4, 5e-5)})
+    images = [np.random.default_rng(5).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    root = tmp_path / "runs"
+    results = training.train_ladder(root, "hyperprior", log=lambda line: None, crop=64, batch_size=2,
+                                    images=images, filters=8, latent_channels=8)
+    assert sorted(p.name for p in root.iterdir()) == ["hyperprior_q1", "hyperprior_q1_refined", "hyperprior_q2",
+                                                      "hyperprior_q2_refined"]
+    for quality in (1, 2):
+        base, refined = root / f"hyperprior_q{quality}", root / f"hyperprior_q{quality}_refined"
+        assert results[quality] == json.loads((refined / "metrics.json").read_text())
+        assert (results[quality]["step"], results[quality]["learning_rate"]) == (4, 5e-5)
+        assert results[quality]["init_from"] == str(base / "codec")
+        assert resumed(refined).straight_through and not resumed(base).straight_through
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    shipped = training.ship(root, zoo_dir, "hyperprior", log=lambda line: None)
+    for quality in (1, 2):
+        weights = Coder.load(shipped[training.zoo_name("hyperprior", quality)]).model.get_weights()
+        refined = Coder.load(root / f"hyperprior_q{quality}_refined" / "codec").rounded_to_float16()
+        base = Coder.load(root / f"hyperprior_q{quality}" / "codec").rounded_to_float16()
+        assert all(np.array_equal(a, b) for a, b in zip(weights, refined.model.get_weights()))
+        assert not all(np.array_equal(a, b) for a, b in zip(weights, base.model.get_weights()))
 
 
 def test_the_zoo_names_of_the_ladder_are_the_ones_the_api_looks_up():

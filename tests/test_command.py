@@ -94,12 +94,13 @@ def test_zoo_lists_every_entry_with_its_facts(capsys):
     import tensorflow as tf
 
     from kerasae import zoo
+    from kerasae.codec.api import load_coder, zoo_codecs
 
     assert cli.zoo_main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["NAME", "FAMILY", "DATA", "WEIGHTS", "SIZE", "METRIC"]
     rows = {line.split()[0]: re.split(r"\s{2,}", line) for line in lines[1:-1]}
-    assert sorted(rows) == zoo.available()
+    assert sorted(rows) == sorted(zoo.available() + zoo_codecs())
     path = zoo.version_dir("iwae_mlp_50d_mnist")
     manifest = json.loads((path / "assets.extra" / "manifest.json").read_text())
     model = zoo.from_preset("iwae_mlp_50d_mnist")
@@ -110,6 +111,13 @@ def test_zoo_lists_every_entry_with_its_facts(capsys):
     assert size == f"{on_disk / 2**20:.1f} MiB"
     assert metric == f"NLL {manifest['metrics']['test']['nll']:.2f} nats (k=5000)"
     assert rows["ae_mlp_2d_mnist"][5].startswith("MSE") and rows["ae_mlp_2d_mnist"][2] == "MNIST"
+    for name in zoo_codecs():  # the pretrained codec ladder: its weights, files and measured rate
+        info = json.loads((zoo.default_zoo_dir() / name / "codec.json").read_text())
+        coder = load_coder(name)
+        on_disk = sum(f.stat().st_size for f in (zoo.default_zoo_dir() / name).iterdir())
+        assert rows[name][1:] == ["codec", "photographs", f"{coder.model.count_params():,} fp16",
+                                  f"{on_disk / 2**20:.1f} MiB", info["metric"]]
+        assert re.fullmatch(r"\d\.\d{3} bpp, PSNR \d\d\.\d\d dB \(validation photo\)", info["metric"])
     del tf
 
 

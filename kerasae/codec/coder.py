@@ -37,7 +37,10 @@ def flatten_tables(tables):
 def model_version(model, tables):
     """8 bytes identifying the model's weights, configuration and tables: files record it, decoders check it."""
     digest = hashlib.sha256(type(model).__name__.encode())
-    config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}
+    # How it was trained (straight_through) does not change what it decodes: left out, so that a model saved
+    # before that option existed keeps its version.
+    config = {k: v for k, v in model.get_config().items()
+              if k not in ("name", "trainable", "dtype", "straight_through")}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     for weight in model.weights:
         digest.update(np.ascontiguousarray(weight.numpy()).tobytes())

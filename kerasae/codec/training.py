@@ -30,6 +30,11 @@ LADDER_PLAN = {
     "hyperprior": ((3, 20000, None), (2, 5000, 3), (4, 3000, 3), (1, 3000, 2), (5, 3000, 4)),
     "factorized": ((3, 10000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2)),
 }
+#: Then every quality is fine-tuned (steps, learning rate) with straight-through rounded latents for the synthesis
+#: (`ImageCodec.straight_through`) into <family>_q<Q>_refined, what the zoo ships. Measured on quality 3 (20,000
+#: steps of noise), 1,000 steps at 1e-4 on the 7 held-out photographs, PSNR at equal rate against JPEG's curve:
+#: -0.745 dB as trained, -0.569 dB fine-tuned with noise, -0.444 dB fine-tuned straight-through.
+REFINE_PLAN = {"hyperprior": (2000, 1e-4)}
 
 
 def build(family, quality, seed=0, **overrides):
@@ -190,14 +195,28 @@ def _validation(model, image, size=256):
     return {"val_bpp": round(float(terms["bpp"][0]), 5), "val_psnr": round(float(terms["psnr"][0]), 4)}
 
 
-def train_ladder(root, family="hyperprior", log=print):
-    """Every quality of `family` in LADDER_PLAN's order, into root/<family>_q<Q>; resumable like `train`."""
+def train_ladder(root, family="hyperprior", log=print, **kwargs):
+    """Every quality of `family` in LADDER_PLAN's order, into root/<family>_q<Q>, then each refined as REFINE_PLAN
+    says into root/<family>_q<Q>_refined; resumable like `train` (`kwargs`: more of its arguments, for every run).
+    -> {quality: metrics of its final run}."""
     root = Path(root)
     results = {}
     for quality, steps, start in LADDER_PLAN[family]:
         init = None if start is None else root / f"{family}_q{start}" / "codec"
-        results[quality] = train(root / f"{family}_q{quality}", family, quality, steps, init_from=init, log=log)
+        results[quality] = train(root / f"{family}_q{quality}", family, quality, steps, init_from=init, log=log,
+                                 **kwargs)
+    if family in REFINE_PLAN:
+        steps, learning_rate = REFINE_PLAN[family]
+        for quality, _, _ in LADDER_PLAN[family]:
+            results[quality] = train(final_run(root, family, quality), family, quality, steps,
+                                     init_from=root / f"{family}_q{quality}" / "codec", learning_rate=learning_rate,
+                                     straight_through=True, log=log, **kwargs)
     return results
+
+
+def final_run(root, family, quality):
+    """The run folder of a quality's last stage: <family>_q<Q>_refined where the family is refined."""
+    return Path(root) / (f"{family}_q{quality}_refined" if family in REFINE_PLAN else f"{family}_q{quality}")
 
 
 def zoo_name(family, quality):
@@ -207,7 +226,8 @@ def zoo_name(family, quality):
 
 def ship(root, zoo_dir, family="hyperprior", log=print):
     """Every quality of `family`'s ladder trained under `root` into `zoo_dir` as `zoo_name(family, quality)`, its
-    weights rounded to float16 (tables recomputed for them; half the bytes); -> {name: folder}.
+    weights rounded to float16 (tables recomputed for them; half the bytes); -> {name: folder}. Each entry's
+    codec.json gets the `metric` `kerasae zoo` lists: the bpp and PSNR of a real file of the validation photograph.
 
     Each entry is written beside the zoo and swapped in whole, so a failure leaves the previous entry; the zoo's
     size budget (kerasae.zoo.MAX_ZOO_BYTES) is checked before anything is swapped.
@@ -217,8 +237,11 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
     from kerasae import zoo
     from kerasae.codec.coder import Coder
 
+    from kerasae.codec import photos
+
     root, zoo_dir = Path(root), Path(zoo_dir)
-    runs = {q: root / f"{family}_q{q}" for q, _, _ in LADDER_PLAN[family]}
+    validation = photos.load(photos.photos("validation")[0])
+    runs = {q: final_run(root, family, q) for q, _, _ in LADDER_PLAN[family]}
     unfinished = [str(run) for run in runs.values() if not (run / "metrics.json").is_file()]
     if unfinished:
         raise ValueError(f"the {family} ladder has not finished training in {', '.join(unfinished)}: run "
@@ -230,6 +253,7 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
             coder = Coder(Coder.load(run / "codec").model, name=name).rounded_to_float16()
             staged[name] = zoo_dir / f".{name}.new-{os.getpid()}"
             coder.save(staged[name], float16=True)
+            _record_metric(staged[name], coder, validation)
             log(f"{name}: {sum(f.stat().st_size for f in staged[name].iterdir()) / 2**20:.2f} MiB (float16)")
         replaced = {zoo_dir / name for name in staged}
         total = sum(f.stat().st_size for f in zoo_dir.rglob("*")
@@ -247,6 +271,17 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
         for folder in staged.values():
             shutil.rmtree(folder, ignore_errors=True)
     return {name: zoo_dir / name for name in staged}
+
+
+def _record_metric(folder, coder, image):
+    """Put into folder/codec.json the rate and PSNR of `coder`'s file of `image`, the validation photograph."""
+    from kerasae.codec import evaluate
+    from kerasae.files import write_json
+
+    row = evaluate.measure(image, coder.compress, coder.decompress)
+    info = json.loads((folder / "codec.json").read_text())
+    info["metric"] = f"{row['bpp']:.3f} bpp, PSNR {row['psnr']:.2f} dB (validation photo)"
+    write_json(folder / "codec.json", info)
 
 
 def main(argv=None):

@@ -1,0 +1,124 @@
+"""The pretrained codec ladder shipped in exported/: every quality installed, coding at the rate its model estimates,
+decoding exactly, and re-measuring the rate-distortion rows benchmarks/results/codec_rd.json publishes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kerasae.codec import api, bitstream, evaluate, photos
+
+from conftest import REPO
+
+RESULTS = REPO / "benchmarks" / "results" / "codec_rd.json"
+#: The published photos re-measured here: the two smallest of the test split (the others take longer, not more).
+REMEASURED = ("skimage:chelsea", "skimage:astronaut")
+#: How far a re-measured file may be from the published one. Another CPU sums the transforms' float32 convolutions
+#: in another order, which could move a latent across a rounding boundary. Measured with quality 3 on chelsea,
+#: astronaut and coffee: every weight nudged by 1 or 32 float32 rounding steps (random signs, 5 nudges) changed no
+#: file by a byte and the PSNR by at most 7e-5 dB. The bounds are far wider than that and far narrower than a
+#: neighbouring quality (~40% of the bytes) or a coder with fewer scale tables (0.6-1.5% more bits).
+BYTES_BOUND = 0.005
+PSNR_BOUND = 0.02
+
+
+@pytest.fixture(scope="module")
+def coders():
+    return {name: api.load_coder(name) for name in api.LADDER}
+
+
+@pytest.fixture(scope="module")
+def published():
+    result = json.loads(RESULTS.read_text())
+    return result, {(r["quality"], r["photo"]): r for r in result["records"] if r["codec"] == "kerasae-hyperprior"}
+
+
+def test_the_whole_ladder_is_in_the_zoo_and_the_results(coders, published):
+    assert api.ladder() == list(api.LADDER)
+    result, rows = published
+    assert result["codecs"] == list(api.LADDER)
+    assert {q for q, _ in rows} == set(range(1, len(api.LADDER) + 1))
+    assert not result["quick"]
+    assert {p["name"] for p in result["photos"]} == {p.name for p in photos.photos("test")}
+
+
+@pytest.mark.parametrize("quality", range(1, len(api.LADDER) + 1))
+def test_the_coder_writes_what_the_model_estimates_and_decodes_exactly(coders, quality):
+    """The range-coded streams of a real photograph are within 1% (or 64 bytes) of the bits the model itself
+    estimates (its continuous densities on the rounded latents, as training measures them), and the file decodes
+    to the encoder's own reconstruction bit for bit (333 x 517: not a multiple of the stride)."""
+    coder = coders[api.LADDER[quality - 1]]
+    image = photos.load("skimage:coffee")[:333, :517]
+    data = coder.compress(image)
+    _, tiles = bitstream.read(data)
+    coded = sum(len(s) for tile in tiles for s in tile.streams)
+    padded = coder._pad(image)
+    estimated = float(coder.model.compute_terms(padded)["bpp"][0]) * padded.shape[1] * padded.shape[2] / 8
+    assert abs(coded - estimated) <= max(0.01 * estimated, 64), (coded, estimated)
+    np.testing.assert_array_equal(coder.decompress(data), coder.reconstruct(image))
+
+
+def test_every_quality_decodes_in_a_fresh_process_from_the_file_alone(coders, tmp_path):
+    """Files of every quality (333 x 517) decoded by another process that is given only the files (each names its
+    zoo entry): the encoder's reconstruction, bit for bit; `kerasae compress --quality` writes the same bytes."""
+    image = photos.load("skimage:coffee")[:333, :517]
+    Image.fromarray(image).save(tmp_path / "in.png")
+    paths = []
+    for quality, name in enumerate(api.LADDER, start=1):
+        paths.append(tmp_path / f"q{quality}.kaec")
+        paths[-1].write_bytes(coders[name].compress(image))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    script = ("import sys\nimport numpy as np\nimport kerasae.codec as kc\n"
+              "for path in sys.argv[1:]:\n    np.save(path + '.npy', kc.decompress(open(path, 'rb').read()))")
+    run = subprocess.run([sys.executable, "-c", script, *map(str, paths)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr
+    for path, name in zip(paths, api.LADDER):
+        np.testing.assert_array_equal(np.load(f"{path}.npy"), coders[name].reconstruct(image), err_msg=name)
+    run = subprocess.run([sys.executable, "-m", "kerasae", "compress", tmp_path / "in.png", tmp_path / "cli.kaec",
+                          "--quality", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "cli.kaec").read_bytes() == paths[1].read_bytes()
+
+
+def test_the_ladder_goes_from_fewest_bytes_to_best_pixels(published):
+    """Over the test photos, each quality writes more bytes and gives a higher PSNR than the one below."""
+    _, rows = published
+    curve = evaluate.mean_curve(list(rows.values()))
+    assert [p["quality"] for p in curve] == list(range(1, len(api.LADDER) + 1))
+    assert all(a["bpp"] < b["bpp"] and a["psnr"] < b["psnr"] for a, b in zip(curve, curve[1:])), curve
+
+
+@pytest.mark.parametrize("photo", REMEASURED)
+def test_the_published_rows_are_measured_again_from_the_shipped_files(coders, published, photo):
+    _, rows = published
+    image = photos.load(photo)
+    for quality, name in enumerate(api.LADDER, start=1):
+        row = evaluate.measure(image, coders[name].compress, coders[name].decompress)
+        want = rows[(quality, photo)]
+        assert abs(row["bytes"] - want["bytes"]) <= BYTES_BOUND * want["bytes"], (name, row["bytes"], want["bytes"])
+        assert row["psnr"] == pytest.approx(want["psnr"], abs=PSNR_BOUND), name
+        assert row["ms_ssim"] == pytest.approx(want["ms_ssim"], abs=1e-3), name
+
+
+def test_the_docs_quote_the_published_results(published):
+    """docs/codec.md and exported/README.md show the ladder's measured curve and BD-rates as codec_rd.json has them,
+    README's results table its BD-rates."""
+    result, _ = published
+    for doc in (REPO / "docs" / "codec.md", REPO / "exported" / "README.md"):
+        text = doc.read_text()
+        for point in result["curves"]["kerasae-hyperprior"]:
+            row = (f"| `{api.LADDER[point['quality'] - 1]}` | {point['quality']} | {point['bpp']:.3f} | "
+                   f"{point['psnr']:.2f} | {point['ms_ssim']:.4f} |")
+            assert row in text, (doc.name, row)
+        for anchor in ("jpeg", "webp"):
+            value = result["bd_rate_psnr_percent"][f"kerasae-hyperprior vs {anchor}"]
+            assert f"BD-rate (PSNR) against {anchor.upper() if anchor == 'jpeg' else 'WebP'}: {value:+.1f}%" in text
+    bd = result["bd_rate_psnr_percent"]
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if "`codec_rd.json`" in line)
+    assert (f"BD-rate (PSNR) {bd['kerasae-hyperprior vs jpeg']:+.1f}% against JPEG, "
+            f"{bd['kerasae-hyperprior vs webp']:+.1f}% against WebP" in row), row
