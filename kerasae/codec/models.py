@@ -8,8 +8,8 @@ with GDN) maps an image to latents y, a synthesis transform g_s (transposed conv
 Training (`model.fit` on images [B, H, W, C] in [0, 1], H and W multiples of `stride`) minimizes
 lmbda * 255^2 * MSE + bits per pixel, with additive uniform noise standing in for rounding (for the rate always;
 for the synthesis' input too unless `straight_through`, which feeds it the rounded latents it will decode, with
-rounding's gradient taken as 1: Minnen & Singh 2020's mixed quantization); evaluation rounds (`training=False`), so its bits per pixel are what an entropy coder with these models' tables would write, up to
-the coder's overhead.
+rounding's gradient taken as 1: Minnen & Singh 2020's mixed quantization); evaluation rounds (`training=False`),
+so its bits per pixel are what an entropy coder with these models' tables would write, up to the coder's overhead.
 """
 
 import numbers

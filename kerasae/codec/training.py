@@ -235,9 +235,8 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
     import shutil
 
     from kerasae import zoo
-    from kerasae.codec.coder import Coder
-
     from kerasae.codec import photos
+    from kerasae.codec.coder import Coder
 
     root, zoo_dir = Path(root), Path(zoo_dir)
     validation = photos.load(photos.photos("validation")[0])
