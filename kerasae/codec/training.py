@@ -239,12 +239,12 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
     from kerasae.codec.coder import Coder
 
     root, zoo_dir = Path(root), Path(zoo_dir)
-    validation = photos.load(photos.photos("validation")[0])
     runs = {q: final_run(root, family, q) for q, _, _ in LADDER_PLAN[family]}
     unfinished = [str(run) for run in runs.values() if not (run / "metrics.json").is_file()]
     if unfinished:
         raise ValueError(f"the {family} ladder has not finished training in {', '.join(unfinished)}: run "
                          f"train_codec.py --family {family} --root {root} first")
+    validation = photos.load(photos.photos("validation")[0])
     staged = {}
     try:
         for quality, run in sorted(runs.items()):
