@@ -2,13 +2,16 @@
 
     python benchmarks/codec_rd.py                         # the zoo's ladder; benchmarks/results/codec_rd.json
     python benchmarks/codec_rd.py --codecs runs/codec/hyperprior_q*/codec runs/codec/factorized_q*/codec
+    python benchmarks/codec_rd.py --optimize-steps 50     # also each codec with its latents optimized per image
     python benchmarks/codec_rd.py --quick                 # a smoke test of this script
 
 Photos: `kerasae.codec.photos`' test split (whole photographs never cropped for training; each one's source and
 licence in the JSON). Every rate is the length of a real file, every distortion measured on what decoding that
 file gives (kerasae: `Coder.decompress` of `Coder.compress`'s bytes). Curves: per codec and quality, the mean bpp,
 PSNR (RGB) and MS-SSIM over the photos; BD-rates (PSNR) of each kerasae family against JPEG and WebP over the PSNR
-range both curves cover. Times: seconds per megapixel to encode and decode (medians over photos, this machine).
+range both curves cover; with --optimize-steps N, each kerasae codec again with an encoder that optimizes its
+latents for each photo (`Coder.compress(image, optimize_steps=N)`; the same decoder), as "kerasae-<family>-optimized".
+Times: seconds per megapixel to encode and decode (medians over photos, this machine).
 Figures: docs/figures/codec_rd.png and docs/figures/codec_crops.png.
 """
 
@@ -19,7 +22,7 @@ from pathlib import Path
 import _common
 
 
-def codec_points(coders, images, log):
+def codec_points(coders, images, log, optimize_steps=0):
     import re
 
     from kerasae.codec import evaluate
@@ -35,10 +38,14 @@ def codec_points(coders, images, log):
         if quality is None:
             raise ValueError(f"codec {coder.name} ({folder}): its name must end in _q<quality>, e.g. {family}_q3")
         quality = quality.group(1)
-        for name, image in images.items():
-            row = evaluate.measure(image, coder.compress, coder.decompress)
-            records.append({"codec": f"kerasae-{family}", "quality": int(quality), "photo": name, **row})
-            log(f"{coder.name} {name}: {row['bpp']:.3f} bpp {row['psnr']:.2f} dB")
+        encoders = {f"kerasae-{family}": coder.compress}
+        if optimize_steps:
+            encoders[f"kerasae-{family}-optimized"] = lambda x, c=coder: c.compress(x, optimize_steps=optimize_steps)
+        for label, encode in encoders.items():
+            for name, image in images.items():
+                row = evaluate.measure(image, encode, coder.decompress)
+                records.append({"codec": label, "quality": int(quality), "photo": name, **row})
+                log(f"{label} {coder.name} {name}: {row['bpp']:.3f} bpp {row['psnr']:.2f} dB")
     return records
 
 
@@ -88,10 +95,14 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a smoke test: two small crops, few qualities")
     parser.add_argument("--codecs", nargs="*", type=Path, default=None,
                         help="saved codec folders (default: the zoo's ladder)")
+    parser.add_argument("--optimize-steps", type=int, default=0, metavar="N",
+                        help="also measure each kerasae codec with N steps of latent optimization per photo")
     parser.add_argument("--baselines", default=None, help="comma-separated of jpeg,webp,avif,png (default: all)")
     parser.add_argument("--figures", type=Path, default=None, help="folder of the figures (default: docs/figures; "
                         "none with --quick)")
     args = _common.parse_args(parser, argv, lambda a: {"baselines": "jpeg,webp,avif,png"}, "codec_rd.json")
+    if args.optimize_steps < 0:
+        parser.error(f"--optimize-steps must be >= 0, got {args.optimize_steps}")
     _common.setup_imports()
     from kerasae.codec import api, coder as coder_lib, photos
 
@@ -103,7 +114,8 @@ def main(argv=None):
     folders = args.codecs if args.codecs is not None else [api.load_coder(name) for name in api.ladder()]
     coders = [(f, f if isinstance(f, coder_lib.Coder) else coder_lib.Coder.load(f)) for f in folders]
     baselines = [b for b in args.baselines.split(",") if b]
-    records = baseline_points(images, baselines, log, every=4 if args.quick else 1) + codec_points(coders, images, log)
+    records = baseline_points(images, baselines, log, every=4 if args.quick else 1) + codec_points(coders, images, log,
+                                                                                      args.optimize_steps)
     for r in records:
         r["pixels"] = int(images[r["photo"]].shape[0] * images[r["photo"]].shape[1])
     curves, bd, times = summarize(records)
@@ -122,7 +134,7 @@ def main(argv=None):
         folder = args.figures or _common.REPO / "docs" / "figures"
         figures.rd_figure(curves, folder / "codec_rd.png")
         if coders:
-            figures.crops_figure(images, coders, records, folder / "codec_crops.png")
+            figures.crops_figure(images, coders, records, folder / "codec_crops.png", args.optimize_steps)
     return 0
 
 

@@ -571,7 +571,8 @@ def test_streaming_speed_compares_epochs_that_used_as_many_cores(monkeypatch):
 
 def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
     """benchmarks/codec_rd.py on two test-photo crops: kerasae's files (a small saved codec) and Pillow's, each
-    record's bpp the file's length, curves per quality, a BD-rate entry per kerasae family, both figures."""
+    record's bpp the file's length, curves per quality (each codec also with its latents optimized), a BD-rate entry
+    per kerasae curve, both figures."""
     from kerasae.codec import Coder, FactorizedPriorCodec
 
     for quality, name in ((1, "factorized_q1"), (2, "codec_factorized_q2_photos")):  # a run's name, a zoo entry's
@@ -580,15 +581,18 @@ def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
     out = tmp_path / "rd.json"
     result = load_result(run_benchmark("codec_rd.py", "--quick", "--codecs", tmp_path / "q1", tmp_path / "q2",
                                        "--baselines", "jpeg,webp,png", "--figures", tmp_path / "figures",
-                                       "--out", out), out)
+                                       "--optimize-steps", "2", "--out", out), out)
     assert_header(result, "codec_rd")
-    assert set(result["curves"]) == {"jpeg", "webp", "png", "kerasae-factorized"}
+    assert set(result["curves"]) == {"jpeg", "webp", "png", "kerasae-factorized", "kerasae-factorized-optimized"}
     assert [p["name"] for p in result["photos"]] == ["sklearn:china", "sklearn:flower"]
     for r in result["records"]:
         assert r["bpp"] == pytest.approx(8 * r["bytes"] / r["pixels"]) and r["pixels"] == 192 * 200
         assert (r["psnr"] is None) == (r["codec"] == "png")
-    assert [p["quality"] for p in result["curves"]["kerasae-factorized"]] == [1, 2]
+    for curve in ("kerasae-factorized", "kerasae-factorized-optimized"):
+        assert [p["quality"] for p in result["curves"][curve]] == [1, 2]
     # untrained codecs: a number, or why not (their PSNR ranges need not overlap JPEG's)
-    assert set(result["bd_rate_psnr_percent"]) == {"kerasae-factorized vs jpeg", "kerasae-factorized vs webp"}
+    assert set(result["bd_rate_psnr_percent"]) == {f"{c} vs {a}" for c in ("kerasae-factorized",
+                                                                            "kerasae-factorized-optimized")
+                                                   for a in ("jpeg", "webp")}
     assert (tmp_path / "figures" / "codec_rd.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "codec_crops.png").stat().st_size > 10_000

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kerasae.cli.arguments import _positive_int
+from kerasae.cli.arguments import _non_negative_int, _positive_int
 
 
 def add_codec_flags(p):
@@ -24,6 +24,10 @@ def build_compress_parser(prog="kerasae compress"):
     p.add_argument("output", metavar="OUT", help="the compressed file to write")
     p.add_argument("--quality", type=_positive_int, default=3,
                    help=f"1 (fewest bytes) to {len(LADDER)} (best quality) (default: 3)")
+    p.add_argument("--optimize-steps", type=_non_negative_int, default=0, metavar="STEPS",
+                   help="optimize the latents for this image by STEPS steps of gradient descent: a smaller, better "
+                        "file for the same decoder, ~1 s per megapixel per step (default: 0, the fast encoder; "
+                        "docs/codec.md measures 50 and 100)")
     add_codec_flags(p)
     return p
 
@@ -82,7 +86,7 @@ def compress_main(argv=None, prog="kerasae compress"):
             parser.error(f"--quality must be from 1 to {len(api.LADDER)}, got {args.quality}")
         coder = api.load_coder(args.model, None if args.model else args.quality)
         image = read_image(args.input)
-        data = coder.compress(image)
+        data = coder.compress(image, optimize_steps=args.optimize_steps)
         write_output(args.output, data, args.overwrite)
     except (ValueError, TypeError, OSError) as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)

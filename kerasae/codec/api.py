@@ -58,9 +58,10 @@ def load_coder(model=None, quality=None):
     return _LOADED[key]
 
 
-def compress(image, quality=3, model=None):
-    """The bytes of a file holding `image` (uint8 or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3])."""
-    return load_coder(model, None if model is not None else quality).compress(image)
+def compress(image, quality=3, model=None, optimize_steps=0):
+    """The bytes of a file holding `image` (uint8 or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3]);
+    `optimize_steps` > 0 optimizes the latents for the image (`Coder.compress`): fewer bytes, slower encoding."""
+    return load_coder(model, None if model is not None else quality).compress(image, optimize_steps=optimize_steps)
 
 
 def decompress(data, model=None):

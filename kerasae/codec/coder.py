@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasae.codec import bitstream, decoder, entropy
+from kerasae.codec import bitstream, decoder, entropy, optimize
 
 #: Default tile size in pixels: images up to 1024 x 1024 are one tile; larger ones are coded tile by tile, which
 #: bounds the memory the transforms use.
@@ -140,6 +140,7 @@ class Coder:
         if self.hyperprior:
             self._hyper_analysis = function(lambda y, training: model.hyper_analysis(tf.abs(y), training=training), m)
             self._scales = float64_scales(model)
+        self._optimizer = None  # built on first use: optimize_steps > 0
 
     # ---- one tile ----------------------------------------------------------------------------------------------
 
@@ -159,13 +160,20 @@ class Coder:
             raise ValueError(f"the model's {what} are not finite: it cannot code this image")
         return np.round(values).astype(np.int64)  # the same rounding as tf.round: half to even
 
-    def _quantize_tile(self, pixels):
-        """(z_hat or None, y_hat, y's table index) of one tile."""
-        y = self._analysis(self._pad(pixels))
+    def _quantize_tile(self, pixels, optimize_steps=0):
+        """(z_hat or None, y_hat, y's table index) of one tile; latents optimized for it (`kerasae.codec.optimize`)
+        when optimize_steps > 0."""
+        if optimize_steps:
+            if self._optimizer is None:
+                self._optimizer = optimize.latent_optimizer(self.model)
+            y, z = self._optimizer(self._pad(pixels), *pixels.shape[:2], optimize_steps)
+        else:
+            y = self._analysis(self._pad(pixels))
+            z = self._hyper_analysis(y) if self.hyperprior else None
         y_hat = self._integers(y, "latents")
         if not self.hyperprior:
             return None, y_hat, decoder.channel_index(y_hat.shape)
-        z_hat = self._integers(self._hyper_analysis(y), "hyper-latents")
+        z_hat = self._integers(z, "hyper-latents")
         return z_hat, y_hat, decoder.scale_index(self._scales_numpy, z_hat, self.tables)
 
     def _scales_numpy(self, z_hat):
@@ -174,8 +182,8 @@ class Coder:
     def _synthesis_numpy(self, y_hat):
         return self._synthesis(y_hat).numpy()
 
-    def _encode_tile(self, pixels):
-        z_hat, y_hat, index = self._quantize_tile(pixels)
+    def _encode_tile(self, pixels, optimize_steps):
+        z_hat, y_hat, index = self._quantize_tile(pixels, optimize_steps)
         streams = entropy.encode(y_hat, index, self.tables["y"])
         if z_hat is None:
             return bitstream.Tile(decoder.latent_checksum((y_hat,)), streams)
@@ -188,24 +196,30 @@ class Coder:
         if channels == 3 and self.model.channels == 1:
             raise ValueError(f"this codec ({self.name}) codes grayscale images; got an RGB image")
 
-    def compress(self, image):
-        """The bytes of a file holding `image` (uint8, or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3])."""
+    def compress(self, image, optimize_steps=0):
+        """The bytes of a file holding `image` (uint8, or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3]).
+
+        optimize_steps: steps of gradient descent on each tile's latents (`kerasae.codec.optimize`): 0 (the
+        default) takes the analysis transform's; 50 lowered the real file's loss by 10-12% on the validation
+        photograph, at ~100x the encoding time. The decoder is the same either way."""
+        optimize_steps = optimize.check_steps(optimize_steps)
         pixels = as_image(image)
         height, width, channels = pixels.shape
         self._check_channels(channels)
-        tiles = [self._encode_tile(pixels[r:r + h, c:c + w])
+        tiles = [self._encode_tile(pixels[r:r + h, c:c + w], optimize_steps)
                  for r, c, h, w in decoder.tile_grid(height, width, self.tile)]
         header = bitstream.Header(self.name, self.version, height, width, channels, self.tile, self.model.stride)
         return bitstream.write(header, tiles)
 
-    def reconstruct(self, image):
-        """The image `decompress(compress(image))` gives, computed by the encoder without coding."""
+    def reconstruct(self, image, optimize_steps=0):
+        """The image `decompress(compress(image, optimize_steps))` gives, computed by the encoder without coding."""
+        optimize_steps = optimize.check_steps(optimize_steps)
         pixels = as_image(image)
         height, width, channels = pixels.shape
         self._check_channels(channels)
         out = np.empty_like(pixels)
         for r, c, h, w in decoder.tile_grid(height, width, self.tile):
-            y_hat = self._quantize_tile(pixels[r:r + h, c:c + w])[1]
+            y_hat = self._quantize_tile(pixels[r:r + h, c:c + w], optimize_steps)[1]
             out[r:r + h, c:c + w] = decoder.to_pixels(self._synthesis_numpy(y_hat.astype(np.float32)), h, w,
                                                       channels)
         return out
@@ -214,12 +228,13 @@ class Coder:
         """The uint8 image [H, W, C] a file's bytes hold."""
         return decoder.decompress(data, self.spec, self.tables, self._synthesis_numpy, self._scales_numpy)
 
-    def information_bits(self, image):
+    def information_bits(self, image, optimize_steps=0):
         """-log2 of the tables' probabilities of the image's integers: what the streams come within bytes of."""
+        optimize_steps = optimize.check_steps(optimize_steps)
         pixels = as_image(image)
         bits = 0.0
         for r, c, h, w in decoder.tile_grid(*pixels.shape[:2], self.tile):
-            z_hat, y_hat, index = self._quantize_tile(pixels[r:r + h, c:c + w])
+            z_hat, y_hat, index = self._quantize_tile(pixels[r:r + h, c:c + w], optimize_steps)
             bits += entropy.information_bits(y_hat, index, self.tables["y"])
             if z_hat is not None:
                 bits += entropy.information_bits(z_hat, decoder.channel_index(z_hat.shape), self.tables["z"])

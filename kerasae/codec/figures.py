@@ -4,7 +4,9 @@ import numpy as np
 
 _STYLE = {"jpeg": ("JPEG (4:2:0, optimized)", "tab:red"), "webp": ("WebP (method 6)", "tab:orange"),
           "avif": ("AVIF (libavif)", "tab:purple"), "kerasae-hyperprior": ("kerasae hyperprior", "tab:blue"),
-          "kerasae-factorized": ("kerasae factorized prior", "tab:cyan")}
+          "kerasae-factorized": ("kerasae factorized prior", "tab:cyan"),
+          "kerasae-hyperprior-optimized": ("kerasae hyperprior, latents optimized", "tab:green"),
+          "kerasae-factorized-optimized": ("kerasae factorized prior, latents optimized", "tab:olive")}
 
 
 def rd_figure(curves, path):
@@ -38,9 +40,10 @@ def rd_figure(curves, path):
     plt.close(fig)
 
 
-def crops_figure(images, coders, records, path, size=192):
-    """A crop of the first photo: the original, each kerasae codec at its lowest quality, and JPEG and WebP at the
-    quality whose bpp on that photo is closest; each titled with its real bpp and PSNR."""
+def crops_figure(images, coders, records, path, optimize_steps=0, size=192):
+    """A crop of the first photo: the original, each kerasae codec at its lowest quality (and with its latents
+    optimized, if `optimize_steps`), and JPEG and WebP at the quality whose bpp on that photo is closest to the first
+    kerasae file's; each titled with its real bpp and PSNR."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,11 +63,13 @@ def crops_figure(images, coders, records, path, size=192):
             lowest[family] = coder
     target = None
     for coder in lowest.values():
-        data = coder.compress(image)
-        decoded = coder.decompress(data)
-        bpp = 8 * len(data) / (h * w)
-        target = bpp if target is None else target
-        panels.append((f"kerasae {coder.name}\n{bpp:.3f} bpp, {evaluate.psnr(image, decoded):.2f} dB", decoded))
+        for steps in sorted({0, optimize_steps}):
+            data = coder.compress(image, optimize_steps=steps)
+            decoded = coder.decompress(data)
+            bpp = 8 * len(data) / (h * w)
+            target = bpp if target is None else target
+            title = f"kerasae {coder.name}" + (f", optimized {steps} steps" if steps else "")
+            panels.append((f"{title}\n{bpp:.3f} bpp, {evaluate.psnr(image, decoded):.2f} dB", decoded))
     for codec in ("jpeg", "webp"):
         rows = [x for x in records if x["codec"] == codec and x["photo"] == name]
         if not rows or target is None:
