@@ -4,7 +4,9 @@ files they write.
 `FactorizedPriorCodec` and `ScaleHyperpriorCodec` are Keras models trained with `model.fit`; their objective's
 rate is the bits an entropy coder would write for the rounded latents under the models' learned densities.
 `Coder(model)` turns a trained one into files (`compress`, `decompress`), range-coded with integer tables;
-`compress(image, quality)` and `decompress(data)` do the same with the pretrained ladder or a saved codec.
+`compress(image, quality)` and `decompress(data)` do the same with the pretrained ladder or a saved codec;
+`optimize_steps=N` makes the encoder optimize each image's latents first (`kerasae.codec.optimize`): slower encoding,
+smaller files, the same decoder.
 
 Names load on first use, so `kerasae compress --help` answers before TensorFlow loads.
 """
