@@ -68,7 +68,7 @@ def crops_figure(images, coders, records, path, optimize_steps=0, size=192):
             decoded = coder.decompress(data)
             bpp = 8 * len(data) / (h * w)
             target = bpp if target is None else target
-            title = f"kerasae {coder.name}" + (f", optimized {steps} steps" if steps else "")
+            title = f"kerasae {coder.name}" + (f"\nlatents optimized ({steps} steps)" if steps else "")
             panels.append((f"{title}\n{bpp:.3f} bpp, {evaluate.psnr(image, decoded):.2f} dB", decoded))
     for codec in ("jpeg", "webp"):
         rows = [x for x in records if x["codec"] == codec and x["photo"] == name]
@@ -78,13 +78,13 @@ def crops_figure(images, coders, records, path, optimize_steps=0, size=192):
         data, decoded = evaluate.pillow_file(image, codec, best["quality"])
         panels.append((f"{codec.upper()} q{best['quality']}\n{8 * len(data) / (h * w):.3f} bpp, "
                        f"{evaluate.psnr(image, decoded):.2f} dB", decoded))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.0))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.3))
     for ax, (title, pixels) in zip(np.atleast_1d(axes), panels):
         crop = pixels[r:r + size, c:c + size]
         ax.imshow(crop[..., 0] if crop.shape[-1] == 1 else crop, cmap="gray", vmin=0, vmax=255)
         ax.set_title(title, fontsize=7)
         ax.axis("off")
     fig.suptitle(f"{name}, centre {size} x {size} crop", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))  # room for the suptitle above three-line panel titles
     fig.savefig(path, dpi=110)
     plt.close(fig)
