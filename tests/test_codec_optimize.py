@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerasae.codec import Coder, FactorizedPriorCodec, ScaleHyperpriorCodec, api, optimize, photos
+from kerasae.codec import Coder, FactorizedPriorCodec, ScaleHyperpriorCodec, api, bitstream, optimize, photos
 
 from conftest import REPO
 
@@ -38,8 +38,6 @@ def test_optimized_files_are_smaller_and_better_and_decode_exactly(chelsea, qual
     data = coder.compress(chelsea, optimize_steps=20)
     assert file_loss(coder, chelsea, data) < 0.99 * file_loss(coder, chelsea, plain)
     np.testing.assert_array_equal(coder.decompress(data), coder.reconstruct(chelsea, optimize_steps=20))
-    from kerasae.codec import bitstream
-
     coded = sum(len(s) for tile in bitstream.read(data)[1] for s in tile.streams)
     ideal = coder.information_bits(chelsea, optimize_steps=20) / 8
     assert ideal < coded <= 1.01 * ideal + 64

@@ -107,6 +107,11 @@ class ImageCodec(keras.Model):
         """(quantized y, [likelihood tensors whose -log2 sums give the bits]) of latents y."""
         raise NotImplementedError
 
+    def entropy_likelihoods(self, y_hat, z_hat=None, training=False):
+        """The likelihood tensors of quantized latents y_hat (and, for a hyperprior, hyper-latents z_hat) under the
+        model's entropy model: what `likelihoods` gives, for latents chosen by other means (`kerasae.codec.optimize`)."""
+        raise NotImplementedError
+
     def compute_terms(self, x, training=False, step=None):
         """Per-example loss, bits per pixel, MSE and PSNR of images x [B, H, W, C] in [0, 1]."""
         x = tf.cast(x, tf.float32)
@@ -169,7 +174,10 @@ class FactorizedPriorCodec(ImageCodec):
 
     def likelihoods(self, y, training=False, step=None):
         y_hat = self.quantize_latents(y, training, step)
-        return y_hat, [self.prior(y_hat)]
+        return y_hat, self.entropy_likelihoods(y_hat, training=training)
+
+    def entropy_likelihoods(self, y_hat, z_hat=None, training=False):
+        return [self.prior(y_hat)]
 
 
 @register
@@ -210,4 +218,7 @@ class ScaleHyperpriorCodec(ImageCodec):
         z = self.hyper_analysis(tf.abs(y), training=training)
         z_hat = self.quantize_latents(z, training, step, stream=1)
         y_hat = self.quantize_latents(y, training, step)
-        return y_hat, [gaussian_likelihood(y_hat, self.scales(z_hat, training)), self.hyperprior(z_hat)]
+        return y_hat, self.entropy_likelihoods(y_hat, z_hat, training)
+
+    def entropy_likelihoods(self, y_hat, z_hat=None, training=False):
+        return [gaussian_likelihood(y_hat, self.scales(z_hat, training)), self.hyperprior(z_hat)]

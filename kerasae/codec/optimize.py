@@ -41,7 +41,6 @@ def latent_optimizer(model):
     least loss, continuous (the caller rounds them): (y, z) for a hyperprior, (y, y) for a factorized prior."""
     import tensorflow as tf
 
-    from kerasae.codec.layers import gaussian_likelihood
     from kerasae.codec.models import ScaleHyperpriorCodec
 
     hyperprior = isinstance(model, ScaleHyperpriorCodec)
@@ -62,11 +61,7 @@ def latent_optimizer(model):
     def loss_of(x, mask, pixels, y_hat, z_hat):
         x_hat = model.synthesis(y_hat, training=False)
         mse = tf.reduce_sum(tf.square(x - x_hat) * mask) / (pixels * tf.cast(tf.shape(x)[-1], tf.float32))
-        if hyperprior:
-            nats = -tf.reduce_sum(tf.math.log(gaussian_likelihood(y_hat, model.scales(z_hat, training=False))))
-            nats -= tf.reduce_sum(tf.math.log(model.hyperprior(z_hat)))
-        else:
-            nats = -tf.reduce_sum(tf.math.log(model.prior(y_hat)))
+        nats = tf.add_n([-tf.reduce_sum(tf.math.log(p)) for p in model.entropy_likelihoods(y_hat, z_hat)])
         return weight * mse + nats / np.log(2.0) / pixels
 
     @tf.function(input_signature=[tf.TensorSpec([1, None, None, model.channels], tf.float32),
