@@ -572,8 +572,8 @@ def test_streaming_speed_compares_epochs_that_used_as_many_cores(monkeypatch):
 def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
     """benchmarks/codec_rd.py on two test-photo crops: kerasae's files (a small saved codec) and Pillow's, each
     record's bpp the file's length, curves per quality (each codec also with its latents optimized), a BD-rate entry
-    per kerasae curve, both figures."""
-    from kerasae.codec import Coder, FactorizedPriorCodec
+    per kerasae curve, both figures; then another family measured with the first run's kerasae records reused."""
+    from kerasae.codec import Coder, FactorizedPriorCodec, ScaleHyperpriorCodec
 
     for quality, name in ((1, "factorized_q1"), (2, "codec_factorized_q2_photos")):  # a run's name, a zoo entry's
         model = FactorizedPriorCodec(filters=8, latent_channels=8, seed=quality)
@@ -596,3 +596,45 @@ def test_codec_rd_quick_measures_real_files_of_every_codec(tmp_path):
                                                    for a in ("jpeg", "webp")}
     assert (tmp_path / "figures" / "codec_rd.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "codec_crops.png").stat().st_size > 10_000
+    assert result["reused"] is None
+    # another family measured now, the first run's kerasae records kept (the baselines are measured again)
+    Coder(ScaleHyperpriorCodec(filters=8, latent_channels=8, seed=3), name="hyperprior_q1").save(tmp_path / "h1")
+    both = tmp_path / "both.json"
+    again = load_result(run_benchmark("codec_rd.py", "--quick", "--codecs", tmp_path / "h1", "--baselines", "jpeg",
+                                      "--reuse", out, "--out", both), both)
+    assert again["reused"]["codecs"] == ["kerasae-factorized", "kerasae-factorized-optimized"]
+    assert again["reused"]["machine"] == result["machine_at_start"]
+    assert again["codecs"] == ["factorized_q1", "codec_factorized_q2_photos", "hyperprior_q1"]
+    assert [r for r in again["records"] if r["codec"].startswith("kerasae-factorized")] == [
+        r for r in result["records"] if r["codec"].startswith("kerasae-factorized")]
+    assert {r["codec"] for r in again["records"]} == {"jpeg", "kerasae-hyperprior", "kerasae-factorized",
+                                                      "kerasae-factorized-optimized"}
+    assert "kerasae-factorized vs jpeg" in again["bd_rate_psnr_percent"]
+    run = subprocess.run([sys.executable, REPO / "benchmarks" / "codec_rd.py", "--quick", "--codecs", tmp_path / "h1",
+                          "--reuse", tmp_path / "figures" / "codec_rd.png", "--out", tmp_path / "no.json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "--reuse" in run.stderr.splitlines()[-1] and not (tmp_path / "no.json").exists()
+
+
+def test_codec_rd_rewrites_only_the_docs_blocks_from_a_result(tmp_path):
+    """--docs-from: each ladder's rows, BD-rates and the baselines' ranges between the markers; the rest of the file
+    as it was; a file without one pair of markers refused."""
+    codec_rd = _import_benchmark("codec_rd")
+    point = {"quality": 1, "bpp": 0.25, "psnr": 27.5, "ms_ssim": 0.95}
+    result = {"arguments": {"optimize_steps": 7},
+              "curves": {"kerasae-factorized": [point], "kerasae-factorized-optimized": [{**point, "bpp": 0.2}],
+                         "jpeg": [{**point, "bpp": 0.1, "psnr": 22.0}, {**point, "bpp": 2.0, "psnr": 38.0}]},
+              "bd_rate_psnr_percent": {"kerasae-factorized vs jpeg": -3.04, "kerasae-factorized-optimized vs jpeg": -12.0}}
+    doc = tmp_path / "doc.md"
+    begin, end = codec_rd.DOCS_MARKERS
+    doc.write_text(f"before\n{begin}\nold table\n{end}\nafter\n")
+    codec_rd.write_docs(result, [doc])
+    text = doc.read_text()
+    assert text.startswith(f"before\n{begin}\n") and text.endswith(f"\n{end}\nafter\n") and "old table" not in text
+    assert "| `codec_factorized_q1_photos` | 1 | 0.250 | 27.50 | 0.9500 | 0.200 | 27.50 | 0.9500 |" in text
+    assert "- Factorized prior: BD-rate (PSNR) against JPEG: -3.0% (latents optimized, 7 steps: -12.0%)" in text
+    assert "JPEG 0.100-2.000 bpp, 22.00-38.00 dB." in text and "hyperprior" not in text
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="must hold one"):
+        codec_rd.write_docs(result, [doc])
+    assert doc.read_text() == "no markers\n"

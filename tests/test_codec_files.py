@@ -221,11 +221,14 @@ def test_a_saved_codec_decodes_in_a_fresh_process_and_the_command_line(coders, p
     for args in (["decompress", tmp_path / "bad.kaec", tmp_path / "x.png", "--model", tmp_path / "codec"],
                  ["decompress", tmp_path / "in.png", tmp_path / "x.png"],
                  ["compress", tmp_path / "missing.png", tmp_path / "y", "--model", tmp_path / "codec"],
-                 ["compress", tmp_path / "in.png", tmp_path / "out.kaec", "--model", tmp_path / "codec"]):
+                 ["compress", tmp_path / "in.png", tmp_path / "out.kaec", "--model", tmp_path / "codec"],
+                 ["compress", tmp_path / "in.png", tmp_path / "z", "--model", tmp_path / "codec", "--family",
+                  "factorized"]):
         run = subprocess.run(command + args, capture_output=True, text=True, env=env, timeout=300)
         ours = [line for line in run.stderr.splitlines() if line.startswith("kerasae ")]  # not TF's start-up
         assert run.returncode == 2 and len(ours) == 1 and "error: " in ours[0], (args, run.stderr)
-    assert not (tmp_path / "x.png").exists() and (tmp_path / "out.kaec").read_bytes() == data
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "z").exists()
+    assert (tmp_path / "out.kaec").read_bytes() == data
 
 
 def test_float64_scales_are_the_models_scales():
@@ -272,6 +275,10 @@ def test_without_a_codec_in_the_zoo_compress_and_decompress_say_what_to_pass(cod
         api.compress(np.zeros((8, 8, 3), np.uint8), quality=2)
     with pytest.raises(ValueError, match="quality must be an integer from 1"):
         api.compress(np.zeros((8, 8, 3), np.uint8), quality=0)
+    with pytest.raises(ValueError, match="codec_factorized_q2_photos is not installed"):
+        api.compress(np.zeros((8, 8, 3), np.uint8), quality=2, family="factorized")
+    with pytest.raises(ValueError, match=r"family must be one of \['factorized', 'hyperprior'\], got 'vq'"):
+        api.compress(np.zeros((8, 8, 3), np.uint8), quality=2, family="vq")
     data = coders["factorized"].compress(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="'tiny-factorized', which is not in the zoo: pass model="):
         api.decompress(data)

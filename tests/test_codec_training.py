@@ -218,3 +218,65 @@ def test_a_diverged_chunk_stops_training_and_keeps_the_last_good_checkpoint(tmp_
     assert state["step"] == 4 and not (tmp_path / "run" / "metrics.json").exists()
     assert resumed(tmp_path / "run").optimizer.iterations.numpy() == 4
     assert resumed(tmp_path / "run").optimizer.global_clipnorm == 1.0
+
+
+def test_a_factorized_codec_starts_from_the_transforms_of_a_saved_or_shipped_hyperprior(tmp_path, monkeypatch):
+    from kerasae.codec.models import ScaleHyperpriorCodec
+
+    monkeypatch.setattr(training, "CHUNK", 2)
+    source = ScaleHyperpriorCodec(filters=8, latent_channels=8, seed=7)
+    Coder(source, name="small").save(tmp_path / "hyperprior")
+    images = [np.random.default_rng(6).integers(0, 256, (70, 70, 3), dtype=np.uint8)]
+    kwargs = dict(crop=32, batch_size=2, images=images, filters=8, latent_channels=8, log=lambda line: None)
+    # a step so small that the transforms stay what they started from: the hyperprior's
+    training.train(tmp_path / "run", "factorized", 2, 2, init_from=tmp_path / "hyperprior", learning_rate=1e-12,
+                   **kwargs)
+    model = resumed(tmp_path / "run")
+    for part in ("analysis", "synthesis"):
+        for mine, theirs in zip(getattr(model, part).get_weights(), getattr(source, part).get_weights()):
+            np.testing.assert_allclose(mine, theirs, atol=1e-8)
+    # and the other way: a hyperprior from the factorized run's transforms (its entropy model trains from scratch)
+    training.train(tmp_path / "back", "hyperprior", 2, 2, init_from=tmp_path / "run" / "codec", learning_rate=1e-12,
+                   **kwargs)
+    for mine, theirs in zip(resumed(tmp_path / "back").synthesis.get_weights(), model.synthesis.get_weights()):
+        np.testing.assert_allclose(mine, theirs, atol=1e-8)
+    with pytest.raises(ValueError, match="init_from: .*analysis weights have other shapes.*filters 8 and 4"):
+        training.train(tmp_path / "small", "factorized", 2, 2, init_from=tmp_path / "hyperprior",
+                       **{**kwargs, "filters": 4})
+    with pytest.raises(ValueError, match="init_from must be a checkpoint.keras file, a saved codec's folder"):
+        training.train(tmp_path / "none", "factorized", 2, 2, init_from=tmp_path / "nothing", **kwargs)
+    # the ladder's plan: each factorized quality from the shipped hyperprior of its quality
+    assert [start for _, _, start in training.LADDER_PLAN["factorized"]] == [
+        f"zoo:{training.zoo_name('hyperprior', q)}" for q, _, _ in training.LADDER_PLAN["factorized"]]
+    shipped = training._source_model("zoo:codec_hyperprior_q1_photos")
+    factorized = training.build("factorized", 1)
+    training._initialize(factorized, shipped)
+    assert all(np.array_equal(a, b) for a, b in zip(factorized.synthesis.get_weights(),
+                                                     shipped.synthesis.get_weights()))
+
+
+def test_a_codec_trains_in_bfloat16_and_its_files_are_made_in_float32(tmp_path, monkeypatch):
+    """precision="bfloat16": the transforms' hidden layers compute in bfloat16, the layers that take and make pixels
+    and latents, the hyper transforms and the entropy models in float32; the saved codec is float32 throughout and
+    decodes its files exactly; a run resumed keeps its precision."""
+    monkeypatch.setattr(training, "CHUNK", 2)
+    images = [np.random.default_rng(8).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    kwargs = dict(crop=64, batch_size=2, images=images, filters=8, latent_channels=8, log=lambda line: None)
+    metrics = training.train(tmp_path / "run", "hyperprior", 2, 2, precision="bfloat16", **kwargs)
+    assert metrics["precision"] == "mixed_bfloat16" and np.isfinite(metrics["final"]["loss"])
+    model = resumed(tmp_path / "run")
+    computes = {layer.name: layer.compute_dtype for part in (model.analysis, model.synthesis, model.hyper_analysis,
+                                                             model.hyper_synthesis) for layer in part.layers}
+    assert {name for name, dtype in computes.items() if dtype == "bfloat16"} == {
+        "ga_gdn0", "ga_conv1", "ga_gdn1", "ga_conv2", "ga_gdn2", "gs_igdn0", "gs_conv1", "gs_igdn1", "gs_conv2",
+        "gs_igdn2"}
+    assert model.hyperprior.compute_dtype == "float32" and all(v.dtype == "float32" for v in model.weights)
+    coder = Coder.load(tmp_path / "run" / "codec")
+    assert {layer.compute_dtype for part in (coder.model.analysis, coder.model.synthesis) for layer in part.layers} \
+        == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(coder.model.get_weights(), model.get_weights()))
+    assert Coder(model).version == Coder(coder.model).version
+    image = images[0][:50, :70]
+    np.testing.assert_array_equal(coder.decompress(coder.compress(image)), coder.reconstruct(image))
+    with pytest.raises(ValueError, match="precision must be 'float32', 'bfloat16' or 'auto' for a codec, got 'float16'"):
+        training.train(tmp_path / "fp16", "hyperprior", 2, 2, precision="float16", **kwargs)

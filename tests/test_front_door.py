@@ -113,9 +113,9 @@ ZOO_NAMES = [name for name in ZOO_FOLDERS if not (REPO / "exported" / name / "co
 
 def test_the_zoo_folder_holds_the_zoo():
     from kerasae import zoo
-    from kerasae.codec.api import LADDER
+    from kerasae.codec.api import LADDERS
 
-    assert ZOO_FOLDERS == sorted([*zoo.ZOO, *LADDER])
+    assert ZOO_FOLDERS == sorted([*zoo.ZOO, *(name for ladder in LADDERS.values() for name in ladder)])
 
 
 def test_readme_names_every_zoo_model():

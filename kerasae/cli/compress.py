@@ -16,7 +16,7 @@ def add_codec_flags(p):
 
 
 def build_compress_parser(prog="kerasae compress"):
-    from kerasae.codec.api import LADDER
+    from kerasae.codec.api import LADDER, LADDERS
 
     p = argparse.ArgumentParser(prog=prog, description="Compress an image (grayscale or RGB, any size) with a "
                                 "learned codec into a file that `kerasae decompress` reads back.")
@@ -24,6 +24,8 @@ def build_compress_parser(prog="kerasae compress"):
     p.add_argument("output", metavar="OUT", help="the compressed file to write")
     p.add_argument("--quality", type=_positive_int, default=3,
                    help=f"1 (fewest bytes) to {len(LADDER)} (best quality) (default: 3)")
+    p.add_argument("--family", choices=sorted(LADDERS), default=None,
+                   help="whose pretrained ladder --quality picks from (default: hyperprior)")
     p.add_argument("--optimize-steps", type=_non_negative_int, default=0, metavar="STEPS",
                    help="optimize the latents for this image by STEPS steps of gradient descent: a smaller, better "
                         "file for the same decoder, ~1 s per megapixel per step (default: 0, the fast encoder; "
@@ -84,7 +86,9 @@ def compress_main(argv=None, prog="kerasae compress"):
     try:
         if args.model is None and args.quality > len(api.LADDER):
             parser.error(f"--quality must be from 1 to {len(api.LADDER)}, got {args.quality}")
-        coder = api.load_coder(args.model, None if args.model else args.quality)
+        if args.model is not None and args.family is not None:
+            parser.error("--family picks a pretrained ladder, --model a codec: give one of them")
+        coder = api.load_coder(args.model, None if args.model else args.quality, args.family or "hyperprior")
         image = read_image(args.input)
         data = coder.compress(image, optimize_steps=args.optimize_steps)
         write_output(args.output, data, args.overwrite)

@@ -4,7 +4,8 @@ files they write.
 `FactorizedPriorCodec` and `ScaleHyperpriorCodec` are Keras models trained with `model.fit`; their objective's
 rate is the bits an entropy coder would write for the rounded latents under the models' learned densities.
 `Coder(model)` turns a trained one into files (`compress`, `decompress`), range-coded with integer tables;
-`compress(image, quality)` and `decompress(data)` do the same with the pretrained ladder or a saved codec;
+`compress(image, quality)` and `decompress(data)` do the same with a pretrained ladder (`LADDERS`: the scale
+hyperprior's, the default, and the factorized prior's) or a saved codec;
 `optimize_steps=N` makes the encoder optimize each image's latents first (`kerasae.codec.optimize`): slower encoding,
 smaller files, the same decoder.
 
@@ -14,7 +15,7 @@ Names load on first use, so `kerasae compress --help` answers before TensorFlow 
 import importlib
 
 _HOMES = {
-    "LADDER": "api", "compress": "api", "decompress": "api", "load_coder": "api",
+    "LADDER": "api", "LADDERS": "api", "compress": "api", "decompress": "api", "load_coder": "api",
     "Coder": "coder",
     "GDN": "layers", "FactorizedDensity": "layers", "gaussian_likelihood": "layers",
     "QUALITY_LAMBDAS": "ladder", "LADDER_MODEL": "ladder", "FactorizedPriorCodec": "models", "ImageCodec": "models",

@@ -8,15 +8,23 @@ from pathlib import Path
 
 from kerasae.codec.coder import Coder
 
-#: Zoo entries of the pretrained ladder, quality 1 (fewest bytes) first.
-LADDER = tuple(f"codec_hyperprior_q{q}_photos" for q in range(1, 6))
+#: Zoo entries of each family's pretrained ladder, quality 1 (fewest bytes) first.
+LADDERS = {family: tuple(f"codec_{family}_q{q}_photos" for q in range(1, 6)) for family in ("hyperprior", "factorized")}
+#: The default ladder: the scale hyperprior's (with optimized latents the smaller files of the two, docs/codec.md).
+LADDER = LADDERS["hyperprior"]
 
 _LOADED = {}
 
 
-def ladder():
-    """The ladder's entries installed in the zoo (a folder each, with codec.json)."""
-    return [name for name in LADDER if name in zoo_codecs()]
+def ladder(family="hyperprior"):
+    """The entries of `family`'s ladder installed in the zoo (a folder each, with codec.json)."""
+    return [name for name in _ladder(family) if name in zoo_codecs()]
+
+
+def _ladder(family):
+    if family not in LADDERS:
+        raise ValueError(f"family must be one of {sorted(LADDERS)}, got {family!r}")
+    return LADDERS[family]
 
 
 def zoo_codecs(zoo_dir=None):
@@ -27,15 +35,16 @@ def zoo_codecs(zoo_dir=None):
     return sorted(p.name for p in root.iterdir() if (p / "codec.json").is_file()) if root.is_dir() else []
 
 
-def load_coder(model=None, quality=None):
+def load_coder(model=None, quality=None, family="hyperprior"):
     """A `Coder`: `model` as it is (a Coder), from its saved folder (a path), or a zoo entry (a name); or else
-    the ladder's entry for `quality` (an int from 1)."""
+    the entry for `quality` (an int from 1) of `family`'s ladder ("hyperprior" or "factorized")."""
     if isinstance(model, Coder):
         return model
     if model is None:
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= len(LADDER):
-            raise ValueError(f"quality must be an integer from 1 (fewest bytes) to {len(LADDER)}, got {quality!r}")
-        model = LADDER[quality - 1]
+        entries = _ladder(family)
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= len(entries):
+            raise ValueError(f"quality must be an integer from 1 (fewest bytes) to {len(entries)}, got {quality!r}")
+        model = entries[quality - 1]
     if not isinstance(model, (str, Path)):
         raise TypeError(f"model must be a Coder, a saved codec's folder or a zoo name, got {type(model).__name__}")
     path = Path(model)
@@ -43,7 +52,7 @@ def load_coder(model=None, quality=None):
         from kerasae import zoo
 
         entry = zoo.default_zoo_dir() / str(model)
-        if str(model) not in LADDER and not (entry / "codec.json").is_file():
+        if not any(str(model) in entries for entries in LADDERS.values()) and not (entry / "codec.json").is_file():
             raise ValueError(f"model {str(model)!r} is neither a saved codec's folder (with codec.json) nor a "
                              f"codec in the zoo ({', '.join(zoo_codecs()) or 'none installed'})")
         if not (entry / "codec.json").is_file():
@@ -58,10 +67,12 @@ def load_coder(model=None, quality=None):
     return _LOADED[key]
 
 
-def compress(image, quality=3, model=None, optimize_steps=0):
-    """The bytes of a file holding `image` (uint8 or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3]);
-    `optimize_steps` > 0 optimizes the latents for the image (`Coder.compress`): fewer bytes, slower encoding."""
-    return load_coder(model, None if model is not None else quality).compress(image, optimize_steps=optimize_steps)
+def compress(image, quality=3, model=None, optimize_steps=0, family="hyperprior"):
+    """The bytes of a file holding `image` (uint8 or floats in [0, 1]; [H, W], [H, W, 1] or [H, W, 3]), coded by
+    `model` or else by the entry for `quality` of `family`'s pretrained ladder; `optimize_steps` > 0 optimizes the
+    latents for the image (`Coder.compress`): fewer bytes, slower encoding."""
+    coder = load_coder(model, None if model is not None else quality, family)
+    return coder.compress(image, optimize_steps=optimize_steps)
 
 
 def decompress(data, model=None):

@@ -34,6 +34,13 @@ def flatten_tables(tables):
     return {f"{part}/{key}": value for part, arrays in tables.items() for key, value in arrays.items()}
 
 
+def float32_copy(model):
+    """`model` (a codec of any dtype policy) as a float32 model with the same weights."""
+    copy = type(model).from_config({**model.get_config(), "dtype": "float32"})
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def model_version(model, tables):
     """8 bytes identifying the model's weights, configuration and tables: files record it, decoders check it."""
     digest = hashlib.sha256(type(model).__name__.encode())
@@ -120,6 +127,8 @@ class Coder:
             raise TypeError(f"model must be a kerasae.codec model, got {type(model).__name__}")
         if not model.built:
             model.build((None, None, None, model.channels))
+        if model.dtype_policy.name != "float32":  # trained in mixed precision: files are made in float32
+            model = float32_copy(model)
         self.model, self.name = model, str(name or model.name)
         if not isinstance(tile, int) or tile < model.stride or tile % model.stride or tile > 65535:
             raise ValueError(f"tile must be a multiple of the model's stride {model.stride} below 65536, got {tile!r}")

@@ -28,9 +28,17 @@ from kerasae.options import check_number, check_positive_int
 DEFAULT_LMBDA = QUALITY_LAMBDAS[3]
 
 
-def _conv(filters, kernel, stride, name, transpose=False, activation=None):
+def _conv(filters, kernel, stride, name, transpose=False, activation=None, dtype="float32"):
     cls = keras.layers.Conv2DTranspose if transpose else keras.layers.Conv2D
-    return cls(filters, kernel, strides=stride, padding="same", activation=activation, name=name)
+    return cls(filters, kernel, strides=stride, padding="same", activation=activation, name=name, dtype=dtype)
+
+
+def _float32_sequential(layers, name):
+    """A Sequential whose own policy is float32 whatever the model's: under a mixed policy it would cast its inputs
+    (pixels, latents) to bfloat16 before its first layer."""
+    sequential = keras.Sequential(layers, name=name)
+    sequential.dtype_policy = "float32"
+    return sequential
 
 
 class ImageCodec(keras.Model):
@@ -69,14 +77,21 @@ class ImageCodec(keras.Model):
             raise TypeError(f"straight_through must be True or False, got {straight_through!r}")
         self.straight_through = bool(straight_through)
         n, m = self.filters, self.latent_channels
-        self.analysis = keras.Sequential(
-            [_conv(n, 5, 2, "ga_conv0"), GDN(name="ga_gdn0"), _conv(n, 5, 2, "ga_conv1"), GDN(name="ga_gdn1"),
-             _conv(n, 5, 2, "ga_conv2"), GDN(name="ga_gdn2"), _conv(m, 5, 2, "ga_conv3")], name="analysis")
-        self.synthesis = keras.Sequential(
-            [_conv(n, 5, 2, "gs_conv0", True), GDN(inverse=True, name="gs_igdn0"),
-             _conv(n, 5, 2, "gs_conv1", True), GDN(inverse=True, name="gs_igdn1"),
-             _conv(n, 5, 2, "gs_conv2", True), GDN(inverse=True, name="gs_igdn2"),
-             _conv(self.channels, 5, 2, "gs_conv3", True)], name="synthesis")
+        # The model's dtype policy (e.g. mixed_bfloat16, for training on bfloat16 matrix units) applies to the
+        # transforms' hidden layers only. The layers that take the pixels and the latents and make the latents and
+        # the pixels, the hyper transforms and the entropy models stay float32: bfloat16's 8-bit significand would
+        # move a latent of 40 by up to 0.125, across a rounding boundary, and a pixel near 1 by half a grey level.
+        mixed = self.dtype_policy
+        self.analysis = _float32_sequential(
+            [_conv(n, 5, 2, "ga_conv0"), GDN(name="ga_gdn0", dtype=mixed),
+             _conv(n, 5, 2, "ga_conv1", dtype=mixed), GDN(name="ga_gdn1", dtype=mixed),
+             _conv(n, 5, 2, "ga_conv2", dtype=mixed), GDN(name="ga_gdn2", dtype=mixed),
+             _conv(m, 5, 2, "ga_conv3")], "analysis")
+        self.synthesis = _float32_sequential(
+            [_conv(n, 5, 2, "gs_conv0", True), GDN(inverse=True, name="gs_igdn0", dtype=mixed),
+             _conv(n, 5, 2, "gs_conv1", True, dtype=mixed), GDN(inverse=True, name="gs_igdn1", dtype=mixed),
+             _conv(n, 5, 2, "gs_conv2", True, dtype=mixed), GDN(inverse=True, name="gs_igdn2", dtype=mixed),
+             _conv(self.channels, 5, 2, "gs_conv3", True)], "synthesis")
         self._trackers = [keras.metrics.Mean(name=name) for name in self.metric_names]
 
     def build(self, input_shape):
@@ -169,7 +184,7 @@ class FactorizedPriorCodec(ImageCodec):
         self.build((None, None, None, self.channels))  # every weight exists from the start: fit, save, count
 
     def build_priors(self):
-        self.prior = FactorizedDensity(name="prior")
+        self.prior = FactorizedDensity(name="prior", dtype="float32")
         self.prior.build((None, None, None, self.latent_channels))
 
     def likelihoods(self, y, training=False, step=None):
@@ -193,18 +208,18 @@ class ScaleHyperpriorCodec(ImageCodec):
                          straight_through=straight_through, **kwargs)
         self.hyper_filters = check_positive_int("hyper_filters", hyper_filters or self.filters)
         n = self.hyper_filters
-        self.hyper_analysis = keras.Sequential(
+        self.hyper_analysis = _float32_sequential(
             [_conv(n, 3, 1, "ha_conv0", activation="relu"), _conv(n, 5, 2, "ha_conv1", activation="relu"),
-             _conv(n, 5, 2, "ha_conv2")], name="hyper_analysis")
-        self.hyper_synthesis = keras.Sequential(
+             _conv(n, 5, 2, "ha_conv2")], "hyper_analysis")
+        self.hyper_synthesis = _float32_sequential(
             [_conv(n, 5, 2, "hs_conv0", True, "relu"), _conv(n, 5, 2, "hs_conv1", True, "relu"),
-             _conv(self.latent_channels, 3, 1, "hs_conv2", activation="relu")], name="hyper_synthesis")
+             _conv(self.latent_channels, 3, 1, "hs_conv2", activation="relu")], "hyper_synthesis")
         self.build((None, None, None, self.channels))
 
     def build_priors(self):
         self.hyper_analysis.build((None, None, None, self.latent_channels))
         self.hyper_synthesis.build((None, None, None, self.hyper_filters))
-        self.hyperprior = FactorizedDensity(name="hyperprior")
+        self.hyperprior = FactorizedDensity(name="hyperprior", dtype="float32")
         self.hyperprior.build((None, None, None, self.hyper_filters))
 
     def get_config(self):

@@ -17,24 +17,33 @@ import numpy as np
 
 from kerasae import registry
 from kerasae.codec import ladder
+from kerasae.training import precision as precision_lib
 
 #: Steps per chunk: the work an interruption can lose.
 CHUNK = 200
 #: A chunk whose mean loss is this many times the previous chunk's has diverged: it is not saved.
 DIVERGED = 10.0
-#: How the ladder is trained: (quality, steps, the quality it starts from or None). The middle quality is trained
+#: Steps of each factorized quality, fine-tuned from the hyperprior ladder's transforms (see LADDER_PLAN).
+FACTORIZED_STEPS = 2000
+#: A factorized model started from the other family's transforms first fits its prior alone: this many Adam steps
+#: on the latents of this many training crops (see `_fit_prior`).
+PRIOR_FIT_STEPS, PRIOR_FIT_CROPS = 300, 64
+#: How the ladder is trained: (quality, steps, what it starts from: None, a quality of the same ladder, or a
+#: codec `init_from` names). The middle quality is trained
 #: from scratch; its neighbours are fine-tuned from the next quality towards the middle, which costs far fewer
 #: steps than training each from scratch. (Quality 2's fine-tune, 5,000 steps, moved most of the way in its first
 #: 1,600: 0.355 -> 0.300 bpp on its training crops, 0.300 -> 0.292 in the 400 after step 1,600.)
 LADDER_PLAN = {
     "hyperprior": ((3, 20000, None), (2, 5000, 3), (4, 3000, 3), (1, 3000, 2), (5, 3000, 4)),
-    "factorized": ((3, 10000, None), (2, 4000, 3), (4, 4000, 3), (1, 4000, 2)),
+    # Each factorized quality starts from the transforms of the shipped hyperprior of the same quality (its prior is
+    # learned anew): a factorized prior needs the same analysis and synthesis, and far fewer steps than from scratch.
+    "factorized": tuple((q, FACTORIZED_STEPS, f"zoo:codec_hyperprior_q{q}_photos") for q in (3, 2, 4, 1, 5)),
 }
 #: Then every quality is fine-tuned (steps, learning rate) with straight-through rounded latents for the synthesis
 #: (`ImageCodec.straight_through`) into <family>_q<Q>_refined, what the zoo ships. Measured on quality 3 (20,000
 #: steps of noise), 1,000 steps at 1e-4 on the 7 held-out photographs, PSNR at equal rate against JPEG's curve:
 #: -0.745 dB as trained, -0.569 dB fine-tuned with noise, -0.444 dB fine-tuned straight-through.
-REFINE_PLAN = {"hyperprior": (2000, 1e-4)}
+REFINE_PLAN = {"hyperprior": (2000, 1e-4), "factorized": (1000, 1e-4)}
 
 
 def build(family, quality, seed=0, **overrides):
@@ -83,15 +92,108 @@ def _resume(out, state):
     return model
 
 
+def _policy(precision):
+    """kerasae.training.precision's choice for codec training, which runs in float32 or mixed bfloat16 (float16
+    would need loss scaling)."""
+    if precision not in ("float32", "bfloat16", "auto"):
+        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'auto' for a codec, got {precision!r}")
+    chosen = precision_lib.choose(precision)
+    return chosen if chosen["policy"] in ("float32", "mixed_bfloat16") else precision_lib.choose("float32")
+
+
+def _built_in(policy, family, quality, seed, overrides):
+    """`build`'s codec made under the Keras dtype policy `policy`, which its layers keep (and save); the process's
+    default policy is left as it was."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        return build(family, quality, seed=seed, **overrides)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _source_model(init_from):
+    """The model of a checkpoint.keras file, a saved codec's folder (Coder.save) or "zoo:<codec entry>"."""
+    from kerasae.codec.api import load_coder
+    from kerasae.files import load_keras_model
+
+    text = str(init_from)
+    if text.startswith("zoo:"):
+        return load_coder(text[len("zoo:"):]).model
+    source = Path(init_from)
+    if (source / "codec.json").is_file():
+        return load_coder(source).model
+    if source.is_file():
+        return load_keras_model(source)
+    raise ValueError(f"init_from must be a checkpoint.keras file, a saved codec's folder or zoo:<codec entry>, got "
+                     f"{text!r}")
+
+
+def _training_images():
+    """(the training photographs, the validation photograph)."""
+    from kerasae.codec import photos
+
+    return [photos.load(p) for p in photos.photos("train")], photos.load(photos.photos("validation")[0])
+
+
+def _initialize(model, source):
+    """Copy `source`'s weights into `model`: all of them for the same class, else the analysis and synthesis
+    transforms (whose shapes must match); -> whether only the transforms were copied."""
+    parts = ("analysis", "synthesis") if type(source) is not type(model) else None
+    pairs = [(getattr(model, p), getattr(source, p)) for p in parts] if parts else [(model, source)]
+    for target, origin in pairs:
+        mine, theirs = target.get_weights(), origin.get_weights()
+        if [w.shape for w in mine] != [w.shape for w in theirs]:
+            raise ValueError(f"init_from: {type(source).__name__} {source.name}'s {target.name} weights have other "
+                             f"shapes than {model.name}'s (filters {getattr(source, 'filters', '?')} and "
+                             f"{model.filters}, latent_channels {getattr(source, 'latent_channels', '?')} and "
+                             f"{model.latent_channels})")
+        target.set_weights(theirs)
+    return parts is not None
+
+
+def _fit_prior(model, crops, seed, steps=PRIOR_FIT_STEPS, learning_rate=1e-2):
+    """Fit a factorized model's prior alone to the latents its (copied) analysis gives `crops`, under training's
+    noise: the rate it would pay. Adam at the fine-tuning's learning rate moves the prior's parameters too little:
+    measured on quality 3 from the hyperprior's transforms, the centre of the validation photo cost 2.3 bpp after
+    600 steps of fine-tuning at 3e-4 (the hyperprior: 0.59). Fitted here first, it costs 0.63 after 250 steps
+    (2.70 before; 0.63 after 500 and 1,000 too), and the fine-tuning starts from there."""
+    import keras
+    import tensorflow as tf
+
+    y = tf.concat([model.analysis(crops[i:i + 16]) for i in range(0, len(crops), 16)], axis=0)
+    variables = model.prior.trainable_variables
+    optimizer = keras.optimizers.Adam(learning_rate)
+    optimizer.build(variables)
+
+    @tf.function
+    def step(i):
+        noise = tf.random.stateless_uniform(tf.shape(y), [seed, i], -0.5, 0.5)
+        with tf.GradientTape() as tape:
+            bits = -tf.reduce_mean(tf.math.log(model.prior(y + noise)))
+        optimizer.apply(tape.gradient(bits, variables), variables)
+
+    for i in range(steps):
+        step(tf.constant(i))
+
+
 def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop=128, batch_size=8,
-          learning_rate=3e-4, scales=(0.125, 0.5), seed=0, images=None, log=print, **model_overrides):
+          learning_rate=3e-4, scales=(0.125, 0.5), seed=0, images=None, log=print, precision="float32",
+          **model_overrides):
     """Train (or go on training) one codec into folder `out`; -> its metrics dict.
 
-    init_from: a checkpoint.keras or codec folder whose weights start this model (a neighbouring quality).
+    init_from: what starts this model: a checkpoint.keras, a saved codec's folder or "zoo:<codec entry>"; all its
+        weights where it is the same kind of codec (a neighbouring quality), its analysis and synthesis transforms
+        where it is the other family.
     images: uint8 [H, W, 3] arrays to crop (default: the training photographs, `photos.photos("train")`).
     scales: crops are downscaled by factors drawn log-uniformly from (low, high) (see `photos.random_crops`: 1/8 to
     1/2 gives the 2560-pixel wallpapers the detail per pixel of the 300- to 640-pixel test photos).
     The learning rate decays with a cosine to 5% over `steps`.
+    precision: "float32", "bfloat16" (the transforms' hidden layers in mixed_bfloat16: see `ImageCodec`) or "auto"
+        (bfloat16 on a CPU with bfloat16 matrix instructions, kerasae.training.precision); a resumed run keeps the
+        precision it started with. The saved codec computes in float32 either way.
     """
     from kerasae.codec import photos
     from kerasae.codec.coder import Coder
@@ -101,24 +203,22 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     state = json.loads((out / "state.json").read_text()) if (out / "state.json").is_file() else None
+    # given images, the first one's centre stands in for the validation photo
+    images, validation = _training_images() if images is None else (images, images[0])
     if state is not None:
         model = _resume(out, state)
     else:
-        model = build(family, quality, seed=seed, **model_overrides)
-        if init_from is not None:
-            from kerasae.files import load_keras_model
-
-            source = Path(init_from)
-            model.set_weights(load_keras_model(source / "model.keras" if source.is_dir() else source).get_weights())
+        chosen = _policy(precision)
+        model = _built_in(chosen["policy"], family, quality, seed, model_overrides)
+        log(f"{out.name}: {precision_lib.describe(chosen)}")
+        if init_from is not None and _initialize(model, _source_model(init_from)) and hasattr(model, "prior"):
+            _fit_prior(model, photos.random_crops(images, crop, PRIOR_FIT_CROPS, np.random.default_rng(seed),
+                                                  scales=tuple(scales)), seed)
         _compile(model, learning_rate, steps)
         state = {"step": 0, "seconds": 0.0, "history": [], "family": family, "quality": quality,
                  "init_from": None if init_from is None else str(init_from), "crop": crop,
-                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "scales": list(scales)}
-    if images is None:
-        images = [photos.load(p) for p in photos.photos("train")]
-        validation = photos.load(photos.photos("validation")[0])
-    else:  # given images: the first one's centre stands in for the validation photo
-        validation = images[0]
+                 "batch_size": batch_size, "learning_rate": learning_rate, "steps": steps, "scales": list(scales),
+                 "precision": chosen["policy"]}
     # One `fit` for the run's equal chunks (a chunk is an epoch): one input pipeline, one iterator. Each chunk's
     # crops are seeded by its first step, so a resumed run draws the crops the uninterrupted one would have.
     while state["step"] < steps:
@@ -202,7 +302,7 @@ def train_ladder(root, family="hyperprior", log=print, **kwargs):
     root = Path(root)
     results = {}
     for quality, steps, start in LADDER_PLAN[family]:
-        init = None if start is None else root / f"{family}_q{start}" / "codec"
+        init = root / f"{family}_q{start}" / "codec" if isinstance(start, int) else start
         results[quality] = train(root / f"{family}_q{quality}", family, quality, steps, init_from=init, log=log,
                                  **kwargs)
     if family in REFINE_PLAN:
@@ -291,6 +391,9 @@ def main(argv=None):
     p.add_argument("--quality", type=int, help="one quality only (default: the whole ladder, LADDER_PLAN)")
     p.add_argument("--steps", type=int, default=12000, help="with --quality (default: 12000)")
     p.add_argument("--root", default="runs/codec", help="folder of the runs (default: runs/codec)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="float32, or bfloat16 for the transforms' hidden layers (fast on CPUs with AMX or "
+                        "AVX512-BF16; docs/codec.md), or auto (default: float32; a resumed run keeps its own)")
     p.add_argument("--ship", metavar="ZOO_DIR", help="then put the finished ladder into ZOO_DIR (e.g. exported/) "
                    "as float16 entries")
     args = p.parse_args(argv)
@@ -300,9 +403,10 @@ def main(argv=None):
 
     try:
         if args.quality is None:
-            train_ladder(args.root, args.family, log=log)
+            train_ladder(args.root, args.family, log=log, precision=args.precision)
         else:
-            train(Path(args.root) / f"{args.family}_q{args.quality}", args.family, args.quality, args.steps, log=log)
+            train(Path(args.root) / f"{args.family}_q{args.quality}", args.family, args.quality, args.steps, log=log,
+                  precision=args.precision)
         if args.ship:
             ship(args.root, args.ship, args.family, log=log)
     except (ValueError, FileNotFoundError, ImportError, FloatingPointError) as err:
