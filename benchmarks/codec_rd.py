@@ -1,6 +1,6 @@
 """Rate-distortion of kerasae's learned codecs against JPEG, WebP, AVIF and PNG on held-out photographs.
 
-    python benchmarks/codec_rd.py                         # the zoo's ladder; benchmarks/results/codec_rd.json
+    python benchmarks/codec_rd.py                         # the zoo's ladders; benchmarks/results/codec_rd.json
     python benchmarks/codec_rd.py --codecs runs/codec/hyperprior_q*/codec runs/codec/factorized_q*/codec
     python benchmarks/codec_rd.py --optimize-steps 50     # also each codec with its latents optimized per image
     python benchmarks/codec_rd.py --quick                 # a smoke test of this script
@@ -176,7 +176,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test: two small crops, few qualities")
     parser.add_argument("--codecs", nargs="*", type=Path, default=None,
-                        help="saved codec folders (default: the zoo's ladder)")
+                        help="saved codec folders (default: the zoo's ladders)")
     parser.add_argument("--optimize-steps", type=int, default=0, metavar="N",
                         help="also measure each kerasae codec with N steps of latent optimization per photo")
     parser.add_argument("--reuse", type=Path, default=None, metavar="JSON",
@@ -210,7 +210,8 @@ def main(argv=None):
         earlier = None if args.reuse is None else earlier_result(args.reuse, images, args.quick)
     except ValueError as err:
         parser.error(str(err))
-    folders = args.codecs if args.codecs is not None else [api.load_coder(name) for name in api.ladder()]
+    folders = args.codecs if args.codecs is not None else [api.load_coder(name) for family in api.LADDERS
+                                                           for name in api.ladder(family)]
     coders = [(f, f if isinstance(f, coder_lib.Coder) else coder_lib.Coder.load(f)) for f in folders]
     baselines = [b for b in args.baselines.split(",") if b]
     records = baseline_points(images, baselines, log, every=4 if args.quick else 1) + codec_points(coders, images, log,
