@@ -19,6 +19,8 @@ from kerasae import registry
 from kerasae.codec import ladder
 from kerasae.training import precision as precision_lib
 
+#: The precisions a codec trains in (`train(precision=...)`, `--precision`): float16 would need loss scaling.
+PRECISIONS = ("float32", "bfloat16", "auto")
 #: Steps per chunk: the work an interruption can lose.
 CHUNK = 200
 #: A chunk whose mean loss is this many times the previous chunk's has diverged: it is not saved.
@@ -95,23 +97,11 @@ def _resume(out, state):
 def _policy(precision):
     """kerasae.training.precision's choice for codec training, which runs in float32 or mixed bfloat16 (float16
     would need loss scaling)."""
-    if precision not in ("float32", "bfloat16", "auto"):
-        raise ValueError(f"precision must be 'float32', 'bfloat16' or 'auto' for a codec, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be {', '.join(map(repr, PRECISIONS[:-1]))} or {PRECISIONS[-1]!r} for a "
+                         f"codec, got {precision!r}")
     chosen = precision_lib.choose(precision)
     return chosen if chosen["policy"] in ("float32", "mixed_bfloat16") else precision_lib.choose("float32")
-
-
-def _built_in(policy, family, quality, seed, overrides):
-    """`build`'s codec made under the Keras dtype policy `policy`, which its layers keep (and save); the process's
-    default policy is left as it was."""
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        return build(family, quality, seed=seed, **overrides)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def _source_model(init_from):
@@ -209,7 +199,8 @@ def train(out, family="hyperprior", quality=3, steps=20000, init_from=None, crop
         model = _resume(out, state)
     else:
         chosen = _policy(precision)
-        model = _built_in(chosen["policy"], family, quality, seed, model_overrides)
+        with precision_lib.global_policy(chosen["policy"]):
+            model = build(family, quality, seed=seed, **model_overrides)
         log(f"{out.name}: {precision_lib.describe(chosen)}")
         if init_from is not None and _initialize(model, _source_model(init_from)) and hasattr(model, "prior"):
             _fit_prior(model, photos.random_crops(images, crop, PRIOR_FIT_CROPS, np.random.default_rng(seed),
@@ -391,7 +382,7 @@ def main(argv=None):
     p.add_argument("--quality", type=int, help="one quality only (default: the whole ladder, LADDER_PLAN)")
     p.add_argument("--steps", type=int, default=12000, help="with --quality (default: 12000)")
     p.add_argument("--root", default="runs/codec", help="folder of the runs (default: runs/codec)")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32, or bfloat16 for the transforms' hidden layers (fast on CPUs with AMX or "
                         "AVX512-BF16; docs/codec.md), or auto (default: float32; a resumed run keeps its own)")
     p.add_argument("--ship", metavar="ZOO_DIR", help="then put the finished ladder into ZOO_DIR (e.g. exported/) "

@@ -64,12 +64,8 @@ def _build_model(config, image_shape, strategy, policy="float32"):
     The policy is set only while the model is made: its layers keep it (and save it), and
     the process-wide default stays as the caller had it. Losses stay float32 regardless.
     """
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy)
-    try:
+    with precision.global_policy(policy):
         return _make_model(config, image_shape, strategy)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def _load_init_model(init_from):

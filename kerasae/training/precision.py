@@ -12,6 +12,7 @@
 elsewhere".
 """
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from kerasae.options import PRECISIONS  # noqa: F401  (the choices, checked without TensorFlow)
@@ -55,6 +56,20 @@ def choose(precision="float32", mixed_precision=False, gpu=None, flags=None):
                 "why": f"this CPU has bfloat16 matrix instructions ({', '.join(bf16)})"}
     return {"asked": "auto", "policy": "float32",
             "why": f"this CPU has no bfloat16 matrix instructions ({' or '.join(BF16_FLAGS)})"}
+
+
+@contextmanager
+def global_policy(policy):
+    """Keras' process-wide dtype policy set to `policy` inside the block (models made there keep it in their
+    layers, and save it), and back to what it was after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def describe(choice):
