@@ -7,6 +7,8 @@ import pytest
 
 from kerasae.codec import Coder, photos, training
 
+crop_dataset = photos.crop_dataset
+
 
 def test_the_split_is_by_photograph_and_every_photo_says_where_it_came_from():
     train, validation, test = (photos.photos(split) for split in ("train", "validation", "test"))
@@ -17,6 +19,24 @@ def test_the_split_is_by_photograph_and_every_photo_says_where_it_came_from():
         photos.photos("holdout")
     with pytest.raises(ValueError, match="unknown photo"):
         photos.load("flickr:nothing")
+
+
+def test_the_training_sets_are_the_ten_first_photographs_and_all_of_them(tmp_path, monkeypatch):
+    ten, every = photos.training_photos("ten"), photos.training_photos("all")
+    assert every == photos.photos("train") and len(ten) == 10 and len(every) > 30
+    assert set(ten) < set(every) and not any(p.name.startswith("background:") for p in ten)
+    assert {p.name.split(":")[0] for p in every if p not in ten} == {"background"}
+    with pytest.raises(ValueError, match="photo_set must be one of .*'ten', 'all'.*got 'some'"):
+        photos.training_photos("some")
+    monkeypatch.setattr(photos, "BACKGROUNDS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="Dragonfly_by_Bolly.jpg is not there: install .*mate-backgrounds"):
+        photos.load("background:Dragonfly_by_Bolly.jpg")
+    from PIL import Image
+
+    (tmp_path / "mate" / "nature").mkdir(parents=True)
+    Image.fromarray(np.full((6, 9), 77, np.uint8)).save(tmp_path / "mate" / "nature" / "Aqua.jpg")
+    image = photos.load("background:mate/nature/Aqua.jpg")  # grey to RGB
+    assert image.shape == (6, 9, 3) and image.dtype == np.uint8 and abs(int(image.mean()) - 77) <= 1
 
 
 def test_random_crops_are_seeded_crops_of_the_photos():
@@ -115,7 +135,7 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
 
     monkeypatch.setattr(training, "CHUNK", 2)
     monkeypatch.setattr(training, "LADDER_PLAN", {"factorized": ((1, 2, None), (2, 2, 1))})
-    monkeypatch.setattr(training, "REFINE_PLAN", {})  # the runs above are the ladder's last stage
+    monkeypatch.setattr(training, "STAGES", {})  # the runs above are the ladder's last stage
     images = [np.random.default_rng(4).integers(0, 256, (70, 70, 3), dtype=np.uint8)]
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
@@ -150,31 +170,43 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
 
 
-def test_the_ladder_refines_every_quality_straight_through_and_ships_the_refined_models(tmp_path, monkeypatch):
+def test_the_ladder_takes_every_quality_through_its_stages_and_ships_the_last(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "CHUNK", 2)
     monkeypatch.setattr(training, "LADDER_PLAN", {"hyperprior": ((2, 2, None), (1, 2, 2))})
-    monkeypatch.setattr(training, "REFINE_PLAN", {"hyperprior": (4, 5e-5)})
-    images = [np.random.default_rng(5).integers(0, 256, (80, 80, 3), dtype=np.uint8)]
+    monkeypatch.setattr(training, "STAGES", {"hyperprior": (("refined", 4, 5e-5, True, "ten"),
+                                                            ("tuned", 2, 2e-4, False, "all"))})
+    # each photo set stands for a different small photo here: the runs must crop the stage's own
+    sets = {name: np.random.default_rng(i).integers(0, 256, (80, 80, 3), dtype=np.uint8)
+            for i, name in enumerate(photos.TRAINING_SETS)}
+    crops = []
+    monkeypatch.setattr(training, "_training_images", lambda photo_set: ([sets[photo_set]], sets[photo_set]))
+    monkeypatch.setattr(photos, "crop_dataset", lambda images, *a, **k: (crops.append(images[0]),
+                                                                                   crop_dataset(images, *a, **k))[1])
     root = tmp_path / "runs"
-    results = training.train_ladder(root, "hyperprior", log=lambda line: None, crop=64, batch_size=2,
-                                    images=images, filters=8, latent_channels=8)
-    assert sorted(p.name for p in root.iterdir()) == ["hyperprior_q1", "hyperprior_q1_refined", "hyperprior_q2",
-                                                      "hyperprior_q2_refined"]
+    results = training.train_ladder(root, "hyperprior", log=lambda line: None, crop=64, batch_size=2, filters=8,
+                                    latent_channels=8)
+    assert sorted(p.name for p in root.iterdir()) == [f"hyperprior_q{q}{stage}" for q in (1, 2)
+                                                      for stage in ("", "_refined", "_tuned")]
     for quality in (1, 2):
-        base, refined = root / f"hyperprior_q{quality}", root / f"hyperprior_q{quality}_refined"
-        assert results[quality] == json.loads((refined / "metrics.json").read_text())
-        assert (results[quality]["step"], results[quality]["learning_rate"]) == (4, 5e-5)
-        assert results[quality]["init_from"] == str(base / "codec")
-        assert resumed(refined).straight_through and not resumed(base).straight_through
+        base, refined, tuned = (root / f"hyperprior_q{quality}{stage}" for stage in ("", "_refined", "_tuned"))
+        assert results[quality] == json.loads((tuned / "metrics.json").read_text())
+        stages = [json.loads((run / "metrics.json").read_text()) for run in (base, refined, tuned)]
+        assert [(m["step"], m["learning_rate"], m["init_from"], m["photo_set"]) for m in stages] == [
+            (2, 3e-4, None if quality == 2 else str(root / "hyperprior_q2" / "codec"), training.LADDER_PHOTOS),
+            (4, 5e-5, str(base / "codec"), "ten"), (2, 2e-4, str(refined / "codec"), "all")]
+        assert resumed(refined).straight_through
+        assert not resumed(base).straight_through and not resumed(tuned).straight_through
+    used = [next(name for name, image in sets.items() if image is cropped) for cropped in crops]
+    assert used == ["ten"] * 2 + ["ten", "all"] * 2  # the ladder's runs, then each quality's stages
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
     shipped = training.ship(root, zoo_dir, "hyperprior", log=lambda line: None)
     for quality in (1, 2):
         weights = Coder.load(shipped[training.zoo_name("hyperprior", quality)]).model.get_weights()
+        last = Coder.load(root / f"hyperprior_q{quality}_tuned" / "codec").rounded_to_float16()
         refined = Coder.load(root / f"hyperprior_q{quality}_refined" / "codec").rounded_to_float16()
-        base = Coder.load(root / f"hyperprior_q{quality}" / "codec").rounded_to_float16()
-        assert all(np.array_equal(a, b) for a, b in zip(weights, refined.model.get_weights()))
-        assert not all(np.array_equal(a, b) for a, b in zip(weights, base.model.get_weights()))
+        assert all(np.array_equal(a, b) for a, b in zip(weights, last.model.get_weights()))
+        assert not all(np.array_equal(a, b) for a, b in zip(weights, refined.model.get_weights()))
 
 
 def test_the_zoo_names_of_the_ladder_are_the_ones_the_api_looks_up():
@@ -246,9 +278,22 @@ def test_a_factorized_codec_starts_from_the_transforms_of_a_saved_or_shipped_hyp
                        **{**kwargs, "filters": 4})
     with pytest.raises(ValueError, match="init_from must be a checkpoint.keras file, a saved codec's folder"):
         training.train(tmp_path / "none", "factorized", 2, 2, init_from=tmp_path / "nothing", **kwargs)
-    # the ladder's plan: each factorized quality from the shipped hyperprior of its quality
+    # the ladder's plan: each factorized quality from the hyperprior of its quality after its "refined" stage, a
+    # run under the same root that must be there
     assert [start for _, _, start in training.LADDER_PLAN["factorized"]] == [
-        f"zoo:{training.zoo_name('hyperprior', q)}" for q, _, _ in training.LADDER_PLAN["factorized"]]
+        f"run:hyperprior_q{q}_refined" for q, _, _ in training.LADDER_PLAN["factorized"]]
+    assert training.STAGES["hyperprior"][0][0] == "refined"
+    monkeypatch.setattr(training, "LADDER_PLAN", {"factorized": ((2, 2, "run:hyperprior_q2_refined"),)})
+    monkeypatch.setattr(training, "STAGES", {})
+    with pytest.raises(ValueError, match="quality 2 starts from .*hyperprior_q2_refined.* --family hyperprior"):
+        training.train_ladder(tmp_path / "ladder", "factorized", **kwargs)
+    assert not (tmp_path / "ladder" / "factorized_q2").exists()
+    Coder(source, name="small").save(tmp_path / "ladder" / "hyperprior_q2_refined" / "codec")
+    metrics = training.train_ladder(tmp_path / "ladder", "factorized", learning_rate=1e-12, **kwargs)[2]
+    assert metrics["init_from"] == str(tmp_path / "ladder" / "hyperprior_q2_refined" / "codec")
+    for mine, theirs in zip(resumed(tmp_path / "ladder" / "factorized_q2").analysis.get_weights(),
+                            source.analysis.get_weights()):
+        np.testing.assert_allclose(mine, theirs, atol=1e-8)
     shipped = training._source_model("zoo:codec_hyperprior_q1_photos")
     factorized = training.build("factorized", 1)
     training._initialize(factorized, shipped)

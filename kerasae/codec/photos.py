@@ -4,7 +4,11 @@ Sources (each photo's `source` and `licence` say the same):
 - Debian's `plasma-workspace-wallpapers` (KDE, LGPLv3 per each wallpaper's metadata.json): the wallpapers that are
   photographs, 2560 x 1600 (`apt-get install plasma-workspace-wallpapers`);
 - scikit-image's `skimage.data` colour photographs (public domain or CC0, per skimage.data's docstrings);
-- scikit-learn's sample images `china.jpg` and `flower.jpg` (CC BY 2.0, per sklearn/datasets/images/README.txt).
+- scikit-learn's sample images `china.jpg` and `flower.jpg` (CC BY 2.0, per sklearn/datasets/images/README.txt);
+- the photographs among Debian's `lomiri-wallpapers-16.04` and `lomiri-wallpapers-20.04` (CC BY 4.0, CC BY-SA 3.0 or
+  4.0, CC0 1.0) and `mate-backgrounds`' nature folder (GPL-2+): licences and authors per file in each package's
+  /usr/share/doc/<package>/copyright (`apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+  mate-backgrounds`); all training photographs, in `training_photos("all")`.
 
 Whole photographs are held out: `split="test"` for the published evaluation, `split="validation"` (one photo) to
 watch a training run; none of their pixels is trained on.
@@ -16,6 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 WALLPAPERS = Path("/usr/share/wallpapers")
+BACKGROUNDS = Path("/usr/share/backgrounds")
+#: The Debian packages of the "background:" photographs.
+BACKGROUND_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
 
 
 class Photo(NamedTuple):
@@ -27,6 +34,18 @@ class Photo(NamedTuple):
 
 def _wallpaper(name, author, split):
     return Photo(f"wallpaper:{name}", f"plasma-workspace-wallpapers {name} by {author}", "LGPLv3", split)
+
+
+def _background(path, author, package, licence):
+    return Photo(f"background:{path}", f"{package} {path} by {author}", licence, "train")
+
+
+def _lomiri(stem, author, licence, release="16.04"):
+    return _background(f"{stem}.jpg", author, f"lomiri-wallpapers-{release}", licence)
+
+
+def _mate(stem, author):
+    return _background(f"mate/nature/{stem}.jpg", author, "mate-backgrounds", "GPL-2+")
 
 
 PHOTOS = (
@@ -51,6 +70,36 @@ PHOTOS = (
           "CC BY 2.0", "test"),
     Photo("sklearn:flower", "sklearn.datasets.load_sample_image('flower.jpg') (vultilion, Flickr)", "CC BY 2.0",
           "test"),
+    # Training photographs with more texture (leaves, grass, rock, bark, water), the lomiri ones 2,056-6,028 pixels wide,
+    # the MATE ones 1,280-2,560. Left out: the renders and drawings of these packages (Fossa, Infinite-Sea,
+    # Painting-Colors, umang, and the unlisted ones).
+    _lomiri("Bridge_by_Sander_Klootwijk", "Sander Klootwijk", "CC BY-SA 4.0"),
+    _lomiri("Dragonfly_by_Bolly", "Bolly", "CC BY-SA 4.0"),
+    _lomiri("Picture_0B_by_freespace", "Trevor 'Freespace'", "CC BY 4.0"),
+    _lomiri("Picture_1A_by_freespace", "Trevor 'Freespace'", "CC BY 4.0"),
+    _lomiri("Wine_by_Jakkub_Mede", "Jakub Mede", "CC BY 4.0"),
+    _lomiri("aitzgorri_by_Aitzol_Berasategi", "Aitzol Berasategi", "CC BY 4.0"),
+    _lomiri("analogpattern_by_Peter_Nerlich", "Peter Nerlich", "CC BY-SA 4.0"),
+    _lomiri("free_by_Peter_Nerlich", "Peter Nerlich", "CC BY-SA 4.0"),
+    _lomiri("friends_by_Aitzol_Berasategi", "Aitzol Berasategi", "CC BY 4.0"),
+    _lomiri("greentock_by_Peter_Nerlich", "Peter Nerlich", "CC BY-SA 4.0"),
+    _lomiri("life_by_Aitzol_Berasategi", "Aitzol Berasategi", "CC BY 4.0"),
+    _lomiri("picosdeeuropa_by_Aitzol_Berasategi", "Aitzol Berasategi", "CC BY 4.0"),
+    _lomiri("seeding_by_Clements_Engelhardt", "Clemens Engelhardt", "CC0 1.0"),
+    _lomiri("sunset_by_Aitzol_Berasategi", "Aitzol Berasategi", "CC BY 4.0"),
+    _lomiri("Kleiber_by_Lukas_Baubkus", "Lukas Baubkus", "CC BY-SA 3.0", release="20.04"),
+    _mate("Aqua", "Charles Barbin"),
+    _mate("Blinds", "Lennart Poettering, Andrea Cimitan"),
+    _mate("Dune", "Marco Cogoni, Hylke Bons"),
+    _mate("FreshFlower", "Jens Ansorg"),
+    _mate("Garden", "Charles Barbin"),
+    _mate("GreenMeadow", "Timothy Schellhase, Lapo Calamandrei"),
+    _mate("LadyBird", "Charles Barbin"),
+    _mate("RainDrops", "blackcombwhistler07"),
+    _mate("Storm", "Sergey Nazarov"),
+    _mate("TwoWings", "Charles Barbin, Hylke Bons"),
+    _mate("Wood", "Jean-François Fortin Tam"),
+    _mate("YellowFlower", "Charles Barbin"),
 )
 
 
@@ -62,6 +111,19 @@ def photos(split):
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return [p for p in PHOTOS if p.split == split]
+
+
+#: The sets of training photographs a run can train on (`training_photos`): "ten", the plasma wallpapers and the
+#: Hubble deep field (what the ladders' first stages trained on), and "all" (with the lomiri and MATE photographs).
+TRAINING_SETS = ("ten", "all")
+
+
+def training_photos(photo_set="all"):
+    """The training `Photo`s of `photo_set` (see TRAINING_SETS)."""
+    if photo_set not in TRAINING_SETS:
+        raise ValueError(f"photo_set must be one of {TRAINING_SETS}, got {photo_set!r}")
+    train = photos("train")
+    return train if photo_set == "all" else [p for p in train if not p.name.startswith("background:")]
 
 
 def load(photo):
@@ -77,6 +139,14 @@ def load(photo):
             raise FileNotFoundError(f"{folder} holds no image: install Debian's plasma-workspace-wallpapers")
         sizes = [Image.open(f).size for f in files]
         with Image.open(files[int(np.argmax([w * h for w, h in sizes]))]) as image:
+            return np.asarray(image.convert("RGB"))
+    if kind == "background":
+        from PIL import Image
+
+        path = BACKGROUNDS / key
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not there: install Debian's {', '.join(BACKGROUND_PACKAGES)}")
+        with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     if kind == "skimage":
         try:
