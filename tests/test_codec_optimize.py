@@ -81,8 +81,10 @@ def test_never_worse_than_the_analysis_transform(cls, chelsea, monkeypatch):
     y0 = model.analysis(padded).numpy()
     z0 = model.hyper_analysis(np.abs(y0)).numpy() if cls is ScaleHyperpriorCodec else y0
     start = model_loss(model, padded, y0, z0)
-    y, z = optimize.latent_optimizer(model)(padded, 128, 128, 40)
-    assert model_loss(model, padded, y.numpy(), z.numpy()) < start  # measured: -0.9% (factorized), -1.8%
+    # 100 steps, as the benchmark: measured -1.4% (factorized), -3.4% (hyperprior). With 40 steps the shipped
+    # hyperprior's quality 1 found no better latents for this tile (its own were kept; another tile: -0.6%).
+    y, z = optimize.latent_optimizer(model)(padded, 128, 128, 100)
+    assert model_loss(model, padded, y.numpy(), z.numpy()) < start
     monkeypatch.setattr(optimize, "LEARNING_RATE", 1e3)
     y, z = optimize.latent_optimizer(model)(padded, 128, 128, 10)
     np.testing.assert_array_equal(np.round(y.numpy()), np.round(y0))
