@@ -70,8 +70,8 @@ PHOTOS = (
           "CC BY 2.0", "test"),
     Photo("sklearn:flower", "sklearn.datasets.load_sample_image('flower.jpg') (vultilion, Flickr)", "CC BY 2.0",
           "test"),
-    # Training photographs with more texture (leaves, grass, rock, bark, water), the lomiri ones 2,056-6,028 pixels wide,
-    # the MATE ones 1,280-2,560. Left out: the renders and drawings of these packages (Fossa, Infinite-Sea,
+    # Training photographs with more texture (leaves, grass, rock, bark, water), the lomiri ones 2,056-6,028 pixels
+    # wide, the MATE ones 1,280-2,560. Left out: the renders and drawings of these packages (Fossa, Infinite-Sea,
     # Painting-Colors, umang, and the unlisted ones).
     _lomiri("Bridge_by_Sander_Klootwijk", "Sander Klootwijk", "CC BY-SA 4.0"),
     _lomiri("Dragonfly_by_Bolly", "Bolly", "CC BY-SA 4.0"),
