@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kerasae.codec import Coder, photos, training
+from kerasae.codec import Coder, photos, shipping, training
 
 crop_dataset = photos.crop_dataset
 
@@ -140,11 +140,11 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
     with pytest.raises(ValueError, match="has not finished training"):
-        training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+        shipping.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
     for quality in (1, 2):
         training.train(tmp_path / "runs" / f"factorized_q{quality}", "factorized", quality, 2, crop=32, batch_size=2,
                        images=images, filters=8, latent_channels=8, log=lambda line: None)
-    shipped = training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+    shipped = shipping.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
     assert api.zoo_codecs(zoo_dir) == sorted(shipped)
     image = images[0][:40, :50]
@@ -161,12 +161,12 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
         bpp = 8 * len(file) / (validation.shape[0] * validation.shape[1])
         assert info["metric"].startswith(f"{bpp:.3f} bpp, PSNR ") and info["metric"].endswith(" (validation photo)")
     first = (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes()
-    training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)  # again: replaced whole
+    shipping.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)  # again: replaced whole
     assert (zoo_dir / "codec_factorized_q1_photos" / "weights.npz").read_bytes() == first
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
     monkeypatch.setattr("kerasae.zoo.MAX_ZOO_BYTES", 1000)
     with pytest.raises(ValueError, match="budget"):
-        training.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
+        shipping.ship(tmp_path / "runs", zoo_dir, "factorized", log=lambda line: None)
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
 
 
@@ -200,9 +200,9 @@ def test_the_ladder_takes_every_quality_through_its_stages_and_ships_the_last(tm
     assert used == ["ten"] * 2 + ["ten", "all"] * 2  # the ladder's runs, then each quality's stages
     zoo_dir = tmp_path / "zoo"
     zoo_dir.mkdir()
-    shipped = training.ship(root, zoo_dir, "hyperprior", log=lambda line: None)
+    shipped = shipping.ship(root, zoo_dir, "hyperprior", log=lambda line: None)
     for quality in (1, 2):
-        weights = Coder.load(shipped[training.zoo_name("hyperprior", quality)]).model.get_weights()
+        weights = Coder.load(shipped[shipping.zoo_name("hyperprior", quality)]).model.get_weights()
         last = Coder.load(root / f"hyperprior_q{quality}_tuned" / "codec").rounded_to_float16()
         refined = Coder.load(root / f"hyperprior_q{quality}_refined" / "codec").rounded_to_float16()
         assert all(np.array_equal(a, b) for a, b in zip(weights, last.model.get_weights()))
@@ -212,7 +212,7 @@ def test_the_ladder_takes_every_quality_through_its_stages_and_ships_the_last(tm
 def test_the_zoo_names_of_the_ladder_are_the_ones_the_api_looks_up():
     from kerasae.codec import api
 
-    assert api.LADDER == tuple(training.zoo_name("hyperprior", q) for q, _, _ in
+    assert api.LADDER == tuple(shipping.zoo_name("hyperprior", q) for q, _, _ in
                                sorted(training.LADDER_PLAN["hyperprior"]))
 
 
