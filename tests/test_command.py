@@ -72,7 +72,7 @@ def test_the_console_script_is_the_dispatcher():
     module, _, function = scripts["kerasae"].partition(":")
     assert (module, function) == ("kerasae.cli.main", "main")
     assert set(cli.main.__globals__["COMMANDS"]) == {p.stem for p in (REPO / "kerasae" / "cli").glob("*.py")} - {
-        "__init__", "main", "arguments"}  # one module per subcommand
+        "__init__", "main", "arguments", "startup"}  # one module per subcommand
 
 
 def test_a_mistyped_preset_or_zoo_name_gets_did_you_mean():
@@ -197,7 +197,7 @@ def test_export_writes_the_default_set_into_exports_and_says_what(run, tmp_path,
 
 
 def test_quiet_fd2_holds_back_c_output_and_replays_it_on_failure(capfd):
-    from kerasae.export.tflite import quiet_fd2
+    from kerasae._stderr import quiet_fd2
 
     with quiet_fd2():
         os.write(2, b"converter chatter\n")
@@ -206,6 +206,57 @@ def test_quiet_fd2_holds_back_c_output_and_replays_it_on_failure(capfd):
         raise RuntimeError("conversion failed")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "the real error's context\nafter\n"
+
+
+#: TensorFlow 2.21's start on a 2-core Intel Xeon without a GPU driver, as written to fd 2 with
+#: TF_CPP_MIN_LOG_LEVEL unset (cut short), and two lines of other origins between its lines.
+_START = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796673229.703384   22145 port.cc:153] oneDNN custom operations are on. You may see slightly different
+I0000 00:00:1796673229.703873   22145 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796673229.790100   22145 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available
+To enable the following instructions: AVX2 AVX512F AMX_TILE FMA, in other operations, rebuild TensorFlow with the
+/venv/lib/python3.11/site-packages/pkg/mod.py:12: DeprecationWarning: a Python warning
+  warnings.warn("a Python warning")
+W0000 00:00:1796673231.1   22145 some.cc:1] a warning of TensorFlow's
+E0000 00:00:1796673233.242178   22145 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call
+E0000 00:00:1796673233.3   22145 other.cc:9] an error of TensorFlow's
+"""
+
+
+@pytest.mark.parametrize("level, kept", [
+    (0, "all"),
+    (1, ["/venv/lib", "  warnings.warn", "W0000", "E0000 00:00:1796673233.242178", "E0000 00:00:1796673233.3"]),
+    (2, ["/venv/lib", "  warnings.warn", "E0000 00:00:1796673233.3"]),  # no driver: cuInit's failure is not news
+    (3, ["/venv/lib", "  warnings.warn"]),
+])
+def test_tensorflows_start_up_chatter_is_filtered_to_the_log_level(level, kept):
+    from kerasae._stderr import filter_chatter
+
+    lines = filter_chatter(_START, level).splitlines()
+    if kept == "all":
+        assert lines == _START.splitlines()
+    else:
+        assert [line[:len(prefix)] for line, prefix in zip(lines, kept)] == kept and len(lines) == len(kept)
+    with_driver = _START.replace("Could not find cuda drivers", "Found the drivers")  # then cuInit's failure is
+    assert any("cuInit" in line for line in filter_chatter(with_driver, 2).splitlines())  # news
+
+
+def test_a_failed_tensorflow_start_shows_everything_it_wrote(tmp_path):
+    """start_tensorflow holds TensorFlow's start-up lines back only when the start succeeds."""
+    code = ("import os, sys\n"
+            "class NoTensorFlow:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'tensorflow':\n"
+            "            os.write(2, b'I0000 00:00:1.5   7 loader.cc:1] what was tried\\n')\n"
+            "            raise ImportError('no tensorflow here')\n"
+            "sys.meta_path.insert(0, NoTensorFlow())\n"
+            "from kerasae.cli.startup import start_tensorflow\n"
+            "start_tensorflow()\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "loader.cc:1] what was tried" in proc.stderr and "ImportError: no tensorflow here" in proc.stderr
 
 
 def test_evaluate_prints_a_table_and_json_on_request(run, capsys):

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from kerasae.cli import startup
 from kerasae.cli.arguments import _non_negative_int, _positive_int
 
 
@@ -81,6 +82,7 @@ def _format(path):
 def compress_main(argv=None, prog="kerasae compress"):
     parser = build_compress_parser(prog)
     args = parser.parse_args(argv)
+    startup.start_tensorflow()
     from kerasae.codec import api
 
     try:

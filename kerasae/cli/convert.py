@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from kerasae import options
+from kerasae.cli import startup
 from kerasae.cli.arguments import _image_size, _positive_int
 
 
@@ -29,6 +30,7 @@ def convert_main(argv=None, prog="convert.py"):
     args = parser.parse_args(argv)
     if Path(args.out_dir).exists() and (not Path(args.out_dir).is_dir() or any(Path(args.out_dir).iterdir())):
         parser.error(f"out_dir {args.out_dir} already exists and is not an empty directory")
+    startup.start_tensorflow()
     from kerasae import data as data_lib
 
     try:

@@ -4,6 +4,7 @@ when it has none Pillow knows). Every bad input is one line and exit 2."""
 import argparse
 import sys
 
+from kerasae.cli import startup
 from kerasae.cli.compress import add_codec_flags, write_output
 
 
@@ -18,6 +19,7 @@ def build_decompress_parser(prog="kerasae decompress"):
 
 def decompress_main(argv=None, prog="kerasae decompress"):
     args = build_decompress_parser(prog).parse_args(argv)
+    startup.start_tensorflow()
     from kerasae.codec import api
 
     try:

@@ -4,6 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kerasae.cli import startup
 from kerasae.cli.arguments import _positive_int
 from kerasae.files import ModelFileError
 
@@ -29,6 +30,7 @@ def evaluate_main(argv=None, prog="evaluate.py"):
     if not (run_dir / "config.json").is_file() or not any((run_dir / f).is_file() for f in ("best.keras",
                                                                                             "model.keras")):
         parser.error(f"RUN_DIR: {args.run_dir} is not a finished kerasae run (needs config.json and a .keras model)")
+    startup.start_tensorflow()
     from kerasae import evaluate as eval_lib
 
     try:

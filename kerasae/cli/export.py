@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kerasae import options
 from kerasae import files
+from kerasae.cli import startup
 from kerasae.cli.arguments import _positive_int, _signatures, _variants
 
 
@@ -69,6 +70,7 @@ def export_main(argv=None, prog="export.py"):
 
         if unavailable():
             parser.error(f"--onnx {unavailable()}")
+    startup.start_tensorflow()
     from kerasae import export as export_lib
 
     if args.verify:

@@ -4,6 +4,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from kerasae.cli import startup
 from kerasae.cli.arguments import _choices, _positive_int
 
 
@@ -40,6 +41,7 @@ def build_reproduce_parser(prog="reproduce.py"):
 def reproduce_main(argv=None, prog="reproduce.py"):
     parser = build_reproduce_parser(prog)
     args = parser.parse_args(argv)
+    startup.start_tensorflow()
     from kerasae import reproduce
 
     if "fashion" in args.stages and not Path(args.fashion_mnist).is_dir():

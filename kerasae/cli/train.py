@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from kerasae import files, options, registry
+from kerasae.cli import startup
 from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int
 from kerasae.config import TrainConfig
 
@@ -221,6 +222,7 @@ def train_main(argv=None, prog="train.py"):
     done = None if config.overwrite or config.strategy == "multiworker" else finished_run(config)
     if done is not None:
         return _report_finished(args, config, done, chief=True)
+    startup.start_tensorflow()
     from kerasae import distribute
     from kerasae import training as train_lib
     from kerasae.data import DataError

@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+from kerasae.cli import startup
+
 
 def build_zoo_parser(prog="kerasae zoo"):
     p = argparse.ArgumentParser(prog=prog, description="List the pretrained models (name, family, data, weights, "
@@ -21,6 +23,7 @@ def zoo_main(argv=None, prog="kerasae zoo"):
         parser.error("`show` takes one NAME" if args.action == "show" else "NAME goes with `show`")
     if args.zoo_dir is not None and not Path(args.zoo_dir).is_dir():
         parser.error(f"--zoo-dir: {args.zoo_dir} is not a directory")
+    startup.start_tensorflow()
     from kerasae import zoo
 
     zoo_dir = Path(args.zoo_dir) if args.zoo_dir else zoo.default_zoo_dir()

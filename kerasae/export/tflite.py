@@ -11,8 +11,6 @@ import contextlib
 import gc
 import importlib
 import os
-import sys
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -21,6 +19,7 @@ from kerasae import _backend  # noqa: F401
 import numpy as np
 import tensorflow as tf
 
+from kerasae._stderr import quiet_fd2
 from kerasae.export.errors import ExportError
 from kerasae.export.saved_model import _codes, example_labels
 from kerasae.options import VARIANTS
@@ -67,30 +66,6 @@ def representative_inputs(loaded, signature, images, seed=0, classes=None):
             prior = rng.standard_normal(codes.shape).astype(np.float32)
         return list(_batches(np.concatenate([codes, prior]), "z", labels))
     return list(_batches(images, "x", labels))
-
-
-@contextlib.contextmanager
-def quiet_fd2():
-    """Hold back what C++ code writes to file descriptor 2 in this block (the TFLite converter's MLIR and absl
-    logging, which TF_CPP_MIN_LOG_LEVEL does not reach); replay it to stderr if the block raises, so a failed
-    conversion still shows its diagnostics."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    capture = tempfile.TemporaryFile()
-    os.dup2(capture.fileno(), 2)
-    failed = True
-    try:
-        yield
-        failed = False
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        if failed:
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode("utf-8", "replace"))
-            sys.stderr.flush()
-        capture.close()
 
 
 _loads = threading.local()  # this thread's {realpath of a SavedModel directory: loaded SavedModel}, or none
