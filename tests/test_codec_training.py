@@ -148,7 +148,7 @@ def test_ship_puts_the_finished_ladder_into_the_zoo_as_float16_entries_and_swaps
     assert sorted(p.name for p in zoo_dir.iterdir()) == ["codec_factorized_q1_photos", "codec_factorized_q2_photos"]
     assert api.zoo_codecs(zoo_dir) == sorted(shipped)
     image = images[0][:40, :50]
-    validation = photos.load(photos.photos("validation")[0])
+    validation = photos.validation_image()
     for name, folder in shipped.items():
         info = json.loads((folder / "codec.json").read_text())
         assert info["weights"] == "float16"

@@ -45,6 +45,8 @@ def _probe(module, args, tmp_path):
     (["export", "--no-such-flag"], 2, "kerasae export: error: unrecognized arguments: --no-such-flag"),
     (["evaluate"], 2, "kerasae evaluate: error: the following arguments are required: RUN_DIR"),
     (["zoo", "show"], 2, "kerasae zoo: error: `show` takes one NAME"),
+    (["compress", "missing.png", "out.kaec"], 2, "kerasae compress: error: missing.png does not exist"),
+    (["decompress", "missing.kaec", "out.png"], 2, "kerasae decompress: error: missing.kaec does not exist"),
 ])
 def test_python_m_kerasae_answers_before_tensorflow_loads(args, code, prefix, tmp_path):
     """`python -m kerasae` (what the console script runs): help and usage errors from argparse alone, the

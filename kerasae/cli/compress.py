@@ -56,12 +56,17 @@ def read_image(path):
         raise ValueError(f"{path} is not an image Pillow can read ({' '.join(str(err).split())})") from None
 
 
+def check_output(path, overwrite):
+    """ValueError if `path` exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        raise ValueError(f"{path} exists (--overwrite replaces it)")
+
+
 def write_output(path, data, overwrite):
     from kerasae.files import atomic_path
 
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} exists (--overwrite replaces it)")
+    check_output(path, overwrite)  # again: it may have appeared while the codec ran
     with atomic_path(path, suffix=path.suffix) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
@@ -82,16 +87,21 @@ def _format(path):
 def compress_main(argv=None, prog="kerasae compress"):
     parser = build_compress_parser(prog)
     args = parser.parse_args(argv)
+    if args.model is not None and args.family is not None:
+        parser.error("--family picks a pretrained ladder, --model a codec: give one of them")
+    try:  # the files first, before TensorFlow starts (seconds)
+        image = read_image(args.input)
+        check_output(args.output, args.overwrite)
+    except ValueError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     startup.start_tensorflow()
     from kerasae.codec import api
 
     try:
         if args.model is None and args.quality > len(api.LADDER):
             parser.error(f"--quality must be from 1 to {len(api.LADDER)}, got {args.quality}")
-        if args.model is not None and args.family is not None:
-            parser.error("--family picks a pretrained ladder, --model a codec: give one of them")
         coder = api.load_coder(args.model, None if args.model else args.quality, args.family or "hyperprior")
-        image = read_image(args.input)
         data = coder.compress(image, optimize_steps=args.optimize_steps)
         write_output(args.output, data, args.overwrite)
     except (ValueError, TypeError, OSError) as err:

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from kerasae.cli import startup
-from kerasae.cli.compress import add_codec_flags, write_output
+from kerasae.cli.compress import add_codec_flags, check_output, write_output
 
 
 def build_decompress_parser(prog="kerasae decompress"):
@@ -19,17 +19,22 @@ def build_decompress_parser(prog="kerasae decompress"):
 
 def decompress_main(argv=None, prog="kerasae decompress"):
     args = build_decompress_parser(prog).parse_args(argv)
+    try:  # the files first, before TensorFlow starts (seconds)
+        with open(args.input, "rb") as f:
+            data = f.read()
+        check_output(args.output, args.overwrite)
+    except FileNotFoundError:
+        print(f"{prog}: error: {args.input} does not exist", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     startup.start_tensorflow()
     from kerasae.codec import api
 
     try:
-        with open(args.input, "rb") as f:
-            data = f.read()
         image = api.decompress(data, model=args.model)
         write_output(args.output, image, args.overwrite)
-    except FileNotFoundError:
-        print(f"{prog}: error: {args.input} does not exist", file=sys.stderr)
-        return 2
     except (ValueError, TypeError, OSError) as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

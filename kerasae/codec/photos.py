@@ -113,6 +113,12 @@ def photos(split):
     return [p for p in PHOTOS if p.split == split]
 
 
+def validation_image():
+    """uint8 pixels of the validation photograph: watched while training (and in each zoo entry's metric), never
+    trained on."""
+    return load(photos("validation")[0])
+
+
 #: The sets of training photographs a run can train on (`training_photos`): "ten", the plasma wallpapers and the
 #: Hubble deep field (what the ladders' first stages trained on), and "all" (with the lomiri and MATE photographs).
 TRAINING_SETS = ("ten", "all")

@@ -36,7 +36,7 @@ def ship(root, zoo_dir, family="hyperprior", log=print):
     if unfinished:
         raise ValueError(f"the {family} ladder has not finished training in {', '.join(unfinished)}: run "
                          f"train_codec.py --family {family} --root {root} first")
-    validation = photos.load(photos.photos("validation")[0])
+    validation = photos.validation_image()
     staged = {}
     try:
         for quality, run in sorted(runs.items()):

@@ -142,7 +142,7 @@ def _training_images(photo_set):
     from kerasae.codec import photos
 
     return ([photos.load(p) for p in photos.training_photos(photo_set)],
-            photos.load(photos.photos("validation")[0]))
+            photos.validation_image())
 
 
 def _initialize(model, source):
