@@ -408,6 +408,7 @@ def test_a_non_editable_install_has_the_kerasae_command(tmp_path):
                           "--no-compile", "--target", str(target), str(source)], capture_output=True, text=True,
                          timeout=300)
     assert pip.returncode == 0, pip.stderr[-3000:]
+    assert "Warning" not in pip.stderr, pip.stderr[-3000:]  # e.g. setuptools' about the zoo's data folders
     before = {p: p.stat().st_mtime_ns for p in target.rglob("*") if p.is_file()}
     env = dict(os.environ, PYTHONPATH=str(target))
     command = [str(target / "bin" / "kerasae")]
