@@ -117,3 +117,27 @@ def is_chief(strategy):
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+class ReplicaSafeBuild:
+    """A mixin for keras.Model subclasses: `fit` and `evaluate` under several replicas with a first batch that
+    does not split evenly across them (a validation or training set smaller than the global batch).
+
+    Keras (3.15) builds the metrics from that first batch MEAN-reduced across the replicas, only for its
+    shapes; with replicas holding 13 and 12 images the reduction fails ("Inputs to operation AddN ... must have
+    the same size and shape") before a step runs. The first replica's part has the shapes the build needs.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is None or strategy is None or strategy.num_replicas_in_sync == 1:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:  # as Keras reads it: the first batch of the epoch iterator
+            first = next(batches)
+            break
+        else:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        first = tf.nest.map_structure(
+            lambda v: strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues)
+            else v, first)
+        return super()._maybe_symbolic_build(data_batch=first)

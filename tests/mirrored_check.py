@@ -91,6 +91,12 @@ def train_paths(preset):
                               validation_size=0, max_test_samples=64, strategy="mirrored", cpu_replicas=2,
                               out=str(Path(tmp) / "other"), verbose=0)
         runs["other-model"] = {"test": other.metrics["test"], "replicas": other.metrics["replicas"]}
+        # sets smaller than the batch, odd: every first batch splits 14/13 or 13/12 across the replicas
+        uneven = kerasae.train(preset=preset, model_kwargs=dict(hidden_units=[64, 32], latent_dim=8), epochs=2,
+                               batch_size=64, max_train_samples=27 + 25, validation_size=25, max_test_samples=25,
+                               strategy="mirrored", cpu_replicas=2, out=str(Path(tmp) / "uneven"), verbose=0)
+        runs["uneven"] = {"history": uneven.history, "test": uneven.metrics["test"],
+                          "replicas": uneven.metrics["replicas"]}
         try:
             kerasae.train(preset="ae-shallow", epochs=1, strategy="mirrored", cpu_replicas=2, jit_compile=True,
                           max_train_samples=512, out=str(Path(tmp) / "jit"), verbose=0)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasae import layers as stacks
+from kerasae.distribute import ReplicaSafeBuild
 from kerasae.options import check_choice, check_number, check_positive_int  # noqa: F401  (re-exported)
 
 #: The one registration decorator: every model class is serializable as "kerasae>Name".
@@ -104,7 +105,7 @@ def nan_unless(ok, values):
     return tf.where(ok, values, tf.constant(float("nan"), values.dtype))
 
 
-class BaseAutoencoder(keras.Model):
+class BaseAutoencoder(ReplicaSafeBuild, keras.Model):
     """Encoder/decoder pair over images [B, H, W, C] in [0, 1].
 
     Args:
