@@ -349,7 +349,8 @@ def mmd_to_prior(z, num=2000, seed=0):
     """Unbiased MMD^2 between codes z [N, D] and as many N(0, I) draws, IMQ kernel summed over scales.
 
     Also returns the same statistic between two independent N(0, I) samples of that size
-    (the estimator's noise floor) and the codes' mean norm and average per-dimension std.
+    (the estimator's noise floor) and the codes' mean norm and average per-dimension std. The unbiased
+    estimator needs two codes: with one, both statistics are None.
     """
     rng = np.random.default_rng(seed)
     z = np.asarray(z, np.float64)
@@ -386,7 +387,9 @@ def _mmd_statistics(z, rng):
         return float((kaa * off).sum() / (n * (n - 1)) + (kbb * off).sum() / (n * (n - 1)) - 2 * kab.mean())
 
     prior = rng.standard_normal((n, d))
-    return {"mmd2": mmd(z, prior), "mmd2_prior_vs_prior": mmd(rng.standard_normal((n, d)), prior),
+    enough = n >= 2  # the unbiased estimator averages over the n(n - 1) pairs
+    return {"mmd2": mmd(z, prior) if enough else None,
+            "mmd2_prior_vs_prior": mmd(rng.standard_normal((n, d)), prior) if enough else None,
             "num": n, "code_mean_norm": float(np.linalg.norm(z.mean(axis=0))),
             "code_std_mean": float(z.std(axis=0).mean())}
 

@@ -321,6 +321,14 @@ def test_mmd_separates_the_prior_from_other_codes(rng):
     shifted = ev.mmd_to_prior(rng.standard_normal((500, 8)) + 2.0, num=500)
     assert abs(prior["mmd2"]) < 5 * abs(prior["mmd2_prior_vs_prior"]) + 1e-3
     assert shifted["mmd2"] > 50 * abs(prior["mmd2"]) and shifted["code_mean_norm"] > 4
+    with np.errstate(all="raise"):  # one code has no pair: no statistic (not a NaN, nor a warning)
+        one = ev.mmd_to_prior(rng.standard_normal((1, 8)))
+    assert one["mmd2"] is None and one["mmd2_prior_vs_prior"] is None and one["num"] == 1
+    two = ev.mmd_to_prior(rng.standard_normal((2, 8)))
+    assert np.isfinite(two["mmd2"]) and np.isfinite(two["mmd2_prior_vs_prior"])
+    from kerasae.cli.evaluate import _rows  # `kerasae evaluate`'s table says why there is no number
+
+    assert _rows({"prior_match": one}) == [("MMD² codes vs N(0, I)", "-", "(needs 2 or more test images, got 1)")]
 
 
 def test_rate_distortion_rows(mnist_small):

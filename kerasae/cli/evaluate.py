@@ -78,7 +78,9 @@ def _rows(result):
         rows.append(("entropy-coded code", f"{codes['entropy_coded_bytes_per_image']:.1f}", "bytes per image"))
         rows.append(("codes used", f"{codes['codes_used']}", f"of {codes['codebook_size']}"))
     prior = result.get("prior_match")
-    if prior:
+    if prior and prior["mmd2"] is None:
+        rows.append(("MMD² codes vs N(0, I)", "-", f"(needs 2 or more test images, got {prior['num']})"))
+    elif prior:
         rows.append(("MMD² codes vs N(0, I)", f"{prior['mmd2']:.4f}",
                      f"(N(0, I) vs itself: {prior['mmd2_prior_vs_prior']:.4f})"))
     return rows
