@@ -1,6 +1,7 @@
 """argparse value types the command-line front ends share: each bad value is a one-line usage error."""
 
 import argparse
+import sys
 
 from kerasae import options
 
@@ -16,6 +17,12 @@ def _int_at_least(low):
         return value
 
     return parse
+
+
+def report_error(prog, err, code=2):
+    """Write `prog: error: <err on one line>` to stderr, as argparse words a usage error; return `code`."""
+    print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return code
 
 
 _positive_int = _int_at_least(1)

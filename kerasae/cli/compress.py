@@ -2,11 +2,10 @@
 file; `kerasae decompress` (kerasae.cli.decompress) reads it back. Every bad input is one line and exit 2."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from kerasae.cli import startup
-from kerasae.cli.arguments import _non_negative_int, _positive_int
+from kerasae.cli.arguments import _non_negative_int, _positive_int, report_error
 
 
 def add_codec_flags(p):
@@ -93,8 +92,7 @@ def compress_main(argv=None, prog="kerasae compress"):
         image = read_image(args.input)
         check_output(args.output, args.overwrite)
     except ValueError as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error(prog, err)
     startup.start_tensorflow()
     from kerasae.codec import api
 
@@ -105,8 +103,7 @@ def compress_main(argv=None, prog="kerasae compress"):
         data = coder.compress(image, optimize_steps=args.optimize_steps)
         write_output(args.output, data, args.overwrite)
     except (ValueError, TypeError, OSError) as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error(prog, err)
     h, w = image.shape[:2]
     print(f"{args.output}: {len(data):,} bytes, {8 * len(data) / (h * w):.3f} bits per pixel ({w} x {h}, "
           f"{'RGB' if image.ndim == 3 else 'grayscale'}, codec {coder.name})")

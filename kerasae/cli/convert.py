@@ -1,12 +1,11 @@
 """`scripts/convert.py`: any dataset spec -> TFRecord shards that train.py streams."""
 
 import argparse
-import sys
 from pathlib import Path
 
 from kerasae import options
 from kerasae.cli import startup
-from kerasae.cli.arguments import _image_size, _positive_int
+from kerasae.cli.arguments import _image_size, _positive_int, report_error
 
 
 def build_convert_parser(prog="convert.py"):
@@ -41,8 +40,7 @@ def convert_main(argv=None, prog="convert.py"):
     except ValueError as err:  # DataError included: bad spec or images
         parser.error(" ".join(str(err).split()))
     except OSError as err:
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+        return report_error(parser.prog, err, code=1)
     return 0
 
 

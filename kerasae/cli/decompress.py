@@ -2,9 +2,9 @@
 when it has none Pillow knows). Every bad input is one line and exit 2."""
 
 import argparse
-import sys
 
 from kerasae.cli import startup
+from kerasae.cli.arguments import report_error
 from kerasae.cli.compress import add_codec_flags, check_output, write_output
 
 
@@ -24,11 +24,9 @@ def decompress_main(argv=None, prog="kerasae decompress"):
             data = f.read()
         check_output(args.output, args.overwrite)
     except FileNotFoundError:
-        print(f"{prog}: error: {args.input} does not exist", file=sys.stderr)
-        return 2
+        return report_error(prog, f"{args.input} does not exist")
     except (ValueError, OSError) as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error(prog, err)
     startup.start_tensorflow()
     from kerasae.codec import api
 
@@ -36,8 +34,7 @@ def decompress_main(argv=None, prog="kerasae decompress"):
         image = api.decompress(data, model=args.model)
         write_output(args.output, image, args.overwrite)
     except (ValueError, TypeError, OSError) as err:
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return report_error(prog, err)
     print(f"{args.output}: {image.shape[1]} x {image.shape[0]}, {'RGB' if image.shape[-1] == 3 else 'grayscale'}")
     return 0
 

@@ -1,11 +1,10 @@
 """`scripts/train.py`: flags -> TrainConfig -> kerasae.training, every bad flag a usage error (exit 2)."""
 
 import argparse
-import sys
 
 from kerasae import files, options, registry
 from kerasae.cli import startup
-from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int
+from kerasae.cli.arguments import _float, _image_size, _noise, _non_negative_int, _positive_int, report_error
 from kerasae.config import TrainConfig
 
 _VAES = ("vae", "cvae")
@@ -237,8 +236,7 @@ def train_main(argv=None, prog="train.py"):
     try:
         result = train_lib.fit(config, *prepared)
     except (train_lib.WorkerLostError, FloatingPointError, OSError, DataError) as err:  # OSError: a write failed
-        print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2 if isinstance(err, DataError) else 1  # DataError: an image broke mid-run (bad input)
+        return report_error(parser.prog, err, code=2 if isinstance(err, DataError) else 1)  # DataError: bad input
     print(f"done: {result.metrics['epochs']} epochs in {result.metrics['wall_time_s']:.0f} s; test: "
           f"{describe_test_metrics(result.metrics)}")
     print(f"weights sha256: {result.metrics['weights_sha256']}")
